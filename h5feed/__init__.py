@@ -1,0 +1,77 @@
+"""h5feed: train Keras models on data larger than memory, from one HDF5 file.
+
+The public names are listed here. ``H5Sequence`` needs Keras and is imported
+on first use, so ``import h5feed`` stays light (no TensorFlow).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from . import errors as errors
+from .errors import (
+    FormatError as FormatError,
+    H5FeedError as H5FeedError,
+    IncompleteFileError as IncompleteFileError,
+    LayoutError as LayoutError,
+    NotH5FeedFileError as NotH5FeedFileError,
+    SampleError as SampleError,
+    UnknownIDError as UnknownIDError,
+    UnknownSplitError as UnknownSplitError,
+)
+from .layout import FORMAT_VERSION as FORMAT_VERSION, Layout as Layout, open_and_validate
+from .reader import Reader as Reader
+from .writer import DatasetWriter as DatasetWriter, write_arrays as write_arrays
+
+if TYPE_CHECKING:
+    from .sequence import H5Sequence as H5Sequence
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FORMAT_VERSION",
+    "DatasetWriter",
+    "FormatError",
+    "H5FeedError",
+    "H5Sequence",
+    "IncompleteFileError",
+    "Layout",
+    "LayoutError",
+    "NotH5FeedFileError",
+    "Reader",
+    "SampleError",
+    "UnknownIDError",
+    "UnknownSplitError",
+    "__version__",
+    "errors",
+    "open_file",
+    "write_arrays",
+]
+
+# Names that import Keras: resolved on first access (PEP 562).
+_LAZY = {"H5Sequence": ("h5feed.sequence", "H5Sequence")}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'h5feed' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+def open_file(path: Any) -> Layout:
+    """Validate the h5feed file at ``path`` and describe it.
+
+    Raises:
+        NotH5FeedFileError: missing, truncated or not HDF5.
+        FormatError: not a valid h5feed file (the subclass says why).
+    """
+    return open_and_validate(path)

@@ -1,0 +1,93 @@
+"""Opening HDF5 files: one place that turns h5py's OSErrors into ours.
+
+Everything that opens a file for reading goes through :func:`open_h5`, so a
+missing, truncated or non-HDF5 file always gets the same clear error, and the
+file-locking fallback for filesystems that refuse locks lives in one place.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import warnings
+
+import h5py
+
+from .errors import NotH5FeedFileError
+
+__all__ = ["open_h5"]
+
+logger = logging.getLogger("h5feed")
+
+# errno values that filesystems without lock support return from flock():
+# ENOLCK (37), ENOSYS (38) and Linux's ENOTSUPP (524), seen on NFS and Lustre.
+_NO_LOCK_ERRNOS = {errno.ENOLCK, errno.ENOSYS, 524}
+_warned_no_locking = False
+
+# The chunk cache of each handle: big enough to keep a few chunks of a batch
+# (and of the next batches under block shuffling) decompressed, so that no
+# chunk is decompressed twice for one batch.
+CHUNK_CACHE_BYTES = 32 * 1024 * 1024
+CHUNK_CACHE_SLOTS = 10007  # a prime well above the number of cached chunks
+
+
+def _is_lock_error(exc: BaseException) -> bool:
+    if getattr(exc, "errno", None) in _NO_LOCK_ERRNOS:
+        return True
+    text = str(exc).lower()
+    return "lock" in text and any(
+        word in text for word in ("not supported", "function not implemented", "no locks")
+    )
+
+
+def open_h5(path: str | os.PathLike[str]) -> h5py.File:
+    """Open ``path`` read-only, or raise :class:`NotH5FeedFileError`.
+
+    On filesystems that refuse file locks (NFS, Lustre), the open is retried
+    without locking and a warning is issued once per process; setting
+    ``HDF5_USE_FILE_LOCKING=FALSE`` avoids the first attempt.
+
+    Raises:
+        NotH5FeedFileError: the path is missing, a folder, unreadable,
+            truncated, or not an HDF5 file.
+    """
+    global _warned_no_locking
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise NotH5FeedFileError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise NotH5FeedFileError(f"{path}: is a folder, expected an HDF5 file")
+    kwargs = dict(rdcc_nbytes=CHUNK_CACHE_BYTES, rdcc_nslots=CHUNK_CACHE_SLOTS)
+    try:
+        return h5py.File(path, "r", **kwargs)
+    except OSError as exc:
+        if _is_lock_error(exc):
+            if not _warned_no_locking:
+                _warned_no_locking = True
+                warnings.warn(
+                    f"{path}: the filesystem refuses file locks ({exc}); "
+                    "reading without locking. Set HDF5_USE_FILE_LOCKING=FALSE "
+                    "to skip the attempt.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            try:
+                return h5py.File(path, "r", locking=False, **kwargs)
+            except OSError as exc2:
+                exc = exc2
+        raise NotH5FeedFileError(_describe_open_error(path, exc)) from exc
+
+
+def _describe_open_error(path: str, exc: OSError) -> str:
+    size = os.path.getsize(path) if os.path.exists(path) else -1
+    text = str(exc)
+    if isinstance(exc, PermissionError) or "ermission denied" in text:
+        return f"{path}: permission denied"
+    if size == 0:
+        return f"{path}: the file is empty (0 bytes), expected an HDF5 file"
+    if not h5py.is_hdf5(path):
+        return f"{path}: not an HDF5 file ({size} bytes, no HDF5 signature)"
+    if "truncated" in text or "eof" in text.lower():
+        return f"{path}: the HDF5 file is truncated or damaged ({size} bytes): {text}"
+    return f"{path}: cannot open as HDF5: {text}"

@@ -1,0 +1,156 @@
+"""The ``h5feed`` command: ``demo``, ``convert``, ``info``, ``verify``, ``bench``.
+
+``main(argv) -> int`` is the whole CLI, so tests call it directly. Results go
+to stdout, errors and progress to stderr. Exit status: 0 success, 1 a failed
+operation (bad input, damaged file), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import __version__
+from .errors import H5FeedError
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+# Each subcommand registers (name, add_arguments, run) here; run(args) -> int.
+Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(p) for p in text.replace("x", ",").split(",") if p.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a shape like 16,16,16,1. Received: {text!r}") from None
+    if not dims or any(d < 1 for d in dims):
+        raise argparse.ArgumentTypeError(f"expected positive dimensions. Received: {text!r}")
+    return dims
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer. Received: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer. Received: {text!r}")
+    return value
+
+
+# -- demo ---------------------------------------------------------------------
+
+
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", help="where to write the HDF5 file (default: a new temporary folder)")
+    p.add_argument("--samples", type=_positive, default=4096, help="number of samples (default 4096)")
+    p.add_argument("--shape", type=_shape, default=(16, 16, 16, 1), help="sample shape (default 16,16,16,1)")
+    p.add_argument("--classes", type=_positive, default=10, help="number of classes (default 10)")
+    p.add_argument("--batch-size", type=_positive, default=32)
+    p.add_argument("--epochs", type=_positive, default=1)
+    p.add_argument("--workers", type=_positive, default=1)
+    p.add_argument("--processes", action="store_true", help="use worker processes (use_multiprocessing=True)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+
+
+def _demo_run(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    result = run_demo(
+        args.output,
+        n_samples=args.samples,
+        sample_shape=args.shape,
+        n_classes=args.classes,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        workers=args.workers,
+        use_multiprocessing=args.processes,
+        seed=args.seed,
+        overwrite=args.overwrite,
+    )
+    print(f"wrote {result.path} ({result.rows} rows)")
+    print(
+        f"trained {args.epochs} epoch(s) from H5Sequence: {result.train_rows} samples in "
+        f"{result.seconds:.2f} s ({result.samples_per_second:,.0f} samples/s)"
+    )
+    return EXIT_OK
+
+
+COMMANDS: list[Command] = [
+    ("demo", "make a tutorial-style dataset, convert it, train a model for an epoch", _demo_args, _demo_run),
+]
+
+
+def _register_optional() -> None:
+    """Commands that live in other modules add themselves here."""
+    for module_name in ("h5feed.inspect", "h5feed.convert.cli", "h5feed.benchmarks.cli"):
+        try:
+            module = __import__(module_name, fromlist=["COMMANDS"])
+        except ImportError:
+            continue
+        for command in getattr(module, "COMMANDS", []):
+            if command[0] not in {c[0] for c in COMMANDS}:
+                COMMANDS.append(command)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    _register_optional()
+    parser = argparse.ArgumentParser(
+        prog="h5feed",
+        description="Train Keras models on data larger than memory, from one HDF5 file.",
+    )
+    parser.add_argument("--version", action="version", version=f"h5feed {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what h5feed does to stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, help_text, add_args, run in COMMANDS:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_args(p)
+        p.set_defaults(_run=run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    # TensorFlow's C++ start-up chatter would bury our output; a user who
+    # wants it sets TF_CPP_MIN_LOG_LEVEL themselves.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
+        return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="h5feed: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args._run(args))
+    except H5FeedError as exc:
+        print(f"h5feed {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:
+        print(f"h5feed {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"h5feed {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _entry() -> Any:  # pragma: no cover - console_scripts shim
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""The pure index planning (h5feed._plan), as properties over seeded input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from h5feed import _plan
+
+
+def _apply(plan: _plan.ReadPlan, data: np.ndarray) -> np.ndarray:
+    """Carry a plan out on an in-memory array, the way the reader does."""
+    spans = [data[a:b] for a, b in zip(plan.starts.tolist(), plan.stops.tolist())]
+    buf = np.concatenate(spans) if spans else data[:0]
+    if plan.take is not None:
+        buf = buf[plan.take]
+    if plan.inverse is not None:
+        buf = buf[plan.inverse]
+    return buf
+
+
+def _min_runs(rows: np.ndarray) -> int:
+    u = np.unique(rows)
+    return int(1 + np.count_nonzero(np.diff(u) != 1)) if u.size else 0
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_plan_restores_requested_order_with_minimal_runs(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 500))
+    k = int(rng.integers(1, 64))
+    rows = rng.integers(0, n, k) if seed % 3 == 0 else rng.permutation(n)[:k]
+    data = np.arange(n) * 10
+    plan = _plan.plan_reads(rows)
+    np.testing.assert_array_equal(_apply(plan, data), data[rows])
+    assert plan.n_spans == _min_runs(rows)
+    # Every distinct row is read exactly once.
+    assert plan.span_rows == np.unique(rows).size
+    assert np.all(plan.starts[1:] > plan.stops[:-1])
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_chunked_plan_touches_each_chunk_in_one_span(seed):
+    rng = np.random.default_rng(seed)
+    n, chunk = int(rng.integers(1, 400)), int(rng.integers(1, 40))
+    rows = rng.permutation(n)[: int(rng.integers(1, 50))]
+    data = np.arange(n)
+    plan = _plan.plan_reads(rows, chunk_rows=chunk)
+    np.testing.assert_array_equal(_apply(plan, data), data[rows])
+    # No chunk is covered by two spans: a chunk is decompressed once.
+    chunks_per_span = [set(range(a // chunk, (b - 1) // chunk + 1)) for a, b in zip(plan.starts, plan.stops)]
+    seen: set[int] = set()
+    for chunks in chunks_per_span:
+        assert not (chunks & seen)
+        seen |= chunks
+    assert seen == set((np.unique(rows) // chunk).tolist())
+
+
+def test_consecutive_rows_are_one_span_and_need_no_reordering():
+    plan = _plan.plan_reads(np.arange(40, 72))
+    assert (plan.n_spans, plan.take, plan.inverse) == (1, None, None)
+    assert (int(plan.starts[0]), int(plan.stops[0])) == (40, 72)
+
+
+def test_empty_request_plans_nothing():
+    plan = _plan.plan_reads(np.array([], dtype=np.int64))
+    assert plan.n_spans == 0 and plan.span_rows == 0
+
+
+@pytest.mark.parametrize("shuffle", [False, True, "block"])
+@pytest.mark.parametrize("n", [0, 1, 7, 64, 1000])
+def test_epoch_order_is_a_permutation_and_depends_only_on_seed_and_epoch(shuffle, n):
+    for epoch in range(3):
+        a = _plan.epoch_order(n, shuffle=shuffle, seed=11, epoch=epoch, block=8, window=3)
+        b = _plan.epoch_order(n, shuffle=shuffle, seed=11, epoch=epoch, block=8, window=3)
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(np.sort(a), np.arange(n))
+
+
+def test_shuffled_epochs_differ_between_epochs_and_seeds():
+    a = _plan.epoch_order(1000, shuffle=True, seed=1, epoch=0)
+    assert not np.array_equal(a, _plan.epoch_order(1000, shuffle=True, seed=1, epoch=1))
+    assert not np.array_equal(a, _plan.epoch_order(1000, shuffle=True, seed=2, epoch=0))
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_block_shuffle_batches_draw_from_few_blocks(seed):
+    block, window, batch = 16, 4, 32
+    order = _plan.block_permutation(4096, block=block, window=window, seed=seed, epoch=0)
+    for start in range(0, order.size, batch):
+        blocks = np.unique(order[start : start + batch] // block)
+        # A batch can straddle two windows, so at most 2 * window blocks.
+        assert blocks.size <= 2 * window
+    assert not np.array_equal(order, np.arange(order.size))
+
+
+@pytest.mark.parametrize("n", [0, 1, 9, 10, 11, 1001])
+@pytest.mark.parametrize("count", [1, 2, 3, 4])
+@pytest.mark.parametrize("drop_remainder", [False, True])
+def test_shards_partition_the_epoch(n, count, drop_remainder):
+    parts = [_plan.shard_bounds(n, k, count, drop_remainder=drop_remainder) for k in range(count)]
+    sizes = [b - a for a, b in parts]
+    assert max(sizes) - min(sizes) <= (0 if drop_remainder else 1)
+    covered = np.concatenate([np.arange(a, b) for a, b in parts])
+    assert np.unique(covered).size == covered.size  # no position twice
+    assert covered.size == (n - n % count if drop_remainder else n)
+
+
+@pytest.mark.parametrize("bad", [(0, 0), (2, 2), (-1, 3)])
+def test_bad_shard_is_an_error_naming_it(bad):
+    with pytest.raises(ValueError, match=r"shard"):
+        _plan.shard_bounds(10, *bad, drop_remainder=False)
+
+
+def test_num_batches_ceil_and_floor():
+    assert _plan.num_batches(65, 32, drop_remainder=False) == 3
+    assert _plan.num_batches(65, 32, drop_remainder=True) == 2
+    assert _plan.num_batches(64, 32, drop_remainder=False) == 2

@@ -1,0 +1,203 @@
+"""DatasetWriter and write_arrays: checks, layout choices, atomicity."""
+
+from __future__ import annotations
+
+import os
+
+import h5py
+import numpy as np
+import pytest
+
+import h5feed
+from h5feed import errors
+
+
+def _writer(path, **kw):
+    opts = dict(sample_shape=(3,), dtype="float32", n_classes=4)
+    opts.update(kw)
+    return h5feed.DatasetWriter(path, **opts)
+
+
+def _leftovers(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_exception_inside_with_leaves_no_file(tmp_path):
+    target = tmp_path / "out.h5"
+    with pytest.raises(RuntimeError, match="boom"):
+        with _writer(target) as w:
+            w.append("a", np.zeros(3, np.float32), 1)
+            raise RuntimeError("boom")
+    assert _leftovers(tmp_path) == []
+
+
+def test_keyboard_interrupt_inside_with_leaves_no_file(tmp_path):
+    target = tmp_path / "out.h5"
+    with pytest.raises(KeyboardInterrupt):
+        with _writer(target) as w:
+            w.append("a", np.zeros(3, np.float32), 1)
+            raise KeyboardInterrupt
+    assert _leftovers(tmp_path) == []
+
+
+def test_failed_overwrite_leaves_existing_target_byte_identical(tmp_path, small_file):
+    before = small_file.read_bytes()
+    with pytest.raises(errors.SampleError):
+        with _writer(small_file, overwrite=True) as w:
+            w.append("a", np.zeros(3, np.float32), 1)
+            w.append("b", np.zeros(4, np.float32), 1)  # wrong shape
+    assert small_file.read_bytes() == before
+    assert _leftovers(tmp_path) == [small_file.name]
+
+
+def test_existing_target_without_overwrite_is_refused_before_writing(small_file):
+    with pytest.raises(errors.WriterError, match="already exists"):
+        _writer(small_file)
+
+
+def test_overwrite_replaces_target_only_on_success(tmp_path, small_file):
+    with _writer(small_file, overwrite=True) as w:
+        w.append("only", np.ones(3, np.float32), 2)
+    assert h5feed.open_file(small_file).n_rows == 1
+
+
+def test_missing_output_folder_is_refused_and_nothing_is_created(tmp_path):
+    with pytest.raises(errors.WriterError, match="does not exist"):
+        _writer(tmp_path / "no" / "such" / "out.h5")
+    assert _leftovers(tmp_path) == []
+
+
+BAD_APPENDS = [
+    ("wrong-shape", ("a", np.zeros(4, np.float32), 1), "expected shape \\(3,\\)"),
+    ("unsafe-dtype", ("a", np.zeros(3, np.float64), 1), "expected dtype float32"),
+    ("label-too-big", ("a", np.zeros(3, np.float32), 4), r"outside \[0, 4\)"),
+    ("label-negative", ("a", np.zeros(3, np.float32), -1), r"outside \[0, 4\)"),
+    ("label-not-integer", ("a", np.zeros(3, np.float32), 1.5), "integer class index"),
+    ("label-missing", ("a", np.zeros(3, np.float32), None), "missing its label"),
+    ("id-not-str", (7, np.zeros(3, np.float32), 1), "must be str"),
+    ("id-empty", ("", np.zeros(3, np.float32), 1), "invalid sample ID ''"),
+]
+
+
+@pytest.mark.parametrize("args, match", [c[1:] for c in BAD_APPENDS], ids=[c[0] for c in BAD_APPENDS])
+def test_bad_append_names_the_sample_and_writes_nothing(tmp_path, args, match):
+    with pytest.raises(errors.H5FeedError, match=match) as info:
+        with _writer(tmp_path / "out.h5") as w:
+            w.append("ok", np.zeros(3, np.float32), 0)
+            w.append(*args)
+    if isinstance(args[0], str) and args[0]:
+        assert repr(args[0]) in str(info.value)
+    assert _leftovers(tmp_path) == []
+
+
+def test_duplicate_id_names_both_rows(tmp_path):
+    with pytest.raises(errors.SampleError, match="duplicate sample ID 'a' \\(first at row 0\\)"):
+        with _writer(tmp_path / "out.h5") as w:
+            w.append("a", np.zeros(3, np.float32), 0)
+            w.append("a", np.zeros(3, np.float32), 0)
+
+
+def test_python_numbers_that_fit_are_accepted(tmp_path):
+    with _writer(tmp_path / "out.h5", dtype="uint8") as w:
+        w.append("a", [1, 2, 255], 3)
+    with pytest.raises(errors.SampleError, match="dtype uint8"):
+        with _writer(tmp_path / "out2.h5", dtype="uint8") as w:
+            w.append("a", [1, 2, 256], 3)
+
+
+def test_empty_writer_is_an_error(tmp_path):
+    with pytest.raises(errors.WriterError, match="no samples"):
+        with _writer(tmp_path / "out.h5"):
+            pass
+    assert _leftovers(tmp_path) == []
+
+
+def test_unknown_split_id_and_overlapping_splits_are_errors(tmp_path):
+    with pytest.raises(errors.UnknownIDError, match="'zz'"):
+        with _writer(tmp_path / "a.h5") as w:
+            w.append("a", np.zeros(3, np.float32), 0)
+            w.add_split("train", ["a", "zz"])
+    with pytest.raises(errors.WriterError, match="overlap"):
+        with _writer(tmp_path / "b.h5") as w:
+            w.extend(["a", "b"], np.zeros((2, 3), np.float32), [0, 1])
+            w.add_split("train", ["a", "b"])
+            w.add_split("validation", ["b"])
+    assert _leftovers(tmp_path) == []
+
+
+def test_known_row_count_without_compression_is_contiguous(tmp_path, arrays):
+    ids, x, y = arrays
+    path = h5feed.write_arrays(tmp_path / "c.h5", ids, x, y, n_classes=5)
+    with h5py.File(path) as f:
+        assert f["x"].chunks is None and f["x"].compression is None
+
+
+@pytest.mark.parametrize("options", [{"compression": "gzip"}, {"compression": "lzf"}, {"checksum": True}])
+def test_compressed_or_checksummed_data_is_chunked_256k_to_1m(tmp_path, options):
+    x = np.zeros((3000, 28, 28), np.uint8)
+    path = h5feed.write_arrays(tmp_path / "c.h5", [str(i) for i in range(3000)], x, np.zeros(3000, int), n_classes=1, **options)
+    with h5py.File(path) as f:
+        chunk_bytes = np.prod(f["x"].chunks) * f["x"].dtype.itemsize
+        assert 256 * 1024 <= chunk_bytes <= 1024 * 1024
+        assert f["x"].chunks[1:] == (28, 28)
+
+
+def test_expected_rows_must_be_met(tmp_path):
+    with pytest.raises(errors.WriterError, match="expected_rows=3, but 2"):
+        with _writer(tmp_path / "a.h5", expected_rows=3) as w:
+            w.extend(["a", "b"], np.zeros((2, 3), np.float32), [0, 1])
+    with pytest.raises(errors.SampleError, match="'c'"):
+        with _writer(tmp_path / "b.h5", expected_rows=2) as w:
+            w.extend(["a", "b"], np.zeros((2, 3), np.float32), [0, 1])
+            w.append("c", np.zeros(3, np.float32), 0)
+    assert _leftovers(tmp_path) == []
+
+
+def test_round_trip_by_id_across_buffer_flushes(tmp_path):
+    n = 5000  # several 4 MiB blocks of 1 KiB rows
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((n, 256)).astype(np.float32)
+    y = rng.integers(0, 7, n)
+    path = tmp_path / "big.h5"
+    with h5feed.DatasetWriter(path, sample_shape=(256,), dtype="float32", n_classes=7) as w:
+        for i in range(0, n, 999):
+            w.extend([f"r{j}" for j in range(i, min(n, i + 999))], x[i : i + 999], y[i : i + 999])
+    with h5py.File(path) as f:
+        np.testing.assert_array_equal(f["x"][()], x)
+        np.testing.assert_array_equal(f["y"][()], y)
+        assert f["ids"].asstr()[4321] == "r4321"
+
+
+def test_unlabelled_data_has_no_y(tmp_path):
+    path = tmp_path / "u.h5"
+    with h5feed.DatasetWriter(path, sample_shape=(2,), dtype="float32", target_dtype=None) as w:
+        w.append("a", np.zeros(2, np.float32))
+    info = h5feed.open_file(path)
+    assert not info.has_y and info.n_classes is None
+
+
+def test_regression_targets_and_extras(tmp_path):
+    ids = ["a", "b", "c"]
+    path = h5feed.write_arrays(
+        tmp_path / "r.h5", ids, np.zeros((3, 2), np.float32), np.ones((3, 2), np.float32),
+        extras={"weight": np.array([1.0, 2.0, 3.0])},
+    )
+    info = h5feed.open_file(path)
+    assert info.n_classes is None and info.column("y").shape == (3, 2)
+    assert info.column("weight").shape == (3,)
+
+
+def test_write_arrays_rejects_unknown_options(tmp_path, arrays):
+    ids, x, y = arrays
+    with pytest.raises(TypeError, match="compresion"):
+        h5feed.write_arrays(tmp_path / "a.h5", ids, x, y, compresion="gzip")
+
+
+def test_stale_temporary_of_a_dead_writer_is_removed(tmp_path):
+    import socket
+
+    stale = tmp_path / f".out.h5.{socket.gethostname()}.999999999.abcd.h5feed-tmp"
+    stale.write_bytes(b"leftover")
+    with _writer(tmp_path / "out.h5") as w:
+        w.append("a", np.zeros(3, np.float32), 0)
+    assert _leftovers(tmp_path) == ["out.h5"]
