@@ -25,6 +25,7 @@ from .writer import DatasetWriter as DatasetWriter, write_arrays as write_arrays
 
 if TYPE_CHECKING:
     from .sequence import H5Sequence as H5Sequence
+    from .tf_data import tf_dataset as tf_dataset
 
 __version__ = "0.1.0"
 
@@ -45,11 +46,15 @@ __all__ = [
     "__version__",
     "errors",
     "open_file",
+    "tf_dataset",
     "write_arrays",
 ]
 
-# Names that import Keras: resolved on first access (PEP 562).
-_LAZY = {"H5Sequence": ("h5feed.sequence", "H5Sequence")}
+# Names that import Keras or TensorFlow: resolved on first access (PEP 562).
+_LAZY = {
+    "H5Sequence": ("h5feed.sequence", "H5Sequence"),
+    "tf_dataset": ("h5feed.tf_data", "tf_dataset"),
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -67,11 +72,14 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
-def open_file(path: Any) -> Layout:
+def open_file(path: Any, *, allow_virtual: bool = False) -> Layout:
     """Validate the h5feed file at ``path`` and describe it.
+
+    ``allow_virtual=True`` accepts a file made by ``h5feed merge`` whose
+    datasets are virtual (see NOTE [ Trusting virtual datasets ] in layout.py).
 
     Raises:
         NotH5FeedFileError: missing, truncated or not HDF5.
         FormatError: not a valid h5feed file (the subclass says why).
     """
-    return open_and_validate(path)
+    return open_and_validate(path, allow_virtual=allow_virtual)

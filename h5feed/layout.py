@@ -276,13 +276,15 @@ def _check_links(f: h5py.File, group: h5py.Group) -> None:
             )
 
 
-def _check_storage(f: h5py.File, dset: h5py.Dataset) -> None:
+def _check_storage(f: h5py.File, dset: h5py.Dataset, *, allow_virtual: bool = False) -> None:
     where = _where(f, dset.name.lstrip("/"))
     if dset.is_virtual:
-        raise UntrustedFileError(
-            f"{where}: is a virtual dataset (its data lives in other files); "
-            "open with allow_virtual=True if you trust its sources"
-        )
+        if not allow_virtual:
+            raise UntrustedFileError(
+                f"{where}: is a virtual dataset (its data lives in other files); "
+                "open with allow_virtual=True if you trust its sources"
+            )
+        _check_virtual_sources(f, dset)
     if dset.external:
         raise UntrustedFileError(
             f"{where}: stores its data in external files {[e[0] for e in dset.external]!r}; "
@@ -322,6 +324,82 @@ def _check_storage(f: h5py.File, dset: h5py.Dataset) -> None:
             )
 
 
+# NOTE [ Trusting virtual datasets ]
+# A virtual dataset reads its rows from other HDF5 files, which an untrusted
+# file could point anywhere (absolute paths, "..", printf-style name
+# patterns); and HDF5 silently returns fill values for rows whose source is
+# missing, so a lost part would train on zeros. Virtual datasets are
+# therefore refused unless the caller passes ``allow_virtual=True``, and even
+# then every mapping must: name a relative file inside the virtual file's
+# folder (no "..", no "%" pattern), exist there as a plain, non-virtual,
+# same-named dataset of the same dtype and row shape, select whole rows
+# within that source's bounds; and the mappings together must cover every
+# row exactly once.
+
+
+def _check_virtual_sources(f: h5py.File, dset: h5py.Dataset) -> None:
+    where = _where(f, dset.name.lstrip("/"))
+    folder = os.path.dirname(os.path.abspath(f.filename))
+    name = dset.name.lstrip("/")
+    n_rows = dset.shape[0] if dset.shape else 0
+    row_elems = int(np.prod(dset.shape[1:], dtype=np.int64)) if dset.shape else 1
+    covered: list[tuple[int, int]] = []
+    for vmap in dset.virtual_sources():
+        source = vmap.file_name
+        parts = source.replace("\\", "/").split("/")
+        if (
+            os.path.isabs(source)
+            or ".." in parts
+            or "%" in source
+            or "%" in vmap.dset_name
+            or source == "."
+        ):
+            raise UntrustedFileError(
+                f"{where}: virtual source {source!r}:{vmap.dset_name!r} is not a file inside "
+                f"{folder!r}; h5feed only follows relative sources beside the merged file"
+            )
+        if vmap.dset_name.lstrip("/") != name:
+            raise UntrustedFileError(
+                f"{where}: virtual source {source!r} maps dataset {vmap.dset_name!r}; "
+                f"expected {name!r}"
+            )
+        src_path = os.path.join(folder, source)
+        if not os.path.isfile(src_path):
+            raise UntrustedFileError(
+                f"{where}: virtual source {src_path!r} is missing; its rows would read as "
+                "fill values. Put the part files back beside the merged file"
+            )
+        (v_lo, *_), (v_hi, *_) = vmap.vspace.get_select_bounds()
+        (s_lo, *_), (s_hi, *_) = vmap.src_space.get_select_bounds()
+        n_sel = int(vmap.vspace.get_select_npoints())
+        if n_sel != (v_hi - v_lo + 1) * row_elems or n_sel != int(vmap.src_space.get_select_npoints()):
+            raise UntrustedFileError(f"{where}: virtual source {source!r} does not map whole rows")
+        with open_h5(src_path) as g:
+            src = g.get(name)
+            if not isinstance(src, h5py.Dataset) or src.is_virtual or src.external:
+                raise UntrustedFileError(
+                    f"{where}: virtual source {src_path!r} has no plain dataset {name!r}"
+                )
+            if src.dtype != dset.dtype or tuple(src.shape[1:]) != tuple(dset.shape[1:]) or s_hi >= src.shape[0]:
+                raise UntrustedFileError(
+                    f"{where}: virtual source {src_path!r}:/{name} has shape {src.shape!r} and dtype "
+                    f"{src.dtype!r}; the mapping needs rows {s_lo}..{s_hi} of {dset.dtype!r} rows "
+                    f"{tuple(dset.shape[1:])!r}"
+                )
+        covered.append((int(v_lo), int(v_hi) + 1))
+    covered.sort()
+    expect = 0
+    for lo, hi in covered:
+        if lo != expect:
+            raise UntrustedFileError(
+                f"{where}: virtual rows {min(lo, expect)}..{max(lo, expect) - 1} are "
+                f"{'mapped twice' if lo < expect else 'not mapped to any source'}"
+            )
+        expect = hi
+    if expect != n_rows:
+        raise UntrustedFileError(f"{where}: virtual rows {expect}..{n_rows - 1} are not mapped to any source")
+
+
 def _contiguous_offset(dset: h5py.Dataset) -> int | None:
     """The data's file offset when it can be memory-mapped, else None."""
     if dset.chunks is not None or dset.compression is not None:
@@ -336,8 +414,8 @@ def _contiguous_offset(dset: h5py.Dataset) -> int | None:
     return int(offset)
 
 
-def _column_info(f: h5py.File, dset: h5py.Dataset) -> ColumnInfo:
-    _check_storage(f, dset)
+def _column_info(f: h5py.File, dset: h5py.Dataset, *, allow_virtual: bool = False) -> ColumnInfo:
+    _check_storage(f, dset, allow_virtual=allow_virtual)
     if dset.dtype.kind not in "biuf":
         raise LayoutError(
             f"{_where(f, dset.name.lstrip('/'))}: expected a numeric dtype. "
@@ -382,9 +460,9 @@ def _check_ids(f: h5py.File) -> tuple[int, np.ndarray]:
     return len(ids), ids
 
 
-def _check_rows(f: h5py.File, name: str, n_rows: int) -> ColumnInfo:
+def _check_rows(f: h5py.File, name: str, n_rows: int, *, allow_virtual: bool = False) -> ColumnInfo:
     dset = _require(f, name)
-    info = _column_info(f, dset)
+    info = _column_info(f, dset, allow_virtual=allow_virtual)
     if not info.shape or info.shape[0] != n_rows:
         raise LayoutError(
             f"{_where(f, name)}: first dimension must match {IDS!r} ({n_rows} rows). "
@@ -484,13 +562,18 @@ def _check_completion(f: h5py.File, n_rows: int) -> dict[str, Any]:
     return record
 
 
-def validate(f: h5py.File, *, return_ids: bool = False) -> Layout | tuple[Layout, np.ndarray]:
+def validate(
+    f: h5py.File, *, return_ids: bool = False, allow_virtual: bool = False
+) -> Layout | tuple[Layout, np.ndarray]:
     """Check that an open file follows format version 1; describe it.
 
     Args:
         f: an h5py file open for reading.
         return_ids: also return the sample IDs (read anyway to check that
             they are unique).
+        allow_virtual: accept per-row datasets that are HDF5 virtual
+            datasets (``h5feed merge`` makes them), provided every source
+            passes the checks of NOTE [ Trusting virtual datasets ].
 
     Returns:
         The file's :class:`Layout`, and with ``return_ids`` its IDs as an
@@ -501,25 +584,27 @@ def validate(f: h5py.File, *, return_ids: bool = False) -> Layout | tuple[Layout
         IncompleteFileError: no valid completion record.
         LayoutError: a dataset missing, of the wrong shape or dtype, duplicate
             IDs, a class index or split row out of range, unsorted splits.
-        UntrustedFileError: external links or storage, virtual datasets,
-            unknown filters, shapes beyond the caps.
+        UntrustedFileError: external links or storage, virtual datasets
+            (unless allowed, and then any source outside the file's folder,
+            missing, or not covering every row), unknown filters, shapes
+            beyond the caps.
     """
     _check_format(f)
     _check_links(f, f)
     n_rows, ids = _check_ids(f)
     completion = _check_completion(f, n_rows)
-    columns: dict[str, ColumnInfo] = {X: _check_rows(f, X, n_rows)}
+    columns: dict[str, ColumnInfo] = {X: _check_rows(f, X, n_rows, allow_virtual=allow_virtual)}
     for name, obj in f.items():
         if name in (IDS, X, SPLITS) or not isinstance(obj, h5py.Dataset):
             continue
         if name == Y:
-            columns[Y] = _check_rows(f, Y, n_rows)
+            columns[Y] = _check_rows(f, Y, n_rows, allow_virtual=allow_virtual)
         elif obj.shape and obj.shape[0] == n_rows:
             # Further per-row datasets are optional extras; others are
             # metadata that h5feed leaves alone.
-            _check_storage(f, obj)
+            _check_storage(f, obj, allow_virtual=allow_virtual)
             if obj.dtype.kind in "biuf":
-                columns[name] = _column_info(f, obj)
+                columns[name] = _column_info(f, obj, allow_virtual=allow_virtual)
     n_classes, class_names = _check_classes(f, columns)
     splits: dict[str, int] = {}
     group = f.get(SPLITS)
@@ -541,10 +626,12 @@ def validate(f: h5py.File, *, return_ids: bool = False) -> Layout | tuple[Layout
     return (layout, ids) if return_ids else layout
 
 
-def open_and_validate(path: str | os.PathLike[str], *, return_ids: bool = False) -> Any:
+def open_and_validate(
+    path: str | os.PathLike[str], *, return_ids: bool = False, allow_virtual: bool = False
+) -> Any:
     """Open ``path``, validate it and close it again; see :func:`validate`."""
     with open_h5(path) as f:
-        return validate(f, return_ids=return_ids)
+        return validate(f, return_ids=return_ids, allow_virtual=allow_virtual)
 
 
 def read_split(f: h5py.File, name: str) -> np.ndarray:

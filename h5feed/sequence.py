@@ -6,6 +6,7 @@ backend); ``import h5feed`` alone does not.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Union
@@ -84,7 +85,12 @@ class H5Sequence(keras.utils.PyDataset):
             rows of ``x`` when chunked, else 64).
         block_window: blocks mixed together for ``shuffle="block"``.
         shard: ``(index, count)`` to read only this worker's equal part of
-            every epoch (multi-machine training).
+            every epoch (multi-machine training): every shard draws the same
+            epoch permutation from ``seed`` and takes its own consecutive,
+            equal part of it; ``drop_remainder`` drops the last ``n % count``
+            rows of the epoch so that all shards have the same length.
+        allow_virtual: accept a file whose datasets are HDF5 virtual datasets
+            (made by ``h5feed merge``); its sources must lie in its folder.
         **kwargs: ``workers``, ``use_multiprocessing``, ``max_queue_size``,
             passed to ``keras.utils.PyDataset``.
 
@@ -116,6 +122,7 @@ class H5Sequence(keras.utils.PyDataset):
         block_rows: int | None = None,
         block_window: int = 8,
         shard: tuple[int, int] | None = None,
+        allow_virtual: bool = False,
         **kwargs: Any,
     ) -> None:
         unknown = sorted(set(kwargs) - set(_PYDATASET_KWARGS))
@@ -151,15 +158,18 @@ class H5Sequence(keras.utils.PyDataset):
             raise TypeError(f"split must be a split name (str). Received: {split!r}")
         self.split = split
         self._shard = _normalize_shard(shard)
+        if not isinstance(allow_virtual, (bool, np.bool_)):
+            raise TypeError(f"allow_virtual must be a bool. Received: {allow_virtual!r}")
+        self.allow_virtual = bool(allow_virtual)
 
         with open_h5(self.path) as f:
             # Validate once, here; workers trust this layout (NOTE [ Handles
             # across processes ] in reader.py).
             if ids is not None:
-                layout, all_ids = validate(f, return_ids=True)
+                layout, all_ids = validate(f, return_ids=True, allow_virtual=self.allow_virtual)
                 rows = _rows_for_ids(self.path, all_ids, ids)
             else:
-                layout = validate(f)
+                layout = validate(f, allow_virtual=self.allow_virtual)
                 rows = read_split(f, split) if split is not None else np.arange(layout.n_rows, dtype=np.int64)
         self.layout: Layout = layout
         self._rows = rows
@@ -231,6 +241,11 @@ class H5Sequence(keras.utils.PyDataset):
         """Called by Keras after each epoch: draw the next epoch's order."""
         self.set_epoch(self._epoch + 1)
 
+    @property
+    def shard(self) -> tuple[int, int] | None:
+        """``(index, count)`` when this sequence reads one shard, else None."""
+        return self._shard
+
     def epoch_rows(self) -> np.ndarray:
         """The rows of the current epoch, in batch order (a copy)."""
         n = len(self) * self.batch_size
@@ -290,6 +305,21 @@ class H5Sequence(keras.utils.PyDataset):
             return f"rows {rows[:limit].tolist()!r}"
         more = f" and {rows.size - limit} more" if rows.size > limit else ""
         return f"{ids!r}{more}"
+
+    # -- other frameworks --------------------------------------------------
+
+    def to_tf_dataset(self, *, first_epoch: int | None = None, prefetch: int | None = -1) -> Any:
+        """The same batches as a ``tf.data.Dataset``; see :func:`h5feed.tf_data.dataset_from_sequence`."""
+        from .tf_data import dataset_from_sequence
+
+        return dataset_from_sequence(self, first_epoch=first_epoch, prefetch=prefetch)
+
+    def _clone(self, epoch: int) -> H5Sequence:
+        """A shallow copy at ``epoch`` with its own reader (handles are never shared)."""
+        clone = copy.copy(self)
+        clone._reader = Reader(self.layout)
+        clone.set_epoch(epoch)
+        return clone
 
     # -- resources and pickling --------------------------------------------
 
