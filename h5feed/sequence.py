@@ -8,51 +8,32 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Union
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from . import _plan
-from ._files import open_h5
 from ._keras import keras
-from .errors import H5FeedError, UnknownIDError
-from .layout import Layout, read_split, validate
+from ._select import (
+    ColumnSpec,
+    column_names as _column_names,
+    gather as _gather_columns,
+    normalize_columns as _normalize_columns,
+    normalize_shard as _normalize_shard,
+    one_hot as _one_hot,
+    positive_int as _positive_int,
+    select_rows as _select_rows,
+    with_context as _with_context,
+)
+from .errors import H5FeedError
+from .layout import Layout
 from .reader import Reader
 
 __all__ = ["H5Sequence"]
 
-ColumnSpec = Union[str, Sequence[str], Mapping[str, str], None]
 _DEFAULT = object()
 _PYDATASET_KWARGS = ("workers", "use_multiprocessing", "max_queue_size")
-
-
-def _normalize_columns(spec: Any, what: str) -> Any:
-    """str | list[str] | dict[str, str] -> the same, checked; lists as tuples."""
-    if spec is None or isinstance(spec, str):
-        return spec
-    if isinstance(spec, Mapping):
-        for key, value in spec.items():
-            if not isinstance(key, str) or not isinstance(value, str):
-                raise TypeError(f"{what} as a dict must map str to str. Received: {spec!r}")
-        if not spec:
-            raise ValueError(f"{what} must not be empty")
-        return dict(spec)
-    if isinstance(spec, (list, tuple)):
-        if not spec or not all(isinstance(v, str) for v in spec):
-            raise TypeError(f"{what} as a list must hold dataset names (str). Received: {spec!r}")
-        return tuple(spec)
-    raise TypeError(f"{what} must be a dataset name, a list of names or a dict. Received: {spec!r}")
-
-
-def _column_names(spec: Any) -> list[str]:
-    if spec is None:
-        return []
-    if isinstance(spec, str):
-        return [spec]
-    if isinstance(spec, dict):
-        return list(spec.values())
-    return list(spec)
 
 
 class H5Sequence(keras.utils.PyDataset):
@@ -162,15 +143,9 @@ class H5Sequence(keras.utils.PyDataset):
             raise TypeError(f"allow_virtual must be a bool. Received: {allow_virtual!r}")
         self.allow_virtual = bool(allow_virtual)
 
-        with open_h5(self.path) as f:
-            # Validate once, here; workers trust this layout (NOTE [ Handles
-            # across processes ] in reader.py).
-            if ids is not None:
-                layout, all_ids = validate(f, return_ids=True, allow_virtual=self.allow_virtual)
-                rows = _rows_for_ids(self.path, all_ids, ids)
-            else:
-                layout = validate(f, allow_virtual=self.allow_virtual)
-                rows = read_split(f, split) if split is not None else np.arange(layout.n_rows, dtype=np.int64)
+        # Validated once, here; workers trust this layout (NOTE [ Handles
+        # across processes ] in reader.py).
+        layout, rows = _select_rows(self.path, split, ids, allow_virtual=self.allow_virtual)
         self.layout: Layout = layout
         self._rows = rows
 
@@ -292,11 +267,7 @@ class H5Sequence(keras.utils.PyDataset):
         return (X,) if self.y is None else (X, Y)
 
     def _gather(self, spec: Any, rows: np.ndarray) -> Any:
-        if isinstance(spec, str):
-            return self._reader.read(spec, rows)
-        if isinstance(spec, dict):
-            return {key: self._reader.read(name, rows) for key, name in spec.items()}
-        return tuple(self._reader.read(name, rows) for name in spec)
+        return _gather_columns(self._reader, spec, rows)
 
     def _ids_for(self, rows: np.ndarray, limit: int = 8) -> str:
         try:
@@ -344,52 +315,3 @@ class H5Sequence(keras.utils.PyDataset):
             f"<H5Sequence {self.path!r} {what} batch_size={self.batch_size} "
             f"shuffle={self.shuffle!r} epoch={self._epoch} batches={len(self)}>"
         )
-
-
-def _one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
-    out = np.zeros((labels.shape[0], n_classes), dtype=np.float32)
-    out[np.arange(labels.shape[0]), labels] = 1.0
-    return out
-
-
-def _with_context(exc: BaseException, context: str) -> BaseException:
-    """The same exception type with ``context`` added, when it can be rebuilt."""
-    try:
-        return type(exc)(f"{exc} [{context}]")
-    except Exception:
-        return RuntimeError(f"{type(exc).__name__}: {exc} [{context}]")
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1. Received: {value!r}")
-    return int(value)
-
-
-def _normalize_shard(shard: Any) -> tuple[int, int] | None:
-    if shard is None:
-        return None
-    try:
-        index, count = shard
-    except (TypeError, ValueError):
-        raise ValueError(f"shard must be (index, count). Received: {shard!r}") from None
-    for v in (index, count):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            raise ValueError(f"shard must be (index, count) of ints. Received: {shard!r}")
-    if count < 1 or not 0 <= index < count:
-        raise ValueError(f"shard must satisfy 0 <= index < count. Received: {shard!r}")
-    return int(index), int(count)
-
-
-def _rows_for_ids(path: str, all_ids: np.ndarray, wanted: Sequence[str]) -> np.ndarray:
-    if isinstance(wanted, str):
-        raise TypeError(f"ids must be a list of sample IDs, not one string. Received: {wanted!r}")
-    row_of = {sid: i for i, sid in enumerate(all_ids.tolist())}
-    wanted = list(wanted)
-    missing = [sid for sid in wanted if sid not in row_of]
-    if missing:
-        raise UnknownIDError(
-            f"{path}: {len(missing)} of the requested IDs are not in the file, e.g. {missing[:5]!r}"
-        )
-    return np.fromiter((row_of[sid] for sid in wanted), dtype=np.int64, count=len(wanted))
-

@@ -1,0 +1,144 @@
+"""Which rows and which datasets a batch reader serves: shared by every adapter.
+
+H5Sequence (Keras), the tf.data dataset and the PyTorch dataset select rows
+(a split, a list of IDs, or all) and columns (``x``/``y`` as a name, a list or
+a dict) the same way; the helpers live here, free of any framework import.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, Union
+
+import numpy as np
+
+from ._files import open_h5
+from .errors import UnknownIDError
+from .layout import Layout, read_split, validate
+from .reader import Reader
+
+__all__ = [
+    "ColumnSpec",
+    "column_names",
+    "gather",
+    "normalize_columns",
+    "normalize_shard",
+    "one_hot",
+    "positive_int",
+    "rows_for_ids",
+    "select_rows",
+    "with_context",
+]
+
+ColumnSpec = Union[str, Sequence[str], Mapping[str, str], None]
+
+
+def normalize_columns(spec: Any, what: str) -> Any:
+    """str | list[str] | dict[str, str] -> the same, checked; lists as tuples."""
+    if spec is None or isinstance(spec, str):
+        return spec
+    if isinstance(spec, Mapping):
+        for key, value in spec.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise TypeError(f"{what} as a dict must map str to str. Received: {spec!r}")
+        if not spec:
+            raise ValueError(f"{what} must not be empty")
+        return dict(spec)
+    if isinstance(spec, (list, tuple)):
+        if not spec or not all(isinstance(v, str) for v in spec):
+            raise TypeError(f"{what} as a list must hold dataset names (str). Received: {spec!r}")
+        return tuple(spec)
+    raise TypeError(f"{what} must be a dataset name, a list of names or a dict. Received: {spec!r}")
+
+
+def column_names(spec: Any) -> list[str]:
+    if spec is None:
+        return []
+    if isinstance(spec, str):
+        return [spec]
+    if isinstance(spec, dict):
+        return list(spec.values())
+    return list(spec)
+
+
+
+def gather(reader: Reader, spec: Any, rows: np.ndarray) -> Any:
+    """Read ``rows`` of the dataset(s) ``spec`` (a name, a tuple or a dict)."""
+    if isinstance(spec, str):
+        return reader.read(spec, rows)
+    if isinstance(spec, dict):
+        return {key: reader.read(name, rows) for key, name in spec.items()}
+    return tuple(reader.read(name, rows) for name in spec)
+
+
+def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    out = np.zeros((labels.shape[0], n_classes), dtype=np.float32)
+    out[np.arange(labels.shape[0]), labels] = 1.0
+    return out
+
+
+def with_context(exc: BaseException, context: str) -> BaseException:
+    """The same exception type with ``context`` added, when it can be rebuilt."""
+    try:
+        return type(exc)(f"{exc} [{context}]")
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc} [{context}]")
+
+
+def positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1. Received: {value!r}")
+    return int(value)
+
+
+def normalize_shard(shard: Any) -> tuple[int, int] | None:
+    if shard is None:
+        return None
+    try:
+        index, count = shard
+    except (TypeError, ValueError):
+        raise ValueError(f"shard must be (index, count). Received: {shard!r}") from None
+    for v in (index, count):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise ValueError(f"shard must be (index, count) of ints. Received: {shard!r}")
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"shard must satisfy 0 <= index < count. Received: {shard!r}")
+    return int(index), int(count)
+
+
+def rows_for_ids(path: str, all_ids: np.ndarray, wanted: Sequence[str]) -> np.ndarray:
+    if isinstance(wanted, str):
+        raise TypeError(f"ids must be a list of sample IDs, not one string. Received: {wanted!r}")
+    row_of = {sid: i for i, sid in enumerate(all_ids.tolist())}
+    wanted = list(wanted)
+    missing = [sid for sid in wanted if sid not in row_of]
+    if missing:
+        raise UnknownIDError(
+            f"{path}: {len(missing)} of the requested IDs are not in the file, e.g. {missing[:5]!r}"
+        )
+    return np.fromiter((row_of[sid] for sid in wanted), dtype=np.int64, count=len(wanted))
+
+
+
+def select_rows(
+    path: str, split: str | None, ids: Sequence[str] | None, *, allow_virtual: bool
+) -> tuple[Layout, np.ndarray]:
+    """Open and validate ``path`` once; the rows of ``split``, of ``ids``, or all.
+
+    Raises:
+        ValueError: both ``split`` and ``ids`` given.
+        TypeError: ``split`` not a str, ``ids`` a single str.
+        UnknownSplitError, UnknownIDError, FormatError: from the file.
+    """
+    if split is not None and ids is not None:
+        raise ValueError("pass split or ids, not both")
+    if split is not None and not isinstance(split, str):
+        raise TypeError(f"split must be a split name (str). Received: {split!r}")
+    with open_h5(os.fspath(path)) as f:
+        if ids is not None:
+            layout, all_ids = validate(f, return_ids=True, allow_virtual=allow_virtual)
+            return layout, rows_for_ids(path, all_ids, ids)
+        layout = validate(f, allow_virtual=allow_virtual)
+        rows = read_split(f, split) if split is not None else np.arange(layout.n_rows, dtype=np.int64)
+    return layout, rows
