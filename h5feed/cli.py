@@ -93,7 +93,7 @@ COMMANDS: list[Command] = [
 
 def _register_optional() -> None:
     """Commands that live in other modules add themselves here."""
-    for module_name in ("h5feed.inspect", "h5feed.convert.cli", "h5feed.benchmarks.cli"):
+    for module_name in ("h5feed.inspect", "h5feed.convert.cli", "h5feed.benchmarks.cli", "h5feed.merge"):
         try:
             module = __import__(module_name, fromlist=["COMMANDS"])
         except ImportError:

@@ -370,17 +370,28 @@ def _check_virtual_sources(f: h5py.File, dset: h5py.Dataset) -> None:
                 "fill values. Put the part files back beside the merged file"
             )
         (v_lo, *_), (v_hi, *_) = vmap.vspace.get_select_bounds()
-        (s_lo, *_), (s_hi, *_) = vmap.src_space.get_select_bounds()
         n_sel = int(vmap.vspace.get_select_npoints())
-        if n_sel != (v_hi - v_lo + 1) * row_elems or n_sel != int(vmap.src_space.get_select_npoints()):
+        if n_sel != (v_hi - v_lo + 1) * row_elems:
             raise UntrustedFileError(f"{where}: virtual source {source!r} does not map whole rows")
+        whole_source = vmap.src_space.get_select_type() == h5py.h5s.SEL_ALL
+        if whole_source:
+            s_lo, s_hi = 0, v_hi - v_lo
+        else:
+            (s_lo, *_), (s_hi, *_) = vmap.src_space.get_select_bounds()
+            if int(vmap.src_space.get_select_npoints()) != n_sel:
+                raise UntrustedFileError(f"{where}: virtual source {source!r} does not map whole rows")
         with open_h5(src_path) as g:
             src = g.get(name)
             if not isinstance(src, h5py.Dataset) or src.is_virtual or src.external:
                 raise UntrustedFileError(
                     f"{where}: virtual source {src_path!r} has no plain dataset {name!r}"
                 )
-            if src.dtype != dset.dtype or tuple(src.shape[1:]) != tuple(dset.shape[1:]) or s_hi >= src.shape[0]:
+            if (
+                src.dtype != dset.dtype
+                or tuple(src.shape[1:]) != tuple(dset.shape[1:])
+                or s_hi >= src.shape[0]
+                or (whole_source and src.shape[0] != s_hi + 1)
+            ):
                 raise UntrustedFileError(
                     f"{where}: virtual source {src_path!r}:/{name} has shape {src.shape!r} and dtype "
                     f"{src.dtype!r}; the mapping needs rows {s_lo}..{s_hi} of {dset.dtype!r} rows "

@@ -1,0 +1,226 @@
+"""h5feed merge: parts made by separate processes, joined virtually or copied."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+import h5feed
+from h5feed import errors
+from h5feed.cli import main
+from h5feed.merge import merge_files
+from h5feed.reader import Reader
+
+# Writes part K of N: rows K*M .. K*M+M-1 of one dataset, x[i, 0] == global row.
+PART_SCRIPT = r"""
+import sys
+import numpy as np
+import h5feed
+path, k, m = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rows = np.arange(k * m, k * m + m)
+ids = [f"s-{r}" for r in rows] if len(sys.argv) < 5 else [f"s-{r % m}" for r in rows]
+x = np.zeros((m, 3), np.float32)
+x[:, 0] = rows
+x[:, 1:] = np.random.default_rng(k).standard_normal((m, 2))
+y = rows % 4
+h5feed.write_arrays(path, ids, x, y, splits={"train": range(0, m - 2), "validation": range(m - 2, m)},
+                    n_classes=4, extras={"w": (rows * 0.5)[:, None]})
+"""
+
+M = 10  # rows per part
+
+
+def _make_parts(folder, n=3, dup=False):
+    """Each part written by its own Python process, all at once."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"part-{k}.h5" for k in range(n)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", PART_SCRIPT, str(p), str(k), str(M)] + (["dup"] if dup else []),
+            stderr=subprocess.PIPE, text=True,
+        )
+        for k, p in enumerate(paths)
+    ]
+    errs = [proc.communicate(timeout=120)[1] for proc in procs]
+    for proc, err in zip(procs, errs):
+        assert proc.returncode == 0, err
+    return paths
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    return _make_parts(tmp_path_factory.mktemp("merge") / "parts")
+
+
+def _record(path):
+    with h5py.File(path) as f:
+        return json.loads(f.attrs["h5feed_complete"])
+
+
+def test_virtual_merge_is_a_normal_h5feed_file_over_the_parts(parts):
+    out = parts[0].parent / "all.h5"
+    merge_files(parts, out, overwrite=True)
+    with h5py.File(out) as f:
+        assert all(f[name].is_virtual for name in ("x", "y", "w"))
+        assert not f["ids"].is_virtual
+        assert out.stat().st_size < 100_000  # no data copied
+    info = h5feed.open_file(out, allow_virtual=True)
+    assert info.n_rows == 3 * M and info.n_classes == 4
+    assert dict(info.splits) == {"train": 3 * (M - 2), "validation": 6}
+    assert all(c.offset is None for c in info.columns.values())  # never memory-mapped
+    with h5py.File(out) as f:
+        np.testing.assert_array_equal(f["x"][:, 0], np.arange(3 * M))
+        assert f["ids"].asstr()[M] == "s-10"
+        np.testing.assert_array_equal(f["splits/validation"][()], [8, 9, 18, 19, 28, 29])
+        np.testing.assert_array_equal(f["w"][:, 0], np.arange(3 * M) * 0.5)
+    assert _record(out)["parts"] == ["part-0.h5", "part-1.h5", "part-2.h5"]
+
+
+def test_virtual_files_are_refused_unless_allowed(parts):
+    out = parts[0].parent / "all-refused.h5"
+    merge_files(parts, out)
+    with pytest.raises(errors.UntrustedFileError, match="allow_virtual=True"):
+        h5feed.open_file(out)
+
+
+def test_sequence_reads_every_merged_row_once_with_the_parts_bytes(parts):
+    H5Sequence = pytest.importorskip("h5feed.sequence", reason="H5Sequence needs Keras").H5Sequence
+    out = parts[0].parent / "all-seq.h5"
+    merge_files(parts, out)
+    seq = H5Sequence(out, "train", batch_size=4, seed=1, allow_virtual=True, one_hot=False)
+    X = np.concatenate([seq[i][0] for i in range(len(seq))])
+    rows = X[:, 0].astype(int)
+    want = [r for r in range(3 * M) if r % M < M - 2]
+    np.testing.assert_array_equal(np.sort(rows), want)
+    parts_x = np.concatenate([h5py.File(p)["x"][()] for p in parts])
+    np.testing.assert_array_equal(X, parts_x[rows])
+    assert not seq._reader._maps  # the mmap fast path is not used for virtual data
+
+
+def test_copy_and_virtual_merges_have_the_same_completion_digests(parts, tmp_path):
+    virtual = parts[0].parent / "all-v.h5"
+    merge_files(parts, virtual)
+    standalone = tmp_path / "elsewhere" / "all-c.h5"
+    standalone.parent.mkdir()
+    merge_files(parts, standalone, copy=True)
+    assert _record(virtual)["sha256"] == _record(standalone)["sha256"]
+    info = h5feed.open_file(standalone)  # no allow_virtual needed
+    with h5py.File(standalone) as f:
+        assert not f["x"].is_virtual
+        np.testing.assert_array_equal(f["x"][:, 0], np.arange(3 * M))
+        np.testing.assert_array_equal(f["splits/validation"][()], [8, 9, 18, 19, 28, 29])
+    assert info.n_classes == 4 and set(info.columns) == {"x", "y", "w"}
+
+
+def test_reader_reads_virtual_rows_in_any_order(parts):
+    out = parts[0].parent / "all-reader.h5"
+    merge_files(parts, out)
+    reader = Reader(h5feed.open_file(out, allow_virtual=True))
+    rows = np.array([29, 0, 15, 15, 3, 20])
+    np.testing.assert_array_equal(reader.read("x", rows)[:, 0], rows)
+    assert not reader._maps
+    reader.close()
+
+
+def test_merged_folder_can_move_but_a_missing_part_is_refused(parts, tmp_path):
+    out = parts[0].parent / "all-move.h5"
+    merge_files(parts, out)
+    moved = tmp_path / "moved"
+    shutil.copytree(parts[0].parent, moved)
+    assert h5feed.open_file(moved / "all-move.h5", allow_virtual=True).n_rows == 3 * M
+    os.remove(moved / "part-1.h5")
+    with pytest.raises(errors.UntrustedFileError, match="part-1.h5.*missing"):
+        h5feed.open_file(moved / "all-move.h5", allow_virtual=True)
+
+
+def test_duplicate_ids_across_parts_name_the_ids_and_parts(tmp_path):
+    paths = _make_parts(tmp_path / "dup", n=2, dup=True)
+    out = tmp_path / "dup" / "all.h5"
+    with pytest.raises(errors.LayoutError, match=r"unique across parts.*'s-1' in .*part-0.h5 and .*part-1.h5"):
+        merge_files(paths, out)
+    assert sorted(os.listdir(tmp_path / "dup")) == ["part-0.h5", "part-1.h5"]  # nothing left behind
+
+
+def test_parts_that_disagree_are_refused(parts, tmp_path):
+    other = tmp_path / "parts" / "odd.h5"
+    other.parent.mkdir()
+    h5feed.write_arrays(other, ["z-1"], np.zeros((1, 4), np.float32), [0], n_classes=4, extras={"w": [[0.0]]})
+    shutil.copy(parts[0], tmp_path / "parts" / "part-0.h5")
+    with pytest.raises(errors.LayoutError, match=r"odd.h5:/x: rows of shape \(4,\)"):
+        merge_files([tmp_path / "parts" / "part-0.h5", other], tmp_path / "parts" / "all.h5")
+
+
+def test_a_damaged_part_is_refused(parts, tmp_path):
+    folder = tmp_path / "damaged"
+    folder.mkdir()
+    for p in parts:
+        shutil.copy(p, folder / p.name)
+    with h5py.File(folder / "part-1.h5", "r+") as f:
+        f["x"][3, 1] = 123.0  # the data changes, the completion record does not
+    with pytest.raises(errors.LayoutError, match="part-1.h5:/x: its data does not match"):
+        merge_files(sorted(folder.iterdir()), folder / "all.h5")
+    assert not (folder / "all.h5").exists()
+
+
+def test_a_virtual_merge_needs_the_parts_beside_the_output(parts, tmp_path):
+    with pytest.raises(errors.WriterError, match="outside it.*--copy"):
+        merge_files(parts, tmp_path / "all.h5")
+
+
+def _write_vds(path, source, name="x", n=3):
+    layout = h5py.VirtualLayout(shape=(n, 3), dtype=np.float32)
+    layout[:] = h5py.VirtualSource(source, name, shape=(n, 3))
+    ids = [f"v{i}" for i in range(n)]
+    with h5py.File(path, "w") as f:
+        f.create_dataset("ids", data=ids, dtype=h5py.string_dtype())
+        f.create_virtual_dataset("x", layout)
+        f.attrs["h5feed_format"] = 1
+        f.attrs["h5feed_complete"] = json.dumps({"rows": n, "sha256": {}})
+
+
+@pytest.mark.parametrize(
+    "source, match",
+    [("/etc/some.h5", "not a file inside"), ("../part-0.h5", "not a file inside"), ("p%%b.h5", "not a file inside"),
+     ("nope.h5", "missing")],
+    ids=["absolute", "parent-folder", "printf-pattern", "missing-source"],
+)
+def test_untrusted_virtual_sources_are_refused_even_when_allowed(tmp_path, source, match):
+    path = tmp_path / "sub" / "v.h5"
+    path.parent.mkdir()
+    _write_vds(path, source)
+    with pytest.raises(errors.UntrustedFileError, match=match):
+        h5feed.open_file(path, allow_virtual=True)
+
+
+def test_virtual_rows_without_a_source_are_refused(tmp_path):
+    src = tmp_path / "src.h5"
+    with h5py.File(src, "w") as f:
+        f["x"] = np.zeros((2, 3), np.float32)
+    layout = h5py.VirtualLayout(shape=(3, 3), dtype=np.float32)
+    layout[:2] = h5py.VirtualSource("src.h5", "x", shape=(2, 3))
+    path = tmp_path / "gap.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("ids", data=["a", "b", "c"], dtype=h5py.string_dtype())
+        f.create_virtual_dataset("x", layout, fillvalue=0)
+        f.attrs["h5feed_format"] = 1
+        f.attrs["h5feed_complete"] = json.dumps({"rows": 3, "sha256": {}})
+    with pytest.raises(errors.UntrustedFileError, match="rows 2..2 are not mapped"):
+        h5feed.open_file(path, allow_virtual=True)
+
+
+def test_cli_merge_reports_and_fails_cleanly(parts, capsys):
+    out = parts[0].parent / "all-cli.h5"
+    assert main(["merge", *map(str, parts), "-o", str(out), "-q"]) == 0
+    assert f"merged 3 parts (30 rows) into {out}" in capsys.readouterr().out
+    assert main(["merge", *map(str, parts), "-o", str(out), "-q"]) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert main(["merge", str(parts[0]), str(parts[0]), "-o", str(out), "--overwrite", "-q"]) == 1
+    assert "repeated" in capsys.readouterr().err
+    assert main(["merge", "-o", str(out)]) == 2
