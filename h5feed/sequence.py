@@ -120,6 +120,12 @@ class H5Sequence(keras.utils.PyDataset):
         if shuffle not in (True, False, "block"):
             raise ValueError(f"shuffle must be True, False or 'block'. Received: {shuffle!r}")
         self.shuffle = shuffle
+        if seed is None and shard is not None and shuffle:
+            # Each process would draw its own seed, and the shards would
+            # overlap; all workers must agree on the epoch permutation.
+            raise ValueError(
+                f"shard={shard!r} with shuffling needs an explicit seed, the same in every worker. Received: seed=None"
+            )
         if seed is None:
             seed = int(np.random.SeedSequence().entropy % (2**63))
         elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
