@@ -50,3 +50,15 @@ def test_h5sequence_trains_under_backend_with_spawned_workers(small_file, backen
     epochs = _fit(small_file, backend, workers=2, multiprocessing=True)
     assert len(epochs) == 2 and all(len(rows) >= 64 for rows in epochs)  # 9 batches, one may be short
     assert set(sum(epochs, [])) == set(range(70))
+
+
+@pytest.mark.slow
+def test_keras_distribution_data_parallel_on_jax(small_file):
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("keras.distribution on JAX needs jax, which is not installed: pip install 'h5feed[jax]'")
+    script = os.path.join(os.path.dirname(__file__), "jax_data_parallel_script.py")
+    proc = subprocess.run([sys.executable, script, str(small_file)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["devices"] == 2 and "'batch': 2" in result["mesh"]
+    assert np.isfinite(result["loss"]).all()
