@@ -167,4 +167,7 @@ def test_mirrored_strategy_on_two_logical_cpus_sees_every_row_once(small_file):
         assert sorted(rows) == list(range(70))
     assert result["epochs"][0] != result["epochs"][1]
     assert result["per_replica_nonempty"]
+    # distribute_datasets_from_function: per-replica batches of 4, the
+    # trailing short batches dropped: 68 of the 70 rows, each once.
+    assert len(result["from_function_rows"]) == 68 == len(set(result["from_function_rows"]))
     assert all(np.isfinite(result["loss"]))
