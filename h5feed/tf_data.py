@@ -74,7 +74,11 @@ def element_spec(seq: H5Sequence) -> Any:
         tuple or dict of them, mirroring ``seq[i]``.
     """
     if seq.transform is not None:
-        return _spec_of_batch(seq._clone(seq.epoch)[0])
+        probe = seq._clone(seq.epoch)
+        try:
+            return _spec_of_batch(probe[0])
+        finally:
+            probe.close()
     x = _spec_of(seq, seq.x)
     if seq.y is None:
         return (x,)

@@ -56,6 +56,18 @@ def test_every_row_once_per_epoch_new_order_each_epoch(sized_files, n, shuffle, 
         assert not np.array_equal(orders[0], orders[1])
 
 
+@pytest.mark.parametrize("seed", [0, 1, 12345])
+def test_same_seed_same_epochs_other_seed_other_order(sized_files, seed):
+    ds = H5Dataset(sized_files[100])
+    a = _loader(ds, BlockBatchSampler(ds, 16, seed=seed))
+    b = _loader(ds, BlockBatchSampler(ds, 16, seed=seed))
+    first = [_rows(list(a)) for _ in range(2)]
+    np.testing.assert_array_equal(first[0], _rows(list(b)))
+    np.testing.assert_array_equal(first[1], _rows(list(b)))
+    other = _loader(ds, BlockBatchSampler(ds, 16, seed=seed + 1))
+    assert not np.array_equal(_rows(list(other)), first[0])
+
+
 @pytest.mark.parametrize("shuffle", [True, False, "block"])
 def test_same_batches_as_the_sequence_for_the_same_seed_and_epoch(sized_files, shuffle):
     sequence = pytest.importorskip("h5feed.sequence", reason="comparing with H5Sequence needs Keras")
