@@ -58,6 +58,7 @@ __all__ = [
     "Y",
     "ColumnInfo",
     "Layout",
+    "VirtualPart",
     "hash_rows",
     "open_and_validate",
     "read_ids",
@@ -104,6 +105,8 @@ class ColumnInfo:
         offset: the byte offset of the data in the file when it is one
             contiguous, allocated, unfiltered block (memory-mappable), else
             None.
+        sources: for a trusted virtual dataset, where its rows live (see
+            NOTE [ Trusting virtual datasets ]), in row order; else None.
     """
 
     name: str
@@ -113,6 +116,7 @@ class ColumnInfo:
     compression: str | None
     fletcher32: bool
     offset: int | None
+    sources: tuple[VirtualPart, ...] | None = None
 
     @property
     def row_shape(self) -> tuple[int, ...]:
@@ -131,6 +135,26 @@ class ColumnInfo:
         if self.chunks is not None:
             return "chunked"
         return "contiguous"
+
+
+@dataclass(frozen=True)
+class VirtualPart:
+    """Rows ``[start, stop)`` of a virtual dataset, stored in another file.
+
+    Attributes:
+        path: the source file (absolute).
+        start: the first virtual row mapped to it.
+        stop: one past the last.
+        source_start: the source row that holds virtual row ``start``.
+        column: the source dataset, as stored (its ``offset`` allows reading
+            it memory-mapped).
+    """
+
+    path: str
+    start: int
+    stop: int
+    source_start: int
+    column: ColumnInfo
 
 
 @dataclass(frozen=True)
@@ -276,15 +300,19 @@ def _check_links(f: h5py.File, group: h5py.Group) -> None:
             )
 
 
-def _check_storage(f: h5py.File, dset: h5py.Dataset, *, allow_virtual: bool = False) -> None:
+def _check_storage(
+    f: h5py.File, dset: h5py.Dataset, *, allow_virtual: bool = False
+) -> tuple[VirtualPart, ...] | None:
+    """Refuse untrusted storage; for a trusted virtual dataset, its sources."""
     where = _where(f, dset.name.lstrip("/"))
+    sources = None
     if dset.is_virtual:
         if not allow_virtual:
             raise UntrustedFileError(
                 f"{where}: is a virtual dataset (its data lives in other files); "
                 "open with allow_virtual=True if you trust its sources"
             )
-        _check_virtual_sources(f, dset)
+        sources = _check_virtual_sources(f, dset)
     if dset.external:
         raise UntrustedFileError(
             f"{where}: stores its data in external files {[e[0] for e in dset.external]!r}; "
@@ -322,6 +350,7 @@ def _check_storage(f: h5py.File, dset: h5py.Dataset, *, allow_virtual: bool = Fa
                 f"{where}: {nbytes} bytes stored in {stored}, a compression ratio "
                 f"of {nbytes / stored:.0f}:1 that no real data has"
             )
+    return sources
 
 
 # NOTE [ Trusting virtual datasets ]
@@ -337,19 +366,20 @@ def _check_storage(f: h5py.File, dset: h5py.Dataset, *, allow_virtual: bool = Fa
 # row exactly once.
 
 
-def _check_virtual_sources(f: h5py.File, dset: h5py.Dataset) -> None:
+def _check_virtual_sources(f: h5py.File, dset: h5py.Dataset) -> tuple[VirtualPart, ...]:
     where = _where(f, dset.name.lstrip("/"))
     folder = os.path.dirname(os.path.abspath(f.filename))
     name = dset.name.lstrip("/")
     n_rows = dset.shape[0] if dset.shape else 0
     row_elems = int(np.prod(dset.shape[1:], dtype=np.int64)) if dset.shape else 1
     covered: list[tuple[int, int]] = []
+    parts: list[VirtualPart] = []
     for vmap in dset.virtual_sources():
         source = vmap.file_name
-        parts = source.replace("\\", "/").split("/")
+        components = source.replace("\\", "/").split("/")
         if (
             os.path.isabs(source)
-            or ".." in parts
+            or ".." in components
             or "%" in source
             or "%" in vmap.dset_name
             or source == "."
@@ -382,10 +412,11 @@ def _check_virtual_sources(f: h5py.File, dset: h5py.Dataset) -> None:
                 raise UntrustedFileError(f"{where}: virtual source {source!r} does not map whole rows")
         with open_h5(src_path) as g:
             src = g.get(name)
-            if not isinstance(src, h5py.Dataset) or src.is_virtual or src.external:
+            if not isinstance(src, h5py.Dataset):
                 raise UntrustedFileError(
                     f"{where}: virtual source {src_path!r} has no plain dataset {name!r}"
                 )
+            _check_storage(g, src)  # no virtual chains, same caps and filters
             if (
                 src.dtype != dset.dtype
                 or tuple(src.shape[1:]) != tuple(dset.shape[1:])
@@ -397,6 +428,23 @@ def _check_virtual_sources(f: h5py.File, dset: h5py.Dataset) -> None:
                     f"{src.dtype!r}; the mapping needs rows {s_lo}..{s_hi} of {dset.dtype!r} rows "
                     f"{tuple(dset.shape[1:])!r}"
                 )
+            parts.append(
+                VirtualPart(
+                    path=os.path.abspath(src_path),
+                    start=int(v_lo),
+                    stop=int(v_hi) + 1,
+                    source_start=int(s_lo),
+                    column=ColumnInfo(
+                        name=name,
+                        shape=tuple(int(d) for d in src.shape),
+                        dtype=np.dtype(src.dtype),
+                        chunks=None if src.chunks is None else tuple(int(c) for c in src.chunks),
+                        compression=src.compression,
+                        fletcher32=bool(src.fletcher32),
+                        offset=_contiguous_offset(src),
+                    ),
+                )
+            )
         covered.append((int(v_lo), int(v_hi) + 1))
     covered.sort()
     expect = 0
@@ -409,6 +457,7 @@ def _check_virtual_sources(f: h5py.File, dset: h5py.Dataset) -> None:
         expect = hi
     if expect != n_rows:
         raise UntrustedFileError(f"{where}: virtual rows {expect}..{n_rows - 1} are not mapped to any source")
+    return tuple(sorted(parts, key=lambda p: p.start))
 
 
 def _contiguous_offset(dset: h5py.Dataset) -> int | None:
@@ -426,7 +475,7 @@ def _contiguous_offset(dset: h5py.Dataset) -> int | None:
 
 
 def _column_info(f: h5py.File, dset: h5py.Dataset, *, allow_virtual: bool = False) -> ColumnInfo:
-    _check_storage(f, dset, allow_virtual=allow_virtual)
+    sources = _check_storage(f, dset, allow_virtual=allow_virtual)
     if dset.dtype.kind not in "biuf":
         raise LayoutError(
             f"{_where(f, dset.name.lstrip('/'))}: expected a numeric dtype. "
@@ -440,6 +489,7 @@ def _column_info(f: h5py.File, dset: h5py.Dataset, *, allow_virtual: bool = Fals
         compression=dset.compression,
         fletcher32=bool(dset.fletcher32),
         offset=_contiguous_offset(dset),
+        sources=sources,
     )
 
 

@@ -21,7 +21,9 @@ NOTE [ Merged files ]
 - A virtual merged file names its parts by paths relative to its own folder,
   so the parts must lie in that folder (or below it), and the folder can be
   moved as a whole. Readers refuse virtual datasets unless asked
-  (``allow_virtual=True``; NOTE [ Trusting virtual datasets ] in layout.py).
+  (``allow_virtual=True``; NOTE [ Trusting virtual datasets ] in layout.py),
+  and then read the parts directly (NOTE [ Reading virtual datasets ] in
+  _parts.py).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from ._select import (
 )
 from .errors import H5FeedError
 from .layout import Layout
-from .reader import Reader
+from ._parts import make_reader
 
 __all__ = ["H5Sequence"]
 
@@ -178,7 +178,7 @@ class H5Sequence(keras.utils.PyDataset):
         self.block_rows = _positive_int(block_rows, "block_rows")
         self.block_window = _positive_int(block_window, "block_window")
 
-        self._reader = Reader(layout)
+        self._reader = make_reader(layout)
         self._epoch = 0
         self._epoch_rows = self._compute_epoch_rows(0)
 
@@ -294,7 +294,7 @@ class H5Sequence(keras.utils.PyDataset):
     def _clone(self, epoch: int) -> H5Sequence:
         """A shallow copy at ``epoch`` with its own reader (handles are never shared)."""
         clone = copy.copy(self)
-        clone._reader = Reader(self.layout)
+        clone._reader = make_reader(self.layout)
         clone.set_epoch(epoch)
         return clone
 

@@ -46,7 +46,7 @@ from ._select import (
 )
 from .errors import H5FeedError
 from .layout import Layout
-from .reader import Reader
+from ._parts import make_reader
 
 __all__ = ["BlockBatchSampler", "H5Dataset", "collate"]
 
@@ -134,7 +134,7 @@ class H5Dataset(Dataset):
                     "and the file's n_classes attribute"
                 )
         self.one_hot = bool(one_hot)
-        self._reader = Reader(layout)
+        self._reader = make_reader(layout)
 
     @property
     def rows(self) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import h5feed
 from h5feed import errors
 from h5feed.cli import main
 from h5feed.merge import merge_files
+from h5feed._parts import PartsReader, make_reader
 from h5feed.reader import Reader
 
 # Writes part K of N: rows K*M .. K*M+M-1 of one dataset, x[i, 0] == global row.
@@ -101,7 +103,10 @@ def test_sequence_reads_every_merged_row_once_with_the_parts_bytes(parts):
     np.testing.assert_array_equal(np.sort(rows), want)
     parts_x = np.concatenate([h5py.File(p)["x"][()] for p in parts])
     np.testing.assert_array_equal(X, parts_x[rows])
-    assert not seq._reader._maps  # the mmap fast path is not used for virtual data
+    # Virtual rows are read from the parts, memory-mapped (NOTE [ Reading
+    # virtual datasets ]); the merged file itself is never mapped.
+    assert not seq._reader._base._maps
+    assert all(r._maps for r in seq._reader._parts.values())
 
 
 def test_copy_and_virtual_merges_have_the_same_completion_digests(parts, tmp_path):
@@ -119,14 +124,30 @@ def test_copy_and_virtual_merges_have_the_same_completion_digests(parts, tmp_pat
     assert info.n_classes == 4 and set(info.columns) == {"x", "y", "w"}
 
 
-def test_reader_reads_virtual_rows_in_any_order(parts):
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_parts_reader_and_hdf5_read_the_same_virtual_bytes(parts, seed):
     out = parts[0].parent / "all-reader.h5"
-    merge_files(parts, out)
-    reader = Reader(h5feed.open_file(out, allow_virtual=True))
-    rows = np.array([29, 0, 15, 15, 3, 20])
-    np.testing.assert_array_equal(reader.read("x", rows)[:, 0], rows)
-    assert not reader._maps
-    reader.close()
+    merge_files(parts, out, overwrite=True)
+    layout = h5feed.open_file(out, allow_virtual=True)
+    rng = np.random.default_rng(seed)
+    rows = np.concatenate([rng.integers(0, 3 * M, 25), [29, 0, 15, 15], rng.integers(M, 2 * M, 3)])
+    plain = Reader(layout)  # through HDF5's virtual dataset
+    parts_reader = make_reader(layout)
+    assert isinstance(parts_reader, PartsReader)
+    for name in ("x", "y", "w"):
+        a, b = plain.read(name, rows), parts_reader.read(name, rows)
+        np.testing.assert_array_equal(a, b)
+        assert a.dtype == b.dtype
+    np.testing.assert_array_equal(plain.read("x", rows)[:, 0], rows)
+    np.testing.assert_array_equal(parts_reader.read("x", rows[3:4]), plain.read("x", rows[3:4]))  # one part
+    assert parts_reader.read_ids([12, 3]) == ["s-12", "s-3"]
+    assert not plain._maps  # HDF5 offers no offset for a virtual dataset
+    clone = pickle.loads(pickle.dumps(parts_reader))
+    np.testing.assert_array_equal(clone.read("x", rows), plain.read("x", rows))
+    with pytest.raises(IndexError, match="30"):
+        parts_reader.read("x", [30])
+    for r in (plain, parts_reader, clone):
+        r.close()
 
 
 def test_merged_folder_can_move_but_a_missing_part_is_refused(parts, tmp_path):
