@@ -245,3 +245,20 @@ def test_cli_merge_reports_and_fails_cleanly(parts, capsys):
     assert main(["merge", str(parts[0]), str(parts[0]), "-o", str(out), "--overwrite", "-q"]) == 1
     assert "repeated" in capsys.readouterr().err
     assert main(["merge", "-o", str(out)]) == 2
+
+
+@pytest.mark.slow
+def test_torch_workers_read_a_virtual_merge_after_fork(parts):
+    pytest.importorskip("torch", reason="h5feed.torch needs PyTorch (pip install 'h5feed[torch]')")
+    from torch.utils.data import DataLoader
+
+    from h5feed.torch import BlockBatchSampler, H5Dataset, collate
+
+    out = parts[0].parent / "all-torch.h5"
+    merge_files(parts, out, overwrite=True)
+    ds = H5Dataset(out, "train", allow_virtual=True)
+    ds[0]  # handles on the merged file and a part, opened in the parent
+    loader = DataLoader(ds, batch_sampler=BlockBatchSampler(ds, 5, seed=3), collate_fn=collate,
+                        num_workers=2, multiprocessing_context="fork")
+    rows = np.concatenate([X[:, 0].numpy() for X, _ in loader]).astype(int)
+    assert sorted(rows.tolist()) == [r for r in range(3 * M) if r % M < M - 2]
