@@ -134,7 +134,7 @@ def test_shards_partition_each_epoch_like_distributed_sampler(sized_files):
     ds = H5Dataset(sized_files[100])
     for drop_last in (False, True):
         samplers = [BlockBatchSampler(ds, 7, seed=2, shard=(k, 3), drop_last=drop_last) for k in range(3)]
-        for epoch in range(2):
+        for _epoch in range(2):  # each pass over the samplers is the next epoch
             parts = [_rows(list(_loader(ds, s))) for s in samplers]
             rows = np.concatenate(parts)
             assert len(set(rows.tolist())) == rows.size

@@ -26,7 +26,6 @@ def main() -> None:
         cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
     )
     import keras
-    import numpy as np
 
     import h5feed
 
