@@ -30,7 +30,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace as _replace
 from types import MappingProxyType
 from typing import Any
 
@@ -300,19 +300,13 @@ def _check_links(f: h5py.File, group: h5py.Group) -> None:
             )
 
 
-def _check_storage(
-    f: h5py.File, dset: h5py.Dataset, *, allow_virtual: bool = False
-) -> tuple[VirtualPart, ...] | None:
-    """Refuse untrusted storage; for a trusted virtual dataset, its sources."""
+def _check_storage(f: h5py.File, dset: h5py.Dataset, *, allow_virtual: bool = False) -> None:
     where = _where(f, dset.name.lstrip("/"))
-    sources = None
-    if dset.is_virtual:
-        if not allow_virtual:
-            raise UntrustedFileError(
-                f"{where}: is a virtual dataset (its data lives in other files); "
-                "open with allow_virtual=True if you trust its sources"
-            )
-        sources = _check_virtual_sources(f, dset)
+    if dset.is_virtual and not allow_virtual:
+        raise UntrustedFileError(
+            f"{where}: is a virtual dataset (its data lives in other files); "
+            "open with allow_virtual=True if you trust its sources"
+        )
     if dset.external:
         raise UntrustedFileError(
             f"{where}: stores its data in external files {[e[0] for e in dset.external]!r}; "
@@ -329,6 +323,8 @@ def _check_storage(
         raise UntrustedFileError(
             f"{where}: declares {nbytes} bytes of data, beyond the cap of {MAX_DATASET_BYTES}"
         )
+    if dset.is_virtual:
+        return  # allowed: validate() checks its sources (_with_virtual_sources)
     if dset.chunks is not None:
         chunk_bytes = int(np.prod(dset.chunks, dtype=object)) * dset.dtype.itemsize
         if chunk_bytes > MAX_CHUNK_BYTES:
@@ -350,7 +346,6 @@ def _check_storage(
                 f"{where}: {nbytes} bytes stored in {stored}, a compression ratio "
                 f"of {nbytes / stored:.0f}:1 that no real data has"
             )
-    return sources
 
 
 # NOTE [ Trusting virtual datasets ]
@@ -366,7 +361,28 @@ def _check_storage(
 # row exactly once.
 
 
-def _check_virtual_sources(f: h5py.File, dset: h5py.Dataset) -> tuple[VirtualPart, ...]:
+def _with_virtual_sources(f: h5py.File, columns: dict[str, ColumnInfo]) -> dict[str, ColumnInfo]:
+    """Check the sources of every virtual dataset (``allow_virtual=True``);
+    record them in its :class:`ColumnInfo` so the reader can use the parts.
+
+    The IDs and splits must be stored in the file itself: they are small,
+    read whole at every open, and h5feed merge writes them so.
+    """
+    group = f.get(SPLITS)
+    names = [IDS] + ([f"{SPLITS}/{s}" for s in group] if isinstance(group, h5py.Group) else [])
+    for name in names:
+        obj = f.get(name)
+        if isinstance(obj, h5py.Dataset) and obj.is_virtual:
+            raise UntrustedFileError(f"{_where(f, name)}: must be stored in the file, not as a virtual dataset")
+    out = dict(columns)
+    for name, info in columns.items():
+        dset = f[name]
+        if dset.is_virtual:
+            out[name] = _replace(info, sources=_virtual_sources(f, dset))
+    return out
+
+
+def _virtual_sources(f: h5py.File, dset: h5py.Dataset) -> tuple[VirtualPart, ...]:
     where = _where(f, dset.name.lstrip("/"))
     folder = os.path.dirname(os.path.abspath(f.filename))
     name = dset.name.lstrip("/")
@@ -475,7 +491,7 @@ def _contiguous_offset(dset: h5py.Dataset) -> int | None:
 
 
 def _column_info(f: h5py.File, dset: h5py.Dataset, *, allow_virtual: bool = False) -> ColumnInfo:
-    sources = _check_storage(f, dset, allow_virtual=allow_virtual)
+    _check_storage(f, dset, allow_virtual=allow_virtual)
     if dset.dtype.kind not in "biuf":
         raise LayoutError(
             f"{_where(f, dset.name.lstrip('/'))}: expected a numeric dtype. "
@@ -489,7 +505,6 @@ def _column_info(f: h5py.File, dset: h5py.Dataset, *, allow_virtual: bool = Fals
         compression=dset.compression,
         fletcher32=bool(dset.fletcher32),
         offset=_contiguous_offset(dset),
-        sources=sources,
     )
 
 
@@ -666,6 +681,8 @@ def validate(
             _check_storage(f, obj, allow_virtual=allow_virtual)
             if obj.dtype.kind in "biuf":
                 columns[name] = _column_info(f, obj, allow_virtual=allow_virtual)
+    if allow_virtual:
+        columns = _with_virtual_sources(f, columns)
     n_classes, class_names = _check_classes(f, columns)
     splits: dict[str, int] = {}
     group = f.get(SPLITS)

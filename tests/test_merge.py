@@ -262,3 +262,19 @@ def test_torch_workers_read_a_virtual_merge_after_fork(parts):
                         num_workers=2, multiprocessing_context="fork")
     rows = np.concatenate([X[:, 0].numpy() for X, _ in loader]).astype(int)
     assert sorted(rows.tolist()) == [r for r in range(3 * M) if r % M < M - 2]
+
+
+def test_virtual_ids_are_refused_even_when_allowed(tmp_path):
+    with h5py.File(tmp_path / "src.h5", "w") as f:
+        f.create_dataset("ids", data=["a", "b"], dtype=h5py.string_dtype())
+    layout = h5py.VirtualLayout(shape=(2,), dtype=h5py.string_dtype())
+    layout[:] = h5py.VirtualSource("src.h5", "ids", shape=(2,))
+    path = tmp_path / "vids.h5"
+    with h5py.File(path, "w") as f:
+        f.create_virtual_dataset("ids", layout)
+        f["x"] = np.zeros((2, 3), np.float32)
+        f.attrs["h5feed_format"] = 1
+        f.attrs["h5feed_complete"] = json.dumps({"rows": 2, "sha256": {}})
+    # (Refused by the storage check or, where that lets virtual IDs through, by the source check.)
+    with pytest.raises(errors.UntrustedFileError, match=r"/ids: (must be stored in the file|is a virtual dataset)"):
+        h5feed.open_file(path, allow_virtual=True)
