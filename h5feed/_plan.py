@@ -24,6 +24,7 @@ The reader reads each span as one slice into one buffer, then applies
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Literal, Union
 
 import numpy as np
@@ -36,6 +37,7 @@ __all__ = [
     "num_batches",
     "plan_reads",
     "shard_bounds",
+    "shard_of_keys",
 ]
 
 Shuffle = Union[bool, Literal["block"]]
@@ -238,3 +240,27 @@ def batch_bounds(index: int, n: int, batch_size: int) -> tuple[int, int]:
     """The positions ``[start, stop)`` of batch ``index`` (the last may be short)."""
     start = index * batch_size
     return start, min(n, start + batch_size)
+
+
+def shard_of_keys(keys: Sequence[str], index: int, count: int) -> np.ndarray:
+    """Positions of the items in part ``index`` of ``count`` of a listing.
+
+    The listing is split by the sorted order of ``keys`` (sample IDs) into
+    ``count`` consecutive parts as :func:`shard_bounds` cuts them (the first
+    ``len % count`` parts one longer), so every machine that lists the same
+    source computes the same parts whatever order it lists in, and the parts
+    together hold every item exactly once.
+
+    Returns:
+        The positions in ``keys`` of part ``index``, ascending (the listing's
+        own order).
+
+    Example:
+        >>> shard_of_keys(["d", "a", "c", "b", "e"], 0, 2).tolist()
+        [1, 2, 3]
+        >>> shard_of_keys(["d", "a", "c", "b", "e"], 1, 2).tolist()
+        [0, 4]
+    """
+    by_key = np.argsort(np.asarray(list(keys), dtype=object), kind="stable")
+    start, stop = shard_bounds(by_key.size, index, count, drop_remainder=False)
+    return np.sort(by_key[start:stop]).astype(np.int64)

@@ -116,3 +116,24 @@ def test_num_batches_ceil_and_floor():
     assert _plan.num_batches(65, 32, drop_remainder=False) == 3
     assert _plan.num_batches(65, 32, drop_remainder=True) == 2
     assert _plan.num_batches(64, 32, drop_remainder=False) == 2
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("count", [1, 2, 3, 7])
+def test_shard_of_keys_parts_cover_the_listing_once_whatever_its_order(seed, count):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(0, 40))
+    keys = [f"id-{k}" for k in rng.permutation(1000)[:n]]
+    parts = [_plan.shard_of_keys(keys, k, count) for k in range(count)]
+    both = np.concatenate(parts)
+    assert sorted(both.tolist()) == list(range(n))
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    # Another listing order of the same keys gives the same parts (as IDs).
+    shuffled = [keys[i] for i in rng.permutation(n)]
+    for k in range(count):
+        assert sorted(keys[i] for i in parts[k]) == sorted(shuffled[i] for i in _plan.shard_of_keys(shuffled, k, count))
+    for part in parts:  # each part is one run of the sorted keys
+        if part.size:
+            ordered = sorted(keys)
+            lo = ordered.index(min(keys[i] for i in part))
+            assert sorted(keys[i] for i in part) == ordered[lo : lo + part.size]
