@@ -116,13 +116,13 @@ def _decode_block(task: _Task) -> np.ndarray:
     return out
 
 
-def _split_rows(n: int, validation_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _split_rows(folder: str, n: int, validation_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Keras's rule: shuffle with ``seed``, the last ``int(f * n)`` are validation."""
     order = np.random.default_rng(seed).permutation(n)
     n_val = int(validation_split * n)
     if n_val == 0 or n_val == n:
         raise SourceError(
-            f"validation_split={validation_split!r} of {n} images leaves "
+            f"{folder}: validation_split={validation_split!r} of {n} images leaves "
             f"{'no validation' if n_val == 0 else 'no training'} images"
         )
     return np.sort(order[: n - n_val]), np.sort(order[n - n_val :])
@@ -194,7 +194,7 @@ def from_image_dir(
     classes, samples = list_images(folder)
     splits: dict[str, list[str]] = {}
     if validation_split is not None:
-        train, val = _split_rows(len(samples), float(validation_split), seed)
+        train, val = _split_rows(folder, len(samples), float(validation_split), seed)
         splits = {"train": [samples[i][0] for i in train.tolist()],
                   "validation": [samples[i][0] for i in val.tolist()]}
     order = options.order(len(samples)).tolist()
