@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import multiprocessing
 import os
 import re
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -48,6 +50,8 @@ __all__ = [
     "some",
     "write_dataset",
 ]
+
+logger = logging.getLogger("h5feed")
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -416,9 +420,17 @@ def _as_class_index(label: Any) -> int | None:
 # Parallel decoding (NOTE [ Parallel decoding ]).
 
 
-def _start_method() -> str:
-    methods = multiprocessing.get_all_start_methods()
-    return "forkserver" if "forkserver" in methods else "spawn"
+# Modules the forkserver imports once, so that each worker it forks starts
+# with them loaded instead of importing numpy, h5py and Pillow anew.
+_PRELOAD = ["h5feed.convert.npy", "h5feed.convert.images", "h5feed.convert.csv"]
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(_PRELOAD)  # no effect once the server runs
+        return ctx
+    return multiprocessing.get_context("spawn")
 
 
 def ordered_map(fn: Callable[[Any], Any], tasks: Iterable[Any], *, workers: int) -> Iterator[Any]:
@@ -431,32 +443,50 @@ def ordered_map(fn: Callable[[Any], Any], tasks: Iterable[Any], *, workers: int)
     Raises:
         WorkerError: a worker process died (killed, out of memory).
     """
+    if workers > 1 and not _main_is_importable():
+        logger.warning(
+            "decoding in this process: worker processes must re-import the main module, "
+            "and %r is not a file (run the script from a file, or use workers=1)", _main_file()
+        )
+        workers = 1
     if workers <= 1:
         for task in tasks:
             yield fn(task)
         return
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(_start_method()))
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_context())
     try:
         pending: deque[Any] = deque()
         it = iter(tasks)
-        for task in it:
-            pending.append(pool.submit(fn, task))
-            if len(pending) >= 2 * workers:
-                break
-        while pending:
-            future = pending.popleft()
-            try:
-                result = future.result()
-            except BrokenProcessPool as exc:
-                raise WorkerError(
-                    f"a decoding worker process died (killed, or out of memory?); nothing was written: {exc}"
-                ) from exc
+        try:
             for task in it:
                 pending.append(pool.submit(fn, task))
-                break
-            yield result
+                if len(pending) >= 2 * workers:
+                    break
+            while pending:
+                result = pending.popleft().result()
+                for task in it:
+                    pending.append(pool.submit(fn, task))
+                    break
+                yield result
+        except BrokenProcessPool as exc:
+            raise WorkerError(
+                "a decoding worker process died: it was killed, ran out of memory, or the main "
+                "module starts a conversion when imported (worker processes import it: put the call "
+                f"under `if __name__ == \"__main__\":`); nothing was written. ({exc})"
+            ) from exc
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _main_file() -> str | None:
+    return getattr(sys.modules.get("__main__"), "__file__", None)
+
+
+def _main_is_importable() -> bool:
+    # spawn and forkserver children re-run the parent's main module from its
+    # path; a main read from stdin ("<stdin>") cannot be, and the pool breaks.
+    path = _main_file()
+    return path is None or os.path.exists(path)
 
 
 def block_rows(row_nbytes: int) -> int:

@@ -1,7 +1,8 @@
 """One big array pair ``X.npy`` (and ``Y.npy``) -> one h5feed file.
 
-Both arrays are memory-mapped and copied block by block, so an array larger
-than memory converts in bounded memory. Their headers are checked the same
+Both arrays are read block by block (with ``pread``, so that even the page
+cache pages of a huge array never count against this process), so an array
+larger than memory converts in bounded memory. Their headers are checked the same
 way as sample files (see NOTE [ Reading untrusted .npy files ] in
 ``npy.py``): no pickles, and the file must hold the bytes it declares.
 """
@@ -26,15 +27,75 @@ from ._common import (
     some,
     write_dataset,
 )
-from .npy import read_npy_header
+from .npy import NpyHeader, read_npy_header
 
-__all__ = ["LABEL_TYPES", "from_arrays", "map_npy"]
+__all__ = ["LABEL_TYPES", "NpyRows", "from_arrays", "map_npy"]
 
 LABEL_TYPES = ("auto", "index", "value")
 
 
-def map_npy(path: str | os.PathLike[str], what: str) -> np.ndarray:
-    """Memory-map a numeric ``.npy`` file read-only, after checking its header.
+class NpyRows:
+    """Rows of a C-order ``.npy`` file, read on demand with ``pread``.
+
+    Unlike a memory map, the pages read do not stay in this process's
+    resident memory, so converting an array of any size keeps the process
+    small. Supports ``len``, ``rows[a:b]`` and ``rows[sorted int array]``,
+    which is all the converter asks of it.
+    """
+
+    def __init__(self, path: str, header: NpyHeader) -> None:
+        self.path = path
+        self.shape = header.shape
+        self.dtype = header.dtype
+        self.ndim = len(header.shape)
+        self._offset = header.offset
+        self._row_shape = header.shape[1:]
+        self._row_nbytes = int(np.prod(self._row_shape, dtype=np.int64)) * header.dtype.itemsize
+        self._fd = os.open(path, os.O_RDONLY)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _read(self, start: int, stop: int, out: np.ndarray) -> None:
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        pos, end = 0, (stop - start) * self._row_nbytes
+        while pos < end:
+            n = os.preadv(self._fd, [view[pos:end]], self._offset + start * self._row_nbytes + pos)
+            if n <= 0:
+                raise SourceError(f"{self.path}: truncated while reading rows {start}..{stop - 1}")
+            pos += n
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, slice):
+            start, stop, step = key.indices(self.shape[0])
+            if step != 1:
+                raise IndexError("NpyRows supports contiguous slices only")
+            out = np.empty((max(0, stop - start), *self._row_shape), dtype=self.dtype)
+            if stop > start:
+                self._read(start, stop, out)
+            return out.astype(self.dtype.newbyteorder("="), copy=False)
+        rows = np.asarray(key, dtype=np.int64)
+        out = np.empty((rows.size, *self._row_shape), dtype=self.dtype)
+        # Runs of consecutive rows are read with one call each.
+        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+        for part, first in zip(np.split(np.arange(rows.size), breaks), rows[np.r_[0, breaks]] if rows.size else []):
+            self._read(int(first), int(first) + part.size, out[part[0] : part[-1] + 1])
+        return out.astype(self.dtype.newbyteorder("="), copy=False)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def map_npy(path: str | os.PathLike[str], what: str) -> Any:
+    """Open a numeric ``.npy`` file for reading rows, after checking its header.
+
+    C-order files (what ``np.save`` writes) are read with :class:`NpyRows`;
+    Fortran-order ones, whose rows are not contiguous, are memory-mapped.
 
     Raises:
         SourceError: missing, not a numeric .npy, truncated.
@@ -51,8 +112,9 @@ def map_npy(path: str | os.PathLike[str], what: str) -> np.ndarray:
         raise SourceError(f"{path} ({what}): expected an array with one row per sample. Received: a scalar")
     if header.nbytes == 0:
         return np.zeros(header.shape, dtype=header.dtype)
-    return np.memmap(path, dtype=header.dtype, mode="r", offset=header.offset, shape=header.shape,
-                     order="F" if header.fortran_order else "C")
+    if header.fortran_order:
+        return np.memmap(path, dtype=header.dtype, mode="r", offset=header.offset, shape=header.shape, order="F")
+    return NpyRows(path, header)
 
 
 def _as_array(value: Any, what: str) -> np.ndarray:
@@ -138,7 +200,8 @@ def from_arrays(
     """Convert one array of samples (and one of targets) into one file.
 
     Args:
-        x: ``X.npy`` (memory-mapped) or an array, shape ``(N, *sample_shape)``.
+        x: ``X.npy`` (read block by block) or an array (a ``np.memmap``
+            works), shape ``(N, *sample_shape)``.
         y: ``Y.npy`` or an array with N rows; None for unlabelled data.
         out: the h5feed file to write.
         ids: a text file with one ID per line, or a list of N IDs; None
@@ -198,10 +261,15 @@ def from_arrays(
         check_partition_ids(where, splits, set(id_list), x_where)
 
     order = options.order(n)
-    return write_dataset(
-        out, gather_blocks(xa, ya, id_list, order, step), options=options, n_rows=n,
-        sample_shape=xa.shape[1:], dtype=xa.dtype.newbyteorder("="),
-        target_shape=() if ya is None or classes is not None else ya.shape[1:],
-        target_dtype=None if ya is None else (np.int64 if classes is not None else ya.dtype.newbyteorder("=")),
-        n_classes=classes, splits=splits, label=f"converting {x_where}",
-    )
+    try:
+        return write_dataset(
+            out, gather_blocks(xa, ya, id_list, order, step), options=options, n_rows=n,
+            sample_shape=xa.shape[1:], dtype=xa.dtype.newbyteorder("="),
+            target_shape=() if ya is None or classes is not None else ya.shape[1:],
+            target_dtype=None if ya is None else (np.int64 if classes is not None else ya.dtype.newbyteorder("=")),
+            n_classes=classes, splits=splits, label=f"converting {x_where}",
+        )
+    finally:
+        for arr in (xa, ya):
+            if isinstance(arr, NpyRows):
+                arr.close()

@@ -158,7 +158,7 @@ def _csv_run(args: argparse.Namespace) -> Any:
 
 
 def _arrays_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("x", metavar="X.npy", help="samples, shape (N, ...); memory-mapped")
+    p.add_argument("x", metavar="X.npy", help="samples, shape (N, ...); read block by block, never loaded whole")
     p.add_argument("y", metavar="Y.npy", nargs="?", help="targets with N rows (omit with --no-labels)")
     p.add_argument("--no-labels", action="store_true", help="unlabelled samples (no Y.npy)")
     p.add_argument("--ids", metavar="IDS.txt", help="one sample ID per line (default: row numbers)")
@@ -185,7 +185,7 @@ _FORMATS = [
     ("npy", "a folder of <ID>.npy samples (the tutorial's layout)", _npy_args, _npy_run),
     ("images", "DIR/<class>/<image> folders (png, jpg, bmp, gif)", _images_args, _images_run),
     ("csv", "a CSV table, one sample per row", _csv_args, _csv_run),
-    ("arrays", "one X.npy (and Y.npy) array pair, memory-mapped", _arrays_args, _arrays_run),
+    ("arrays", "one X.npy (and Y.npy) array pair, read block by block", _arrays_args, _arrays_run),
 ]
 
 

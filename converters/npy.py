@@ -8,13 +8,17 @@ the header with numpy's own parser (:func:`numpy.lib.format.read_magic`,
 that is not a plain numeric array, check that the file really holds the
 bytes the header declares *before* allocating anything (a truncated file or
 an absurd shape is an error, not a huge allocation), and then read the raw
-bytes straight into the block that goes to the writer.
+bytes straight into the block that goes to the writer. Parsed headers are
+cached by their exact bytes: a folder's files nearly always share one header,
+and numpy's parser costs more than reading a small sample.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +66,14 @@ class NpyHeader:
         return n * self.dtype.itemsize
 
 
+_MAGIC = b"\x93NUMPY"
+# Headers parsed so far, by their exact bytes: the files of one folder almost
+# always share one header, and numpy's parser (ast.literal_eval) costs more
+# than reading a small sample. Same bytes, same result, so this is safe.
+_HEADER_CACHE: dict[bytes, tuple[tuple[int, ...], bool, np.dtype]] = {}
+_HEADER_CACHE_MAX = 256
+
+
 def read_npy_header(fh: Any, where: str) -> NpyHeader:
     """Parse and check the header of the open ``.npy`` file ``fh``.
 
@@ -74,25 +86,52 @@ def read_npy_header(fh: Any, where: str) -> NpyHeader:
             10000 bytes, an object or other non-numeric dtype, a bad shape,
             or fewer data bytes than the header declares (truncated).
     """
-    fmt = np.lib.format
-    try:
-        version = fmt.read_magic(fh)
-    except ValueError as exc:
-        raise SourceError(f"{where}: not a .npy file ({exc})") from exc
-    if version not in ((1, 0), (2, 0)):
+    prefix = fh.read(12)
+    if len(prefix) < 10 or not prefix.startswith(_MAGIC):
+        raise SourceError(f"{where}: not a .npy file (no numpy magic string; {len(prefix)} bytes read)")
+    version = (prefix[6], prefix[7])
+    if version == (1, 0):
+        length, start = int.from_bytes(prefix[8:10], "little"), 10
+    elif version == (2, 0) and len(prefix) == 12:
+        length, start = int.from_bytes(prefix[8:12], "little"), 12
+    else:
         raise SourceError(f"{where}: unsupported .npy format version {version[0]}.{version[1]} (expected 1.0 or 2.0)")
+    if length > MAX_HEADER_BYTES:
+        raise SourceError(
+            f"{where}: unreadable .npy header: it declares {length} bytes, over the limit of {MAX_HEADER_BYTES}"
+        )
+    raw = prefix + fh.read(start + length - len(prefix))
+    if len(raw) < start + length:
+        raise SourceError(f"{where}: truncated inside its .npy header ({len(raw)} of {start + length} bytes)")
+    parsed = _HEADER_CACHE.get(raw)
+    if parsed is None:
+        parsed = _parse_header(raw, version, where)
+        if len(_HEADER_CACHE) >= _HEADER_CACHE_MAX:
+            _HEADER_CACHE.clear()
+        _HEADER_CACHE[raw] = parsed
+    shape, fortran_order, dtype = parsed
+    header = NpyHeader(shape, dtype, fortran_order, len(raw))
+    size = os.fstat(fh.fileno()).st_size
+    if size - header.offset < header.nbytes:
+        raise SourceError(
+            f"{where}: truncated: the header declares shape {header.shape!r} {dtype} "
+            f"({header.nbytes} bytes of data), but the file holds {max(0, size - header.offset)}"
+        )
+    return header
+
+
+def _parse_header(raw: bytes, version: tuple[int, int], where: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """numpy's own parser on the header bytes, then our checks."""
+    fmt = np.lib.format
+    buf = io.BytesIO(raw)
     try:
+        fmt.read_magic(buf)
         read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
         try:
-            shape, fortran_order, dtype = read(fh, max_header_size=MAX_HEADER_BYTES)
-        except TypeError:  # numpy < 1.24 has no max_header_size; check by hand
-            pos = fh.tell()
-            size = int.from_bytes(fh.read(2 if version == (1, 0) else 4), "little")
-            if size > MAX_HEADER_BYTES:
-                raise ValueError(f"header of {size} bytes exceeds the limit of {MAX_HEADER_BYTES}") from None
-            fh.seek(pos)
-            shape, fortran_order, dtype = read(fh)
-    except (ValueError, SyntaxError, EOFError, OSError) as exc:
+            shape, fortran_order, dtype = read(buf, max_header_size=MAX_HEADER_BYTES)
+        except TypeError:  # numpy < 1.24: no max_header_size (checked above)
+            shape, fortran_order, dtype = read(buf)
+    except (ValueError, SyntaxError, EOFError) as exc:
         raise SourceError(f"{where}: unreadable .npy header: {exc}") from exc
     dtype = np.dtype(dtype)
     if dtype.hasobject:
@@ -104,14 +143,7 @@ def read_npy_header(fh: Any, where: str) -> NpyHeader:
         raise SourceError(f"{where}: expected a numeric (bool, int, uint or float) array. Received: dtype {dtype!r}")
     if len(shape) > MAX_NDIM or any(not isinstance(d, int) or d < 0 for d in shape):
         raise SourceError(f"{where}: the .npy header declares an invalid shape {shape!r}")
-    header = NpyHeader(tuple(shape), dtype, bool(fortran_order), fh.tell())
-    size = os.fstat(fh.fileno()).st_size
-    if size - header.offset < header.nbytes:
-        raise SourceError(
-            f"{where}: truncated: the header declares shape {header.shape!r} {dtype} "
-            f"({header.nbytes} bytes of data), but the file holds {max(0, size - header.offset)}"
-        )
-    return header
+    return tuple(shape), bool(fortran_order), dtype
 
 
 def read_npy(path: str, where: str | None = None) -> np.ndarray:
@@ -179,6 +211,33 @@ def _decode_block(task: _Task, out: np.ndarray | None = None) -> np.ndarray:
         except OSError as exc:
             raise SourceError(f"{where}: cannot read: {exc.strerror or exc}") from exc
     return block
+
+
+def _prefetched(tasks: Iterator[_Task], block_shape: tuple[int, ...], dtype: np.dtype) -> Iterator[np.ndarray]:
+    """Decode the next block in a helper thread while the caller writes this one.
+
+    Reading files releases the GIL, so reading block k + 1 overlaps with
+    hashing and writing block k. Two buffers take turns: a block handed out
+    is not touched again until the caller asks for the next one (by then the
+    writer has copied it).
+    """
+    buffers = [np.empty(block_shape, dtype=dtype), np.empty(block_shape, dtype=dtype)]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="h5feed-npy-read") as pool:
+        it = iter(tasks)
+        task = next(it, None)
+        if task is None:
+            return
+        future = pool.submit(_decode_block, task, buffers[0])
+        turn = 0
+        try:
+            for task in it:
+                block = future.result()
+                turn ^= 1
+                future = pool.submit(_decode_block, task, buffers[turn])
+                yield block
+            yield future.result()
+        finally:
+            future.cancel()
 
 
 def _list_npy(data_dir: str) -> dict[str, str]:
@@ -327,8 +386,7 @@ def from_npy_dir(
         if options.workers > 1:
             decoded: Iterator[np.ndarray] = ordered_map(_decode_block, tasks(), workers=options.workers)
         else:
-            buffer = np.empty((step, *first.shape), dtype=dtype)  # reused: the writer copies
-            decoded = (_decode_block(t, buffer) for t in tasks())
+            decoded = _prefetched(tasks(), (step, *first.shape), dtype)
         start = 0
         try:
             for block in decoded:

@@ -28,6 +28,7 @@ import os
 import secrets
 import socket
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import h5py
@@ -48,6 +49,9 @@ _TARGET_CHUNK_BYTES = 512 * 1024
 # Rows are buffered and written in blocks of about this many bytes.
 _BLOCK_BYTES = 4 * 1024 * 1024
 _COMPRESSIONS = {None: None, "none": None, "gzip": "gzip", "lzf": "lzf"}
+# Blocks at least this big are hashed beside the HDF5 write (NOTE [ Hashing
+# beside writing ]); smaller ones are not worth a thread hand-off.
+_THREAD_HASH_BYTES = 256 * 1024
 
 
 def default_chunk_rows(row_nbytes: int) -> int:
@@ -241,6 +245,7 @@ class DatasetWriter:
         self._file: h5py.File | None = None
         self._tmp: str | None = None
         self._done = False
+        self._hash_thread: ThreadPoolExecutor | None = None
         self._open()
 
     # -- set-up ------------------------------------------------------------
@@ -519,11 +524,24 @@ class DatasetWriter:
         try:
             for col in self._columns.values():
                 block = col.buffer[:fill]
-                L.hash_rows(col.hasher, block)
                 assert col.dset is not None  # noqa: S101 - set in _create_datasets
-                if not self._contiguous:
-                    col.dset.resize(stop, axis=0)
-                col.dset.write_direct(block, dest_sel=np.s_[start:stop])
+                # NOTE [ Hashing beside writing ]: hashlib releases the GIL on
+                # large updates, so a big block is hashed in a helper thread
+                # while HDF5 writes it; both finish before the buffer is reused.
+                hashed = None
+                if block.nbytes >= _THREAD_HASH_BYTES:
+                    if self._hash_thread is None:
+                        self._hash_thread = ThreadPoolExecutor(1, thread_name_prefix="h5feed-hash")
+                    hashed = self._hash_thread.submit(L.hash_rows, col.hasher, block)
+                else:
+                    L.hash_rows(col.hasher, block)
+                try:
+                    if not self._contiguous:
+                        col.dset.resize(stop, axis=0)
+                    col.dset.write_direct(block, dest_sel=np.s_[start:stop])
+                finally:
+                    if hashed is not None:
+                        hashed.result()
                 col.fill = 0
             new_ids = self._ids[start:stop]
             L.hash_rows(self._ids_hasher, new_ids)
@@ -595,6 +613,7 @@ class DatasetWriter:
 
     def _finish(self) -> None:
         self._flush()
+        self._stop_hash_thread()
         n = len(self._ids)
         if n == 0:
             raise WriterError(f"{self.path}: no samples were appended; refusing to write an empty file")
@@ -668,8 +687,14 @@ class DatasetWriter:
         """Discard everything written; the target is left as it was."""
         self._cleanup()
 
+    def _stop_hash_thread(self) -> None:
+        if self._hash_thread is not None:
+            self._hash_thread.shutdown(wait=True)
+            self._hash_thread = None
+
     def _cleanup(self) -> None:
         self._done = True
+        self._stop_hash_thread()
         if self._file is not None:
             try:
                 self._file.close()

@@ -1,4 +1,4 @@
-"""The array-pair converter: X.npy (and Y.npy), memory-mapped."""
+"""The array-pair converter: X.npy (and Y.npy), read block by block."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import h5feed
 from h5feed import errors
 from h5feed.convert import from_arrays
-from h5feed.convert.arrays import map_npy
+from h5feed.convert.arrays import NpyRows, map_npy
 
 from convert_helpers import leftovers, read_by_ids
 
@@ -38,11 +38,25 @@ def test_round_trip_by_id(pair):
     np.testing.assert_array_equal(Y, y[[49, 3, 17]])
 
 
-def test_inputs_are_memory_mapped_not_loaded(pair):
+def test_inputs_are_read_by_rows_not_loaded(pair):
     folder, x, _, _ = pair
-    mapped = map_npy(folder / "X.npy", "X")
-    assert isinstance(mapped, np.memmap) and not mapped.flags.writeable
-    np.testing.assert_array_equal(mapped, x)
+    rows = map_npy(folder / "X.npy", "X")
+    assert isinstance(rows, NpyRows) and len(rows) == 50 and rows.shape == x.shape
+    np.testing.assert_array_equal(rows[3:17], x[3:17])
+    picked = np.array([0, 1, 2, 9, 30, 31, 49])
+    np.testing.assert_array_equal(rows[picked], x[picked])
+    np.testing.assert_array_equal(rows[45:60], x[45:])
+    rows.close()
+
+
+def test_big_endian_and_fortran_order_arrays(tmp_path):
+    x = np.arange(24, dtype=">f8").reshape(6, 4)
+    np.save(tmp_path / "be.npy", x)
+    np.save(tmp_path / "f.npy", np.asfortranarray(x.astype("<i4")))
+    for name in ("be.npy", "f.npy"):
+        path = from_arrays(tmp_path / name, None, tmp_path / f"{name}.h5").path
+        X = read_by_ids(path, ["5", "0"], labels=False)
+        np.testing.assert_array_equal(X, x[[5, 0]])
 
 
 def test_float_and_2d_targets_and_default_ids(pair):
