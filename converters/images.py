@@ -28,9 +28,6 @@ __all__ = ["COLOR_MODES", "IMAGE_EXTENSIONS", "from_image_dir", "list_images"]
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 # colour mode -> (Pillow mode, channels)
 COLOR_MODES = {"rgb": ("RGB", 3), "grayscale": ("L", 1), "rgba": ("RGBA", 4)}
-# Refuse decompression bombs: no real training image has more pixels.
-MAX_PIXELS = 20000 * 20000
-
 
 def _pil() -> Any:
     try:
@@ -39,7 +36,8 @@ def _pil() -> Any:
         raise ImportError(
             "converting images needs Pillow; install it with: pip install 'h5feed[images]'"
         ) from None
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    # Pillow's own decompression-bomb limit (Image.MAX_IMAGE_PIXELS) stays as
+    # the user set it; an image over it is reported like any bad image.
     return Image
 
 
