@@ -46,7 +46,8 @@ def list_images(folder: str) -> tuple[list[str], list[tuple[str, int]]]:
 
     Class folders are sorted; within one, files are sorted by relative path.
     Files directly in ``folder`` and files of other types are ignored, as in
-    Keras.
+    Keras; so are hidden folders and files (``.ipynb_checkpoints``, ``._x.jpg``
+    from macOS), which Keras would take as a class or an image.
 
     Raises:
         SourceError: ``folder`` is missing, has no class subfolders, or no
@@ -55,16 +56,18 @@ def list_images(folder: str) -> tuple[list[str], list[tuple[str, int]]]:
     if not os.path.isdir(folder):
         raise SourceError(f"{folder}: no such folder (expected DIR/<class>/<image>)")
     with os.scandir(folder) as entries:
-        classes = sorted(e.name for e in entries if e.is_dir())
+        classes = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
     if not classes:
         raise SourceError(f"{folder}: no class subfolders (expected DIR/<class>/<image>; an empty source)")
     samples: list[tuple[str, int]] = []
     for index, name in enumerate(classes):
         found = []
-        for root, dirs, names in os.walk(os.path.join(folder, name), followlinks=True):
-            dirs.sort()
+        # Symbolic links to folders are not followed (Keras's default), which
+        # also keeps a link loop from walking forever.
+        for root, dirs, names in os.walk(os.path.join(folder, name)):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             for fname in names:
-                if fname.lower().endswith(IMAGE_EXTENSIONS):
+                if fname.lower().endswith(IMAGE_EXTENSIONS) and not fname.startswith("."):
                     rel = os.path.relpath(os.path.join(root, fname), folder)
                     found.append(rel.replace(os.sep, "/"))
         samples.extend((rel, index) for rel in sorted(found))

@@ -43,6 +43,9 @@ def test_round_trip_by_id_with_class_names(tmp_path):
     expected = make_image_folder(str(src))
     (src / "README.txt").write_text("not an image, not in a class folder")
     (src / "cat" / "notes.txt").write_text("not an image")
+    (src / ".ipynb_checkpoints").mkdir()  # hidden: not a class
+    Image.fromarray(np.zeros((6, 5, 3), np.uint8)).save(src / ".ipynb_checkpoints" / "x.png")
+    (src / "dog" / "._0.png").write_bytes(b"macOS resource fork, not an image")
     result = from_image_dir(src, tmp_path / "img.h5", size=(6, 5))
     layout = h5feed.open_file(result.path)
     assert result.rows == 12

@@ -166,3 +166,14 @@ def test_verify_of_a_converted_checksum_file_round_trip(tmp_path, capsys):
     _flip_byte(out, offset + 1)
     assert main(["verify", str(out), "-q"]) == 1
     assert "x: rows 16..23 unreadable" in capsys.readouterr().out
+
+
+def test_info_of_unlabelled_and_regression_files(tmp_path, capsys):
+    x = np.zeros((5, 2), np.float32)
+    h5feed.write_arrays(tmp_path / "u.h5", list("abcde"), x)
+    h5feed.write_arrays(tmp_path / "r.h5", list("abcde"), x, np.linspace(0, 1, 5))
+    assert main(["info", str(tmp_path / "u.h5")]) == 0
+    text = capsys.readouterr().out
+    assert "targets: none (unlabelled)" in text and "splits: none" in text
+    info = describe(tmp_path / "r.h5")
+    assert info["n_classes"] is None and "class_counts" not in info and info["datasets"]["y"]["dtype"] == "float64"
