@@ -28,7 +28,7 @@ import os
 import secrets
 import socket
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import h5py
@@ -110,6 +110,31 @@ class _Column:
         self.fill = 0
         self.hasher = hashlib.sha256()
         self.dset: h5py.Dataset | None = None
+        # Big blocks take turns between two buffers, so that one fills while
+        # the other is still being hashed (NOTE [ Hashing beside writing ]).
+        self._buffers: list[np.ndarray | None] = [self.buffer, None]
+        self._hashing: list[Future[None] | None] = [None, None]
+        self._turn = 0
+
+    def hashed_in_background(self, hashing: Future[None]) -> None:
+        """The current buffer is being hashed: switch to the other one."""
+        self._hashing[self._turn] = hashing
+        self._turn ^= 1
+        other = self._buffers[self._turn]
+        if other is None:
+            other = self._buffers[self._turn] = np.empty_like(self.buffer)
+        pending = self._hashing[self._turn]
+        if pending is not None:  # its last block must be hashed before it is refilled
+            pending.result()
+            self._hashing[self._turn] = None
+        self.buffer = other
+
+    def wait_hashed(self) -> None:
+        """Wait for (and raise any error of) the hashing still running."""
+        for i, pending in enumerate(self._hashing):
+            if pending is not None:
+                self._hashing[i] = None
+                pending.result()
 
     def check(self, value: Any, sample_id: str, path: str) -> np.ndarray:
         arr = np.asarray(value)
@@ -527,7 +552,9 @@ class DatasetWriter:
                 assert col.dset is not None  # noqa: S101 - set in _create_datasets
                 # NOTE [ Hashing beside writing ]: hashlib releases the GIL on
                 # large updates, so a big block is hashed in a helper thread
-                # while HDF5 writes it; both finish before the buffer is reused.
+                # while HDF5 writes it and the next block fills the column's
+                # other buffer. One thread hashes blocks in the order given,
+                # and a buffer is refilled only once its hash is done.
                 hashed = None
                 if block.nbytes >= _THREAD_HASH_BYTES:
                     if self._hash_thread is None:
@@ -535,13 +562,11 @@ class DatasetWriter:
                     hashed = self._hash_thread.submit(L.hash_rows, col.hasher, block)
                 else:
                     L.hash_rows(col.hasher, block)
-                try:
-                    if not self._contiguous:
-                        col.dset.resize(stop, axis=0)
-                    col.dset.write_direct(block, dest_sel=np.s_[start:stop])
-                finally:
-                    if hashed is not None:
-                        hashed.result()
+                if not self._contiguous:
+                    col.dset.resize(stop, axis=0)
+                col.dset.write_direct(block, dest_sel=np.s_[start:stop])
+                if hashed is not None:
+                    col.hashed_in_background(hashed)
                 col.fill = 0
             new_ids = self._ids[start:stop]
             L.hash_rows(self._ids_hasher, new_ids)
@@ -613,6 +638,8 @@ class DatasetWriter:
 
     def _finish(self) -> None:
         self._flush()
+        for col in self._columns.values():
+            col.wait_hashed()
         self._stop_hash_thread()
         n = len(self._ids)
         if n == 0:
