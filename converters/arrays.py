@@ -95,7 +95,8 @@ def map_npy(path: str | os.PathLike[str], what: str) -> Any:
     """Open a numeric ``.npy`` file for reading rows, after checking its header.
 
     C-order files (what ``np.save`` writes) are read with :class:`NpyRows`;
-    Fortran-order ones, whose rows are not contiguous, are memory-mapped.
+    Fortran-order ones, whose rows are not contiguous, are memory-mapped (as
+    is everything where ``os.preadv`` is missing, e.g. on Windows).
 
     Raises:
         SourceError: missing, not a numeric .npy, truncated.
@@ -112,7 +113,7 @@ def map_npy(path: str | os.PathLike[str], what: str) -> Any:
         raise SourceError(f"{path} ({what}): expected an array with one row per sample. Received: a scalar")
     if header.nbytes == 0:
         return np.zeros(header.shape, dtype=header.dtype)
-    if header.fortran_order:
+    if header.fortran_order or not hasattr(os, "preadv"):  # Windows has no preadv
         return np.memmap(path, dtype=header.dtype, mode="r", offset=header.offset, shape=header.shape, order="F")
     return NpyRows(path, header)
 
