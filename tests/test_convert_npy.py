@@ -369,3 +369,15 @@ def test_json_partition_in_a_file_and_split_order(tutorial):
         json.dump({"validation": ["id-4"], "train": ["id-3", "id-1"]}, fh)
     result = from_npy_dir(data, labels, out / "d.h5", partition=partition)
     assert dict(h5feed.open_file(result.path).splits) == {"train": 2, "validation": 1}
+
+
+@pytest.mark.parametrize("workers", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_a_bad_sample_deep_in_the_folder_stops_the_conversion_cleanly(tmp_path, workers):
+    labels = {f"id-{i}": i % 3 for i in range(100)}
+    data, path_l, _, _ = make_npy_folder(str(tmp_path), labels, shape=(32, 32, 32, 1))  # 32 rows a block
+    np.save(os.path.join(data, "id-70.npy"), np.zeros((32, 32, 32, 2), np.float32))
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(errors.SourceError, match=r"id-70\.npy \(sample 'id-70'\): expected shape"):
+        from_npy_dir(data, path_l, out / "o.h5", workers=workers)
+    assert leftovers(out) == []
