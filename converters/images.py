@@ -98,7 +98,10 @@ def decode_image(path: str, size: tuple[int, int], mode: str, where: str) -> np.
     pil_mode, channels = COLOR_MODES[mode]
     try:
         with image_mod.open(path) as im:
-            im = im.convert(pil_mode)  # the first frame of an animated GIF
+            # The first frame of an animated GIF; an image already in the
+            # mode is only loaded, not copied.
+            im = im.convert(pil_mode) if im.mode != pil_mode else im
+            im.load()
             if im.size != (width, height):
                 im = im.resize((width, height), image_mod.BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)
