@@ -24,7 +24,7 @@ import numpy as np
 from . import layout as L
 from ._files import open_h5
 from ._progress import Progress
-from .errors import FormatError
+from .errors import FormatError, NotH5FeedFileError
 
 __all__ = ["COMMANDS", "VerifyReport", "describe", "verify"]
 
@@ -238,8 +238,15 @@ def verify(path: str | os.PathLike[str], *, quiet: bool = True) -> VerifyReport:
 
     Never raises for a damaged file: every problem becomes a message in the
     report (``report.sound`` is False).
+
+    Raises:
+        NotH5FeedFileError: ``path`` does not exist or is a folder.
     """
     report = VerifyReport(os.fspath(path))
+    if not os.path.isfile(report.path):  # nothing to verify: an error, not damage
+        raise NotH5FeedFileError(
+            f"{report.path}: " + ("is a folder, expected an h5feed file" if os.path.isdir(report.path) else "no such file")
+        )
     try:
         f = open_h5(path)
     except FormatError as exc:

@@ -177,3 +177,10 @@ def test_info_of_unlabelled_and_regression_files(tmp_path, capsys):
     assert "targets: none (unlabelled)" in text and "splits: none" in text
     info = describe(tmp_path / "r.h5")
     assert info["n_classes"] is None and "class_counts" not in info and info["datasets"]["y"]["dtype"] == "float64"
+
+
+def test_verify_of_a_missing_file_is_an_error_not_damage(tmp_path, capsys):
+    assert main(["verify", str(tmp_path / "nope.h5")]) == 1
+    captured = capsys.readouterr()
+    assert "h5feed verify: error:" in captured.err and "no such file" in captured.err
+    assert "DAMAGED" not in captured.out
