@@ -36,12 +36,14 @@ from typing import Any
 import numpy as np
 
 from h5feed._progress import Progress
-from h5feed.errors import InvalidSampleIDError, SourceError, WorkerError
+from h5feed.errors import InvalidSampleIDError, SourceError, WorkerError, WriterError
 from h5feed.writer import DatasetWriter
 
 __all__ = [
     "ConversionResult",
     "Options",
+    "check_inside",
+    "check_output",
     "check_sample_id",
     "load_labels",
     "load_partition",
@@ -197,6 +199,51 @@ def check_sample_id(sample_id: Any, where: str) -> str:
     if why:
         raise InvalidSampleIDError(f"{where}: invalid sample ID {sample_id!r}: {why}")
     return sample_id
+
+
+def check_inside(folder: str, name: str, sample_id: str, where: str) -> None:
+    """Refuse ``folder/name`` when a symbolic link takes it outside ``folder``.
+
+    Only links are resolved (``os.path.realpath``: lstat and readlink, no
+    open), so this costs nothing for ordinary files.
+
+    Raises:
+        InvalidSampleIDError: the path resolves outside ``folder``.
+    """
+    path = os.path.join(folder, name)
+    if not os.path.islink(path):
+        return
+    root = os.path.realpath(folder)
+    target = os.path.realpath(path)
+    if os.path.commonpath([root, target]) != root:
+        raise InvalidSampleIDError(
+            f"{where}: invalid sample ID {sample_id!r}: {name!r} is a symbolic link to {target!r}, "
+            f"outside the data folder {root!r}"
+        )
+
+
+def check_output(out: str | os.PathLike[str], overwrite: bool) -> str:
+    """Refuse an output that cannot be written, before any input is read.
+
+    The writer checks again when it starts (and its final rename cannot
+    replace a file that appeared meanwhile); checking first means a typo in
+    ``-o`` fails at once, not after reading the whole source.
+
+    Raises:
+        WriterError: the folder is missing or not writable, the target is a
+            folder, or it exists and ``overwrite`` is False.
+    """
+    path = os.path.abspath(os.fspath(out))
+    folder = os.path.dirname(path)
+    if not os.path.isdir(folder):
+        raise WriterError(f"{path}: the output folder {folder!r} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise WriterError(f"{path}: the output folder {folder!r} is not writable")
+    if os.path.isdir(path):
+        raise WriterError(f"{path}: is a folder, expected a file name")
+    if os.path.lexists(path) and not overwrite:
+        raise WriterError(f"{path}: already exists; pass overwrite=True to replace it")
+    return path
 
 
 # --------------------------------------------------------------------------

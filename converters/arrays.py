@@ -21,6 +21,7 @@ from ._common import (
     ConversionResult,
     Options,
     block_rows,
+    check_output,
     check_partition_ids,
     gather_blocks,
     load_partition,
@@ -228,6 +229,7 @@ def from_arrays(
                       workers=workers, overwrite=overwrite, checksum=checksum, quiet=quiet, progress=progress)
     if label_type not in LABEL_TYPES:
         raise ValueError(f"label_type must be one of {LABEL_TYPES!r}. Received: {label_type!r}")
+    check_output(out, overwrite)
     x_where = os.fspath(x) if isinstance(x, (str, os.PathLike)) else "x"
     xa = _as_array(x, "X")
     n = xa.shape[0]

@@ -30,6 +30,7 @@ from ._common import (
     ConversionResult,
     Options,
     block_rows,
+    check_output,
     check_partition_ids,
     gather_blocks,
     load_partition,
@@ -207,6 +208,7 @@ def from_csv(
                       workers=workers, overwrite=overwrite, checksum=checksum, quiet=quiet, progress=progress)
     if label_type not in LABEL_TYPES:
         raise ValueError(f"label_type must be one of {LABEL_TYPES!r}. Received: {label_type!r}")
+    check_output(out, overwrite)
     path = os.fspath(table)
     header = _header(path)
     label_at = None if label_column is None else _column(path, header, label_column, "label")

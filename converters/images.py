@@ -21,7 +21,7 @@ import numpy as np
 
 from h5feed.errors import SourceError
 
-from ._common import ConversionResult, Options, block_rows, ordered_map, write_dataset
+from ._common import ConversionResult, Options, block_rows, check_output, ordered_map, write_dataset
 
 __all__ = ["COLOR_MODES", "IMAGE_EXTENSIONS", "from_image_dir", "list_images"]
 
@@ -194,6 +194,7 @@ def from_image_dir(
         or not 0 < validation_split < 1
     ):
         raise ValueError(f"validation_split must be a fraction between 0 and 1. Received: {validation_split!r}")
+    check_output(out, overwrite)
     _pil()  # fail before listing a big folder
     classes, samples = list_images(folder)
     splits: dict[str, list[str]] = {}

@@ -30,6 +30,8 @@ from ._common import (
     ConversionResult,
     Options,
     block_rows,
+    check_inside,
+    check_output,
     check_partition_ids,
     check_sample_id,
     class_indices,
@@ -326,6 +328,7 @@ def from_npy_dir(
         raise ValueError("pass either labels or no_labels=True, not both")
     if not no_labels and labels is None:
         raise ValueError("labels are required; pass no_labels=True to convert unlabelled samples")
+    check_output(out, overwrite)
 
     # 1. Every ID is checked before any sample file is opened.
     label_values: np.ndarray | None = None
@@ -345,8 +348,9 @@ def from_npy_dir(
     files = _list_npy(data_dir)
     if not files:
         raise SourceError(f"{data_dir}: no .npy files (an empty source)")
-    for sid in files:
+    for sid, name in files.items():
         check_sample_id(sid, data_dir)
+        check_inside(data_dir, name, sid, data_dir)
     if labels is not None:
         ids = list(label_map)
         unlabelled = sorted((s for s in files if s not in label_map), key=natural_key)

@@ -381,3 +381,45 @@ def test_a_bad_sample_deep_in_the_folder_stops_the_conversion_cleanly(tmp_path, 
     with pytest.raises(errors.SourceError, match=r"id-70\.npy \(sample 'id-70'\): expected shape"):
         from_npy_dir(data, path_l, out / "o.h5", workers=workers)
     assert leftovers(out) == []
+
+
+def test_a_symlink_out_of_data_dir_is_an_invalid_id_before_any_file_is_opened(tmp_path, monkeypatch):
+    data, path_l, _, _ = make_npy_folder(str(tmp_path), {"a": 0, "b": 1})
+    outside = tmp_path / "secret.npy"
+    np.save(outside, np.zeros((4, 3), np.float32))
+    os.remove(os.path.join(data, "b.npy"))
+    os.symlink(outside, os.path.join(data, "b.npy"))
+    os.symlink(os.path.join(data, "a.npy"), os.path.join(data, "c.npy"))  # a link inside is fine
+    opened = []
+    real_open = open
+
+    def spy(file, *args, **kwargs):
+        if str(file).endswith(".npy"):
+            opened.append(file)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", spy)
+    with pytest.raises(errors.InvalidSampleIDError, match=r"invalid sample ID 'b': 'b\.npy' is a symbolic link to .*secret\.npy', outside the data folder"):
+        from_npy_dir(data, None, tmp_path / "o.h5", no_labels=True)
+    assert opened == [] and not (tmp_path / "o.h5").exists()
+    monkeypatch.undo()
+    os.remove(os.path.join(data, "b.npy"))
+    assert from_npy_dir(data, None, tmp_path / "o.h5", no_labels=True).rows == 2
+
+
+@pytest.mark.parametrize("problem", ["missing-folder", "exists"])
+def test_an_unwritable_output_fails_before_any_input_is_read(tmp_path, monkeypatch, problem):
+    out = tmp_path / "nope" / "o.h5" if problem == "missing-folder" else tmp_path / "o.h5"
+    if problem == "exists":
+        out.write_bytes(b"keep")
+    read = []
+    real_open = open
+
+    def spy(file, *args, **kwargs):
+        read.append(file)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", spy)
+    with pytest.raises(errors.WriterError, match="does not exist" if problem == "missing-folder" else "already exists"):
+        from_npy_dir(tmp_path / "no-such-data", tmp_path / "no-such-labels.json", out)
+    assert read == []
