@@ -169,6 +169,7 @@ def test_progress_callback_and_bar(tmp_path, capsys):
     assert seen[-1] == (5, 5)
     err = capsys.readouterr().err
     assert "5/5 rows" in err and "rows/s" in err
+    assert len(err.strip().splitlines()) == 1  # a short job off a terminal: its final line, once
 
 
 # -- bad input: one clear message, exit with nothing left behind ------------------
