@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from h5feed._plan import shard_of_keys
 from h5feed._progress import Progress
 from h5feed.errors import InvalidSampleIDError, SourceError, WorkerError, WriterError
 from h5feed.writer import DatasetWriter
@@ -101,6 +102,7 @@ class Options:
     checksum: bool = False
     quiet: bool = True
     progress: ProgressCallback | None = None
+    shard: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.compression not in _COMPRESSIONS:
@@ -115,12 +117,41 @@ class Options:
             _check_int(self.chunk_rows, "chunk_rows", minimum=1)
         if self.progress is not None and not callable(self.progress):
             raise TypeError(f"progress must be a callable(rows_done, rows_total) or None. Received: {self.progress!r}")
+        if self.shard is not None:
+            shard = self.shard
+            if (
+                not isinstance(shard, tuple)
+                or len(shard) != 2
+                or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in shard)
+                or not 0 <= shard[0] < shard[1]
+            ):
+                raise ValueError(f"shard must be (index, count) with 0 <= index < count. Received: {shard!r}")
 
     def order(self, n: int) -> np.ndarray:
         """The order in which the ``n`` listed samples become rows."""
         if not self.shuffle_rows:
             return np.arange(n)
         return np.random.default_rng(self.seed).permutation(n)
+
+    def select(self, ids: Sequence[str], where: str) -> np.ndarray:
+        """The positions of the listed samples ``ids`` to write, in row order.
+
+        All of them without ``shard``; with ``shard=(i, n)`` only the ``i``-th
+        of ``n`` parts by sorted ID (:func:`h5feed._plan.shard_of_keys`), in
+        listing order. ``shuffle_rows`` then permutes them.
+
+        Raises:
+            SourceError: the shard holds no samples.
+        """
+        if self.shard is None:
+            return self.order(len(ids))
+        picked = shard_of_keys(ids, *self.shard)
+        if picked.size == 0:
+            raise SourceError(
+                f"{where}: shard {self.shard[0]}/{self.shard[1]} holds no samples; "
+                f"the source has only {len(ids)}"
+            )
+        return picked[self.order(picked.size)]
 
 
 def _check_int(value: Any, name: str, *, minimum: int) -> None:
@@ -590,15 +621,21 @@ def write_dataset(
     )
     bar = Progress(n_rows, label, enabled=not options.quiet)
     try:
+        # A shard's splits keep only the shard's own members.
+        written: set[str] | None = set() if options.shard is not None else None
         with writer, bar:
             for ids, xs, ys in blocks:
                 writer.extend(ids, xs, ys)
+                if written is not None:
+                    written.update(ids)
                 bar.update(len(ids))
                 if options.progress is not None:
                     options.progress(writer.rows, n_rows)
             if writer.rows != n_rows:
                 raise SourceError(f"{writer.path}: {n_rows} samples were listed but {writer.rows} were decoded")
             for name, members in (splits or {}).items():
+                if written is not None:
+                    members = [m for m in members if m in written]
                 writer.add_split(name, members)
     finally:
         close = getattr(blocks, "close", None)

@@ -198,6 +198,7 @@ def from_arrays(
     checksum: bool = False,
     quiet: bool = True,
     progress: Any = None,
+    shard: tuple[int, int] | None = None,
 ) -> ConversionResult:
     """Convert one array of samples (and one of targets) into one file.
 
@@ -214,7 +215,7 @@ def from_arrays(
         partition: ``{split: [IDs]}`` as for
             :func:`~h5feed.convert.from_npy_dir`.
         compression, chunk_rows, shuffle_rows, seed, overwrite, checksum,
-        quiet, progress: as for :func:`~h5feed.convert.from_npy_dir`.
+        quiet, progress, shard: as for :func:`~h5feed.convert.from_npy_dir`.
         workers: accepted for symmetry; copying from a memory map gains
             nothing from more processes, so it is done in this one.
 
@@ -226,7 +227,8 @@ def from_arrays(
             disagree, bad or duplicate IDs, labels out of range, no rows.
     """
     options = Options(compression=compression, chunk_rows=chunk_rows, shuffle_rows=shuffle_rows, seed=seed,
-                      workers=workers, overwrite=overwrite, checksum=checksum, quiet=quiet, progress=progress)
+                      workers=workers, overwrite=overwrite, checksum=checksum, quiet=quiet, progress=progress,
+                      shard=shard)
     if label_type not in LABEL_TYPES:
         raise ValueError(f"label_type must be one of {LABEL_TYPES!r}. Received: {label_type!r}")
     check_output(out, overwrite)
@@ -263,10 +265,10 @@ def from_arrays(
         where, splits = load_partition(partition)
         check_partition_ids(where, splits, set(id_list), x_where)
 
-    order = options.order(n)
+    order = options.select(id_list, x_where)
     try:
         return write_dataset(
-            out, gather_blocks(xa, ya, id_list, order, step), options=options, n_rows=n,
+            out, gather_blocks(xa, ya, id_list, order, step), options=options, n_rows=len(order),
             sample_shape=xa.shape[1:], dtype=xa.dtype.newbyteorder("="),
             target_shape=() if ya is None or classes is not None else ya.shape[1:],
             target_dtype=None if ya is None else (np.int64 if classes is not None else ya.dtype.newbyteorder("=")),

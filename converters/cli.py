@@ -59,6 +59,16 @@ def _columns(text: str) -> list[str]:
     return names
 
 
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N like 0/8 (part I of N, from 0). Received: {text!r}") from None
+    if count < 1 or not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N. Received: {text!r}")
+    return index, count
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, metavar="OUT.h5", help="the h5feed file to write")
     g = p.add_argument_group("storage and run options")
@@ -74,6 +84,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checksum", action="store_true",
                    help="store Fletcher32 checksums so that reads and `h5feed verify` detect corruption")
     g.add_argument("--overwrite", action="store_true", help="replace OUT.h5 if it exists (only once complete)")
+    g.add_argument("--shard", type=_shard, metavar="I/N",
+                   help="convert only part I (from 0) of N of the source, split by sorted sample ID; "
+                        "join the parts with `h5feed merge`")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -87,6 +100,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         overwrite=args.overwrite,
         checksum=args.checksum,
         quiet=args.quiet,
+        shard=args.shard,
     )
 
 

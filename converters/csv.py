@@ -176,6 +176,7 @@ def from_csv(
     checksum: bool = False,
     quiet: bool = True,
     progress: Any = None,
+    shard: tuple[int, int] | None = None,
 ) -> ConversionResult:
     """Convert a CSV table with a header row, one sample per row.
 
@@ -193,7 +194,7 @@ def from_csv(
         partition: ``{split: [IDs]}`` as for
             :func:`~h5feed.convert.from_npy_dir`.
         compression, chunk_rows, shuffle_rows, seed, workers, overwrite,
-        checksum, quiet, progress: as for
+        checksum, quiet, progress, shard: as for
             :func:`~h5feed.convert.from_npy_dir`.
 
     Returns:
@@ -205,7 +206,8 @@ def from_csv(
             number, no rows.
     """
     options = Options(compression=compression, chunk_rows=chunk_rows, shuffle_rows=shuffle_rows, seed=seed,
-                      workers=workers, overwrite=overwrite, checksum=checksum, quiet=quiet, progress=progress)
+                      workers=workers, overwrite=overwrite, checksum=checksum, quiet=quiet, progress=progress,
+                      shard=shard)
     if label_type not in LABEL_TYPES:
         raise ValueError(f"label_type must be one of {LABEL_TYPES!r}. Received: {label_type!r}")
     check_output(out, overwrite)
@@ -281,19 +283,32 @@ def from_csv(
         finally:
             parsed.close()
 
-    order = options.order(len(ids))
+    order = options.select(ids, path)
     target_dtype = None if y is None else y.dtype
 
     if not options.shuffle_rows:
+        # With a shard, every row is still parsed (a CSV is read from its
+        # start) but only the shard's rows are written.
+        keep = None
+        if options.shard is not None:
+            keep = np.zeros(len(ids), dtype=bool)
+            keep[order] = True
+
         def blocks() -> Iterator[Any]:
             start = 0
             for xs in in_file_order():
                 k = xs.shape[0]
-                yield ids[start : start + k], xs, None if y is None else y[start : start + k]
+                block_ids, block_y = ids[start : start + k], None if y is None else y[start : start + k]
+                if keep is not None:
+                    sel = keep[start : start + k]
+                    block_ids = [sid for sid, s in zip(block_ids, sel.tolist()) if s]
+                    xs, block_y = xs[sel], None if block_y is None else block_y[sel]
                 start += k
+                if len(block_ids):
+                    yield block_ids, xs, block_y
 
         return write_dataset(
-            out, blocks(), options=options, n_rows=len(ids), sample_shape=(len(features),), dtype=np.float32,
+            out, blocks(), options=options, n_rows=len(order), sample_shape=(len(features),), dtype=np.float32,
             target_dtype=target_dtype, n_classes=n_classes, class_names=class_names, splits=splits,
             label=f"converting {path}",
         )
@@ -310,7 +325,7 @@ def from_csv(
             start += xs.shape[0]
         staged.flush()
         return write_dataset(
-            out, gather_blocks(staged, y, ids, order, step), options=options, n_rows=len(ids),
+            out, gather_blocks(staged, y, ids, order, step), options=options, n_rows=len(order),
             sample_shape=(len(features),), dtype=np.float32, target_dtype=target_dtype, n_classes=n_classes,
             class_names=class_names, splits=splits, label=f"converting {path}",
         )

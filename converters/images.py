@@ -158,6 +158,7 @@ def from_image_dir(
     checksum: bool = False,
     quiet: bool = True,
     progress: Any = None,
+    shard: tuple[int, int] | None = None,
 ) -> ConversionResult:
     """Convert ``folder/<class>/<image>`` into one labelled h5feed file.
 
@@ -171,7 +172,7 @@ def from_image_dir(
             ``seed`` (the last ``int(f * N)`` of a seeded shuffle, Keras's
             rule). None writes no splits.
         compression, chunk_rows, shuffle_rows, seed, workers, overwrite,
-        checksum, quiet, progress: as for
+        checksum, quiet, progress, shard: as for
             :func:`~h5feed.convert.from_npy_dir`. ``seed`` also draws the
             validation split.
 
@@ -184,7 +185,8 @@ def from_image_dir(
             decode.
     """
     options = Options(compression=compression, chunk_rows=chunk_rows, shuffle_rows=shuffle_rows, seed=seed,
-                      workers=workers, overwrite=overwrite, checksum=checksum, quiet=quiet, progress=progress)
+                      workers=workers, overwrite=overwrite, checksum=checksum, quiet=quiet, progress=progress,
+                      shard=shard)
     folder = os.fspath(folder)
     hw = _normalize_size(size)
     if color not in COLOR_MODES:
@@ -202,7 +204,7 @@ def from_image_dir(
         train, val = _split_rows(folder, len(samples), float(validation_split), seed)
         splits = {"train": [samples[i][0] for i in train.tolist()],
                   "validation": [samples[i][0] for i in val.tolist()]}
-    order = options.order(len(samples)).tolist()
+    order = options.select([s[0] for s in samples], folder).tolist()
     ids = [samples[i][0] for i in order]
     y = np.array([samples[i][1] for i in order], dtype=np.int64)
     channels = COLOR_MODES[color][1]

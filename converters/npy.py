@@ -271,6 +271,7 @@ def from_npy_dir(
     checksum: bool = False,
     quiet: bool = True,
     progress: Any = None,
+    shard: tuple[int, int] | None = None,
 ) -> ConversionResult:
     """Convert a folder of ``<ID>.npy`` samples (the tutorial's layout).
 
@@ -301,6 +302,10 @@ def from_npy_dir(
             ``h5feed verify`` detect corruption.
         quiet: no progress bar on stderr.
         progress: optional ``fn(rows_done, rows_total)`` called per block.
+        shard: ``(i, n)`` to convert only the ``i``-th (0-based) of ``n``
+            parts of the source, split by sorted sample ID (each machine lists
+            the whole source and decodes its part); join the part files with
+            ``h5feed merge``. Splits keep the part's own members.
 
     Returns:
         A :class:`ConversionResult` with ``.path`` and ``.rows``.
@@ -320,7 +325,8 @@ def from_npy_dir(
         ConversionResult(path='/.../data.h5', rows=4, seconds=...)
     """
     options = Options(compression=compression, chunk_rows=chunk_rows, shuffle_rows=shuffle_rows, seed=seed,
-                      workers=workers, overwrite=overwrite, checksum=checksum, quiet=quiet, progress=progress)
+                      workers=workers, overwrite=overwrite, checksum=checksum, quiet=quiet, progress=progress,
+                      shard=shard)
     data_dir = os.fspath(data_dir)
     if not isinstance(no_labels, bool):
         raise TypeError(f"no_labels must be a bool. Received: {no_labels!r}")
@@ -371,7 +377,7 @@ def from_npy_dir(
         check_partition_ids(partition_where, splits, files, data_dir)
 
     # 3. Stream the samples, in row order, to the writer.
-    order = options.order(len(ids))
+    order = options.select(ids, data_dir)
     ids = [ids[i] for i in order.tolist()]
     y = None if label_values is None else label_values[order]
     first_path = os.path.join(data_dir, files[ids[0]])

@@ -43,7 +43,7 @@ def _dataset_info(dset: h5py.Dataset) -> dict[str, Any]:
     return {
         "shape": [int(s) for s in dset.shape],
         "dtype": "utf-8 string" if is_str else str(dset.dtype),
-        "layout": "chunked" if dset.chunks is not None else "contiguous",
+        "layout": "virtual" if dset.is_virtual else "chunked" if dset.chunks is not None else "contiguous",
         "chunks": None if dset.chunks is None else [int(c) for c in dset.chunks],
         "compression": dset.compression,
         "checksum": bool(dset.fletcher32),
@@ -69,7 +69,7 @@ def _class_counts(f: h5py.File, n_classes: int, splits: dict[str, np.ndarray]) -
     return {name: c.tolist() for name, c in counts.items()}
 
 
-def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
+def describe(path: str | os.PathLike[str], *, allow_virtual: bool = False) -> dict[str, Any]:
     """Everything ``h5feed info`` shows, as a JSON-ready dict.
 
     Keys: ``path``, ``format``, ``rows``, ``file_bytes``, ``datasets``
@@ -83,7 +83,7 @@ def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
             why).
     """
     with open_h5(path) as f:
-        layout = L.validate(f)
+        layout = L.validate(f, allow_virtual=allow_virtual)
         datasets = {L.IDS: _dataset_info(f[L.IDS])}
         datasets.update({name: _dataset_info(f[name]) for name in layout.columns})
         split_rows = {name: L.read_split(f, name) for name in layout.splits}
@@ -233,7 +233,7 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def verify(path: str | os.PathLike[str], *, quiet: bool = True) -> VerifyReport:
+def verify(path: str | os.PathLike[str], *, quiet: bool = True, allow_virtual: bool = False) -> VerifyReport:
     """Validate the layout and read every row once; see the module docstring.
 
     Never raises for a damaged file: every problem becomes a message in the
@@ -254,7 +254,7 @@ def verify(path: str | os.PathLike[str], *, quiet: bool = True) -> VerifyReport:
         return report
     with f:
         try:
-            layout = L.validate(f)
+            layout = L.validate(f, allow_virtual=allow_virtual)
         except (FormatError, OSError) as exc:
             report.problems.append(f"layout: {exc}")
             return report
@@ -279,10 +279,11 @@ def verify(path: str | os.PathLike[str], *, quiet: bool = True) -> VerifyReport:
 def _info_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", metavar="FILE", help="an h5feed file")
     p.add_argument("--json", action="store_true", help="print the description as JSON")
+    _allow_virtual_arg(p)
 
 
 def _info_run(args: argparse.Namespace) -> int:
-    info = describe(args.file)
+    info = describe(args.file, allow_virtual=args.allow_virtual)
     print(json.dumps(info, indent=2) if args.json else format_info(info))
     return EXIT_OK
 
@@ -291,10 +292,16 @@ def _verify_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", metavar="FILE", help="an h5feed file")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _allow_virtual_arg(p)
+
+
+def _allow_virtual_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-virtual", action="store_true",
+                   help="accept a file of virtual datasets made by `h5feed merge` (its parts beside it)")
 
 
 def _verify_run(args: argparse.Namespace) -> int:
-    report = verify(args.file, quiet=args.quiet)
+    report = verify(args.file, quiet=args.quiet, allow_virtual=args.allow_virtual)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
