@@ -49,8 +49,12 @@ class BatchMaker:
         self.transform = transform
         self.reader = Reader(layout)
 
-    def make(self, rows: np.ndarray, index: int) -> tuple[Any, ...]:
+    def make(self, rows: np.ndarray, index: int, alloc: Callable[..., np.ndarray] | None = None) -> tuple[Any, ...]:
         """The batch of file rows ``rows`` (checked int64), batch ``index`` for messages.
+
+        ``alloc(shape, dtype)``, when given, provides the arrays the rows are
+        read into (a worker passes views of its shared-memory slot, so a
+        batch without a transform is written once, straight into the slot).
 
         Raises:
             ReadError: (or another H5FeedError/OSError) with the batch and its
@@ -58,11 +62,11 @@ class BatchMaker:
             Exception: whatever ``transform`` raised, same type, with context.
         """
         try:
-            X = self._gather(self.x, rows)
+            X = self._gather(self.x, rows, alloc)
             if self.y is None:
                 Y = None
             else:
-                Y = self._gather(self.y, rows)
+                Y = self._gather(self.y, rows, None if self.one_hot else alloc)
                 if self.one_hot:
                     Y = one_hot(Y, self.n_classes)  # type: ignore[arg-type]
         except (H5FeedError, OSError) as exc:
@@ -74,8 +78,15 @@ class BatchMaker:
                 _reraise(exc, f"transform failed on batch {index} of {self.path} (sample IDs {self.ids_for(rows)})")
         return (X,) if self.y is None else (X, Y)
 
-    def _gather(self, spec: Any, rows: np.ndarray) -> Any:
-        take = self.reader.take
+    def _gather(self, spec: Any, rows: np.ndarray, alloc: Callable[..., np.ndarray] | None = None) -> Any:
+        if alloc is None:
+            take = self.reader.take
+        else:
+            def take(name: str, rows: np.ndarray) -> np.ndarray:
+                col = self.layout.column(name)
+                out = alloc((rows.size, *col.row_shape), col.dtype.newbyteorder("="))
+                return self.reader.take(name, rows, out)
+
         if isinstance(spec, str):
             return take(spec, rows)
         if isinstance(spec, dict):

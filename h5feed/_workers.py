@@ -96,8 +96,37 @@ class _RemoteTraceback(Exception):
 # -- the wire format of a batch in a slot ------------------------------------
 
 
-def _encode(obj: Any, buf: memoryview, base: int, size: int, pos: list[int]) -> Any:
-    """Copy the arrays of ``obj`` into ``buf[base:base+size]``; return its skeleton."""
+class _SlotAlloc:
+    """Hands out arrays inside one slot, for a batch to be read straight into."""
+
+    def __init__(self, buf: memoryview, base: int, size: int) -> None:
+        self.buf, self.base, self.size = buf, base, size
+        self.pos = [0]
+        self.placed: dict[int, tuple[np.ndarray, int]] = {}  # id(array) -> (array, offset)
+
+    def __call__(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        count = int(np.prod(shape, dtype=np.int64))
+        start = -(-self.pos[0] // _ALIGN) * _ALIGN
+        end = start + count * dtype.itemsize
+        if end > self.size:
+            raise _TooBig(end)
+        self.pos[0] = end
+        arr = np.frombuffer(self.buf, dtype=dtype, count=count, offset=self.base + start).reshape(shape)
+        self.placed[id(arr)] = (arr, start)
+        return arr
+
+    def release(self) -> None:
+        self.placed.clear()
+
+
+def _encode(obj: Any, buf: memoryview, base: int, size: int, pos: list[int], placed: dict | None = None) -> Any:
+    """Copy the arrays of ``obj`` into ``buf[base:base+size]``; return its skeleton.
+
+    Arrays in ``placed`` (made by :class:`_SlotAlloc`) are already there.
+    """
+    if placed and isinstance(obj, np.ndarray) and id(obj) in placed and placed[id(obj)][0] is obj:
+        return ("a", obj.dtype, obj.shape, placed[id(obj)][1])
     if isinstance(obj, np.ndarray) and not obj.dtype.hasobject:
         start = -(-pos[0] // _ALIGN) * _ALIGN
         end = start + obj.nbytes
@@ -110,11 +139,11 @@ def _encode(obj: Any, buf: memoryview, base: int, size: int, pos: list[int]) -> 
             del dest
         return ("a", obj.dtype, obj.shape, start)
     if isinstance(obj, tuple):
-        return ("t", [_encode(v, buf, base, size, pos) for v in obj])
+        return ("t", [_encode(v, buf, base, size, pos, placed) for v in obj])
     if isinstance(obj, list):
-        return ("l", [_encode(v, buf, base, size, pos) for v in obj])
+        return ("l", [_encode(v, buf, base, size, pos, placed) for v in obj])
     if isinstance(obj, dict):
-        return ("d", [(k, _encode(v, buf, base, size, pos)) for k, v in obj.items()])
+        return ("d", [(k, _encode(v, buf, base, size, pos, placed)) for k, v in obj.items()])
     return ("v", obj)
 
 
@@ -206,15 +235,27 @@ def _worker_main(
             if msg is None:
                 return
             key, slot, rows, index = msg
+            base = slot * slot_bytes
+            alloc = _SlotAlloc(buf, base, slot_bytes)
             try:
-                batch = maker.make(rows, index)
+                batch = None
+                if getattr(maker, "transform", None) is None:
+                    # Read straight into the slot: one copy, not two.
+                    try:
+                        batch = maker.make(rows, index, alloc)
+                    except _TooBig:
+                        alloc = _SlotAlloc(buf, base, slot_bytes)
+                if batch is None:
+                    batch = maker.make(rows, index)
                 try:
-                    skel = _encode(batch, buf, slot * slot_bytes, slot_bytes, [0])
+                    skel = _encode(batch, buf, base, slot_bytes, alloc.pos, alloc.placed)
                     reply: tuple[Any, ...] = ("ok", key, slot, skel)
                 except _TooBig:
                     reply = ("pickled", key, slot, batch, _needed_bytes(batch))
             except BaseException as exc:  # sent back; the parent re-raises
                 reply = ("err", key, slot, _pack_exception(exc), traceback.format_exc())
+            alloc.release()
+            del batch
             try:
                 conn.send(reply)
             except (BrokenPipeError, EOFError, OSError):

@@ -64,6 +64,7 @@ class Reader:
         self.use_mmap = bool(use_mmap)
         self._pid: int | None = None
         self._file: h5py.File | None = None
+        self._dsets: dict[str, h5py.Dataset] = {}
         self._maps: dict[str, np.ndarray] = {}
         self._mmaps: list[mmap.mmap] = []
         self._lock_pid = os.getpid()
@@ -87,9 +88,10 @@ class Reader:
             return
         if self._pid is not None:
             # Inherited across fork: abandon, never close (NOTE above).
-            _ABANDONED.append((self._file, self._maps, self._mmaps))
+            _ABANDONED.append((self._file, self._dsets, self._maps, self._mmaps))
         self._pid = pid
         self._file = None
+        self._dsets = {}
         self._maps = {}
         self._mmaps = []
 
@@ -134,6 +136,7 @@ class Reader:
         with self._lock:
             if self._pid == os.getpid():
                 self._maps = {}
+                self._dsets = {}
                 # Arrays may still view the maps; let the GC close them then.
                 self._mmaps = []
                 if self._file is not None:
@@ -194,7 +197,7 @@ class Reader:
             plan = plan_reads(rows, chunk_rows=col.chunk_rows)
             return self._read_plan(col, plan, out)
 
-    def take(self, name: str, rows: np.ndarray) -> np.ndarray:
+    def take(self, name: str, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Like :meth:`read` for rows already known valid (int64, 1-D, in range).
 
         The per-batch path of :class:`~h5feed.H5Sequence`, whose rows were
@@ -204,11 +207,23 @@ class Reader:
         if self._pid == os.getpid():
             mapped = self._maps.get(name)
             if mapped is not None:
-                return mapped[rows]
-        return self.read(name, rows)
+                if out is None:
+                    return mapped[rows]
+                np.take(mapped, rows, axis=0, out=out, mode="clip")
+                return out
+        return self.read(name, rows, out)
+
+    def _dataset(self, name: str) -> h5py.Dataset:
+        # Kept open: HDF5 drops a dataset's chunk cache when the dataset is
+        # closed, so opening it per batch decompressed every chunk every time.
+        f = self._h5()
+        dset = self._dsets.get(name)
+        if dset is None:
+            dset = self._dsets[name] = f[name]
+        return dset
 
     def _read_plan(self, col: ColumnInfo, plan: ReadPlan, out: np.ndarray) -> np.ndarray:
-        dset = self._h5()[col.name]
+        dset = self._dataset(col.name)
         direct = plan.take is None and plan.inverse is None
         buf = out if direct else np.empty((plan.span_rows, *col.row_shape), dtype=out.dtype)
         pos = 0
