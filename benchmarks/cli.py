@@ -31,6 +31,7 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-seconds", type=float, help="cap on each warm measurement (default 20, 3 with --quick)")
     p.add_argument("--convert", action="store_true", help="also run the conversion benchmark, when installed")
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+    p.add_argument("--save", metavar="FILE", help="also write the result as JSON to FILE")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
 
 
@@ -50,6 +51,9 @@ def _run(args: argparse.Namespace) -> int:
     convert_rows = _convert_rows(args) if args.convert else None
     if convert_rows is not None:
         result["convert"] = convert_rows
+    if args.save:
+        with open(args.save, "w") as fh:
+            json.dump(result, fh, indent=1, default=str)
     if args.json:
         print(json.dumps(result, indent=1, default=str))
     else:
