@@ -340,7 +340,7 @@ def _sequential_read_seconds(path: str) -> float:
     return time.perf_counter() - start
 
 
-def cold_rows(data: Data, *, quiet: bool) -> list[Row]:
+def cold_rows(data: Data, *, quiet: bool, repeats: int = 3) -> list[Row]:
     """A cold sequential read of the file against cold shuffled epochs."""
     from h5feed import H5Sequence
 
@@ -348,18 +348,37 @@ def cold_rows(data: Data, *, quiet: bool) -> list[Row]:
     if not hasattr(os, "posix_fadvise"):
         return []
     rows: list[Row] = []
-    gc.collect()
-    evict(data.h5)
-    seconds = _sequential_read_seconds(data.h5)
-    rows.append(Row("cold", shape.name, "sequential read of the file", shape.n / seconds, seconds, shape.n))
-    for name, shuffle in (("H5Sequence shuffle=True", True), ('H5Sequence shuffle="block"', "block")):
-        gc.collect()
-        evict(data.h5)
-        seq = H5Sequence(data.h5, batch_size=BATCH, seed=2, shuffle=shuffle)
-        samples, seconds = _seq_epoch(seq)
-        seq.close()
-        del seq
-        rows.append(Row("cold", shape.name, name, samples / seconds, seconds, samples))
+
+    def sequential() -> tuple[int, float]:
+        return shape.n, _sequential_read_seconds(data.h5)
+
+    def epoch(shuffle: bool | str) -> Callable[[], tuple[int, float]]:
+        def run() -> tuple[int, float]:
+            seq = H5Sequence(data.h5, batch_size=BATCH, seed=2, shuffle=shuffle)
+            try:
+                return _seq_epoch(seq)
+            finally:
+                seq.close()
+
+        return run
+
+    cases = [
+        ("sequential read of the file", sequential),
+        ("H5Sequence shuffle=True", epoch(True)),
+        ('H5Sequence shuffle="block"', epoch("block")),
+    ]
+    for name, run in cases:
+        # Best of `repeats`: one cold epoch of a small file lasts tens of
+        # milliseconds, well inside the noise of a shared machine.
+        best = None
+        for _ in range(repeats):
+            gc.collect()
+            evict(data.h5)
+            samples, seconds = run()
+            if best is None or seconds < best[1]:
+                best = (samples, seconds)
+        samples, seconds = best  # type: ignore[misc]
+        rows.append(Row("cold", shape.name, name, samples / seconds, seconds, samples, note=f"best of {repeats}"))
     ref = rows[0].samples_per_s
     for row in rows:
         row.vs_limit = row.samples_per_s / ref
@@ -423,9 +442,13 @@ def _fit_rate(dataset: Any, shape: Shape, *, max_steps: int | None = None) -> tu
             times[-1] = time.perf_counter() - times[-1]
 
     model = _make_model(shape)
-    steps = len(dataset) if max_steps is None else min(len(dataset), max_steps)
-    model.fit(dataset, epochs=2, verbose=0, callbacks=[Clock()], steps_per_epoch=steps)
-    samples = min(steps * BATCH, shape.n)
+    if max_steps is None or max_steps >= len(dataset):
+        # fit's defaults (shuffle=True, no steps_per_epoch), as a user runs it.
+        model.fit(dataset, epochs=2, verbose=0, callbacks=[Clock()])
+        samples = shape.n
+    else:
+        model.fit(dataset, epochs=2, verbose=0, callbacks=[Clock()], steps_per_epoch=max_steps)
+        samples = max_steps * BATCH
     return samples, times[-1]
 
 
@@ -635,7 +658,7 @@ def run_bench(
             if "raw" in sections:
                 rows += raw_rows(data, max_seconds=cap, quiet=quiet)
             if "cold" in sections:
-                rows += cold_rows(data, quiet=quiet)
+                rows += cold_rows(data, quiet=quiet, repeats=1 if quick else 3)
             if "compressed" in sections:
                 rows += compressed_rows(data, max_seconds=cap, quiet=quiet)
             # The issue's fit rows are on "small"; "volume" alone gets them too.

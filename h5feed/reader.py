@@ -24,6 +24,16 @@ page cache as the memory. Everything else (chunked, compressed, checksummed,
 non-native byte order) goes through HDF5 with a :func:`~h5feed._plan.plan_reads`
 plan: one slice read per span. ``tests/test_reader.py`` proves both paths
 return the same bytes.
+
+NOTE [ Cold cache ]
+On a cold page cache a fault on the map reads the page and its neighbours
+(the kernel's read-around), which for rows of 4 KiB and more is one read per
+row, and the rows of a shuffled epoch cover the file. We measured a
+background ``POSIX_FADV_WILLNEED`` over the whole dataset (and a synchronous
+one) against plain faults on the benchmark's files: no gain on the 1 GiB
+"volume" file (the shuffled cold epoch already beat one sequential ``read``
+of the file) and a loss on the 45 MiB "small" one, so there is none.
+``h5feed bench`` keeps measuring it (the "cold" rows).
 """
 
 from __future__ import annotations
@@ -126,7 +136,6 @@ class Reader:
                 base = col.offset - col.offset % mmap.ALLOCATIONGRANULARITY
                 mm = mmap.mmap(fh.fileno(), col.offset + nbytes - base, access=mmap.ACCESS_READ, offset=base)
             self._mmaps.append(mm)
-            _read_ahead(self.layout.path, col.offset, nbytes)
             arr = np.frombuffer(mm, dtype=col.dtype, count=int(np.prod(col.shape)), offset=col.offset - base)
             arr = arr.reshape(col.shape)
             self._maps[col.name] = arr
@@ -251,52 +260,6 @@ class Reader:
         """The sample IDs of ``rows``, in the order given."""
         with self._lock:
             return read_ids(self._h5(), rows)
-
-
-def _available_memory() -> int | None:
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def _read_ahead(path: str, offset: int, nbytes: int) -> None:
-    """Ask the kernel to read a mapped dataset into the page cache, in the background.
-
-    NOTE [ Cold cache ]
-    A shuffled epoch visits every row once, in random order; on a cold page
-    cache each page fault would then be a small random read, waited for one
-    at a time. When the dataset fits comfortably in memory (half of what is
-    available), one ``POSIX_FADV_WILLNEED`` over its bytes lets the kernel
-    read it ahead sequentially while batches are being gathered: the epoch
-    then runs at about the speed of a sequential read. The call runs in a
-    daemon thread (it blocks while the kernel queues the reads; the GIL is
-    released), costs little when the pages are already cached, and is
-    skipped for datasets too large to keep, where it would only evict pages
-    about to be used.
-    """
-    advise = getattr(os, "posix_fadvise", None)
-    available = _available_memory()
-    if advise is None or available is None or nbytes > available // 2:
-        return
-
-    def run() -> None:
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            advise(fd, offset, nbytes, os.POSIX_FADV_WILLNEED)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-
-    threading.Thread(target=run, name="h5feed-readahead", daemon=True).start()
 
 
 def _chunk_hint(col: ColumnInfo, start: int, stop: int) -> str:

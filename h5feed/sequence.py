@@ -231,6 +231,9 @@ class H5Sequence(keras.utils.PyDataset):
         self._maker = BatchMaker(layout, self.x, self.y, one_hot=self.one_hot, transform=transform)
         self._reset_pool_state()
         self._slot_bytes = 0
+        # The multiprocessing context of the workers; None: the start
+        # method in effect (multiprocessing.set_start_method).
+        self._mp_context: Any = None
         self._epoch = 0
         self._epoch_rows = self._compute_epoch_rows(0)
 
@@ -371,6 +374,7 @@ class H5Sequence(keras.utils.PyDataset):
             workers=self._process_workers,
             slots=slots,
             slot_bytes=slot_bytes,
+            context=self._mp_context,
             description=self.path,
         )
 

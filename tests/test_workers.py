@@ -71,20 +71,8 @@ def _rows_of(batch) -> list[int]:
 
 
 def _with_context(seq: H5Sequence, ctx) -> H5Sequence:
-    # The pool takes the default start method; tests set it per sequence.
-    orig = seq._start_pool
-
-    def start():
-        import h5feed._workers as W
-
-        saved = W.multiprocessing.get_context
-        W.multiprocessing.get_context = lambda *a: ctx
-        try:
-            return orig()
-        finally:
-            W.multiprocessing.get_context = saved
-
-    seq._start_pool = start
+    """Start this sequence's workers with ``ctx`` (not the global start method)."""
+    seq._mp_context = ctx
     return seq
 
 
