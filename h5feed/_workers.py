@@ -417,8 +417,17 @@ class BatchPool:
         return None if self._state.shm is None else self._state.shm.name
 
     def close(self) -> None:
-        """Stop and join the workers and unlink the shared memory. Safe twice."""
-        self._finalizer()
+        """Stop and join the workers and unlink the shared memory. Safe twice.
+
+        Waits (a while) for a :meth:`get` running in another thread, then
+        shuts down regardless; that ``get`` then fails with WorkerError.
+        """
+        locked = self._lock.acquire(timeout=2 * _JOIN_TIMEOUT_S)
+        try:
+            self._finalizer()
+        finally:
+            if locked:
+                self._lock.release()
 
     # -- prefetching ------------------------------------------------------------
 
@@ -437,11 +446,15 @@ class BatchPool:
         """
         with self._lock:
             if self.closed:
-                raise WorkerError(f"the worker pool for {self.description} is closed")
+                raise WorkerError(f"the worker pool reading {self.description} was closed")
             try:
                 if key not in self._tasks and key not in self._ready:
-                    self._miss(key)
-                    self._fill(n, rows_of)
+                    if key >= self._next:
+                        # A jump forward (or the first request): follow it.
+                        # A batch behind the stream (asked again, or skipped
+                        # earlier) is read by the caller, leaving the stream.
+                        self._miss(key)
+                        self._fill(n, rows_of)
                     return None
                 self._misses = 0
                 while key not in self._ready:
@@ -483,7 +496,11 @@ class BatchPool:
     def _submit(self, key: int, rows: np.ndarray) -> None:
         slot = self._free.pop()
         wid = min(range(len(self._pending)), key=self._pending.__getitem__)
-        self._state.conns[wid].send((key, slot, rows, key))
+        try:
+            self._state.conns[wid].send((key, slot, rows, key))
+        except OSError:  # the worker is gone (EPIPE)
+            self._free.append(slot)
+            self._dead(wid, None)
         self._pending[wid] += 1
         self._tasks[key] = (slot, wid, key)
 
@@ -525,11 +542,16 @@ class BatchPool:
         proc.join(0.5)
         pid = self.pids[wid] if wid < len(self.pids) else proc.pid
         doing = [k for k, (_, w, _) in self._tasks.items() if w == wid]
-        what = f" while making batch {doing[0]}" if doing else ""
         if key is not None and key in doing:
             what = f" while making batch {key}"
+        elif doing:
+            what = f" while making batch {doing[0]}"
+        elif not self.pids or wid >= len(self.pids):
+            what = " while starting (its own error, if any, is on stderr)"
+        else:
+            what = ""
         raise WorkerError(
-            f"h5feed worker {wid} (pid {pid}) {_how_it_ended(proc.exitcode)}{what} of {self.description}"
+            f"h5feed worker {wid} (pid {pid}) reading {self.description} {_how_it_ended(proc.exitcode)}{what}"
         )
 
     def _handle(self, reply: tuple[Any, ...]) -> None:

@@ -33,6 +33,7 @@ no process or shared memory outlives ``fit``.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Union
 
@@ -234,6 +235,7 @@ class H5Sequence(keras.utils.PyDataset):
         # The multiprocessing context of the workers; None: the start
         # method in effect (multiprocessing.set_start_method).
         self._mp_context: Any = None
+        self._pool_lock = threading.RLock()
         self._epoch = 0
         self._epoch_rows = self._compute_epoch_rows(0)
 
@@ -342,20 +344,21 @@ class H5Sequence(keras.utils.PyDataset):
         index = self._check_index(index)
         if not self._process_workers:
             return self._maker.make(self._content_rows(index), index)
-        k = self._content_of(index)
-        self._requests += 1
-        if self._pool is None and self._requests > 2:
-            self._pool = self._start_pool()
-        if self._pool is not None:
-            try:
-                batch = self._pool.get(k, len(self), self._content_rows, index)
-            except BaseException:
-                # The pool closed itself before raising; the epoch's binding
-                # stays, so a retry still sees each row once.
-                self._pool = None
-                raise
-            if batch is not None:
-                return batch
+        with self._pool_lock:
+            k = self._content_of(index)
+            self._requests += 1
+            if self._pool is None and self._requests > 2:
+                self._pool = self._start_pool()
+            if self._pool is not None:
+                try:
+                    batch = self._pool.get(k, len(self), self._content_rows, index)
+                except BaseException:
+                    # The pool closed itself before raising; the epoch's
+                    # binding stays, so a retry still sees each row once.
+                    self._pool = None
+                    raise
+                if batch is not None:
+                    return batch
         return self._maker.make(self._content_rows(k), index)
 
     # -- own worker processes ----------------------------------------------
@@ -379,13 +382,17 @@ class H5Sequence(keras.utils.PyDataset):
         )
 
     def _close_pool(self) -> None:
-        pool = getattr(self, "_pool", None)
-        if pool is not None:
-            pool.close()
-            # A transform that made batches bigger than a slot: size the
-            # next pool's slots for them.
-            self._slot_bytes = max(self._slot_bytes, pool.max_needed)
-        self._reset_pool_state()
+        lock = getattr(self, "_pool_lock", None)
+        if lock is None:  # during __init__
+            return
+        with lock:
+            pool = self._pool
+            if pool is not None:
+                pool.close()
+                # A transform that made batches bigger than a slot: size the
+                # next pool's slots for them.
+                self._slot_bytes = max(self._slot_bytes, pool.max_needed)
+            self._reset_pool_state()
 
     # -- resources and pickling --------------------------------------------
 
@@ -409,7 +416,12 @@ class H5Sequence(keras.utils.PyDataset):
         # the process that started it.
         state = dict(self.__dict__)
         state.update(_pool=None, _bound={}, _next_content=0, _requests=0)
+        del state["_pool_lock"]
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._pool_lock = threading.RLock()
 
     def __repr__(self) -> str:
         what = f"split={self.split!r}" if self.split is not None else f"{self._rows.size} rows"
