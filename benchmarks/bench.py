@@ -281,9 +281,12 @@ def raw_rows(data: Data, *, max_seconds: float, quiet: bool) -> list[Row]:
 
     shape = data.shape
     rows: list[Row] = []
+    least = min(1.0, max_seconds / 2)
 
     def add(name: str, read: Callable[[np.ndarray], Any]) -> None:
-        samples, seconds, epochs = _best(lambda e: _timed(_epoch_batches(shape.n, seed=1 + e), read, max_seconds))
+        samples, seconds, epochs = _best(
+            lambda e: _timed(_epoch_batches(shape.n, seed=1 + e), read, max_seconds), min_seconds=least
+        )
         rows.append(Row("raw", shape.name, name, samples / seconds, seconds, samples, note=f"best of {epochs}"))
         _progress(f"{shape.name} {name}: {samples / seconds:,.0f} samples/s", quiet)
 
@@ -319,7 +322,7 @@ def raw_rows(data: Data, *, max_seconds: float, quiet: bool) -> list[Row]:
         seq.set_epoch(epoch)
         return _seq_epoch(seq, max_seconds)
 
-    samples, seconds, epochs = _best(seq_epoch)
+    samples, seconds, epochs = _best(seq_epoch, min_seconds=least)
     rows.append(Row("raw", shape.name, "h5feed H5Sequence", samples / seconds, seconds, samples, note=f"best of {epochs}"))
     _progress(f"{shape.name} h5feed H5Sequence: {samples / seconds:,.0f} samples/s", quiet)
     seq.close()
