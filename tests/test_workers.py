@@ -210,3 +210,31 @@ def test_fit_ends_and_fails_without_leaking_shared_memory(small_file):
     gc.collect()
     assert not _segments()
     bad.close()
+
+
+def test_sequence_with_running_workers_pickles_without_them(small_file):
+    import pickle
+
+    seq = _with_context(
+        H5Sequence(small_file, "train", batch_size=4, shuffle=False, workers=2, use_multiprocessing=True),
+        mp.get_context("fork"),
+    )
+    for i in range(4):
+        seq[i]
+    clone = pickle.loads(pickle.dumps(seq))
+    assert clone._pool is None and clone.process_workers == 2
+    np.testing.assert_array_equal(clone[5][0], seq[5][0])
+    clone.close()
+    seq.close()
+    assert not _segments()
+
+
+def test_keras_sees_one_worker_and_threads_stay_with_keras(small_file):
+    own = H5Sequence(small_file, workers=3, use_multiprocessing=True, max_queue_size=4)
+    assert (own.workers, own.use_multiprocessing, own.process_workers) == (1, False, 3)
+    threads = H5Sequence(small_file, workers=2, use_multiprocessing=False)
+    assert (threads.workers, threads.use_multiprocessing, threads.process_workers) == (2, False, 0)
+    with pytest.raises(ValueError, match="workers must be an int >= 0"):
+        H5Sequence(small_file, workers=-1)
+    with pytest.raises(TypeError, match="use_multiprocessing must be a bool"):
+        H5Sequence(small_file, use_multiprocessing="yes")
