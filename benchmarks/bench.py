@@ -205,10 +205,15 @@ def _epoch_batches(n: int, seed: int) -> list[np.ndarray]:
     return [order[i : i + BATCH] for i in range(0, n, BATCH)]
 
 
+_EYES: dict[int, np.ndarray] = {}
+
+
 def _one_hot(y: np.ndarray, n_classes: int) -> np.ndarray:
-    out = np.zeros((y.size, n_classes), dtype=np.float32)
-    out[np.arange(y.size), y] = 1.0
-    return out
+    """The fastest numpy one-hot (what H5Sequence does), for every row alike."""
+    eye = _EYES.get(n_classes)
+    if eye is None:
+        eye = _EYES[n_classes] = np.eye(n_classes, dtype=np.float32)
+    return eye[y]
 
 
 class TutorialGenerator:
