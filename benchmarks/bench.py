@@ -682,34 +682,41 @@ def run_bench(
     os.makedirs(folder, exist_ok=True)
     out: dict[str, Any] = {"machine": machine_description(), "quick": quick, "folder": folder, "rows": [], "shapes": {}}
     try:
+        datas: dict[str, Data] = {}
+        steps = 40 if quick else None
+        # Reading rows first, training rows last: once TensorFlow has run a
+        # model in this process, big numpy copies here ran several times
+        # slower (every reading row alike), which would blur the table.
         for name in shapes:
             shape = SHAPES[name]
             if quick:
                 shape = Shape(shape.name, QUICK_ROWS[name], shape.sample, shape.dtype, shape.n_classes)
             out["shapes"][name] = shape.describe()
-            data = build(shape, os.path.join(folder, "quick" if quick else "full"), quiet=quiet)
+            data = datas[name] = build(shape, os.path.join(folder, "quick" if quick else "full"), quiet=quiet)
             rows: list[Row] = []
-            steps = 40 if quick else None
             if "raw" in sections:
                 rows += raw_rows(data, max_seconds=cap, quiet=quiet)
             if "cold" in sections:
                 rows += cold_rows(data, quiet=quiet, repeats=1 if quick else 3)
             if "compressed" in sections:
                 rows += compressed_rows(data, max_seconds=cap, quiet=quiet)
+            if "memory" in sections and name == "volume":
+                rows.append(memory_row(data.h5, name, quiet=quiet))
+            out["rows"].extend(asdict(r) for r in rows)
+        if "memory" in sections:
+            for gib in memory_gib:
+                path = big_file(folder, gib, quiet=quiet)
+                out["rows"].append(asdict(memory_row(path, "volume", quiet=quiet)))
+        for name, data in datas.items():
+            rows = []
             # The fit rows are on "small"; "volume" alone gets them too.
             if "fit" in sections and (name == "small" or "small" not in shapes):
                 rows += fit_rows(data, quiet=quiet, max_steps=steps)
             if "workers" in sections and name == "volume":
                 rows += worker_rows(data, quiet=quiet, max_steps=steps)
-            if "memory" in sections and name == "volume":
-                rows.append(memory_row(data.h5, name, quiet=quiet))
             out["rows"].extend(asdict(r) for r in rows)
-            del data
-            gc.collect()
-        if "memory" in sections:
-            for gib in memory_gib:
-                path = big_file(folder, gib, quiet=quiet)
-                out["rows"].append(asdict(memory_row(path, "volume", quiet=quiet)))
+        datas.clear()
+        gc.collect()
     finally:
         if tmp and not keep:
             shutil.rmtree(folder, ignore_errors=True)
