@@ -16,19 +16,15 @@ import numpy as np
 from ._files import open_h5
 from .errors import UnknownIDError
 from .layout import Layout, read_split, validate
-from .reader import Reader
 
 __all__ = [
     "ColumnSpec",
     "column_names",
-    "gather",
     "normalize_columns",
     "normalize_shard",
-    "one_hot",
     "positive_int",
     "rows_for_ids",
     "select_rows",
-    "with_context",
 ]
 
 ColumnSpec = Union[str, Sequence[str], Mapping[str, str], None]
@@ -60,30 +56,6 @@ def column_names(spec: Any) -> list[str]:
     if isinstance(spec, dict):
         return list(spec.values())
     return list(spec)
-
-
-
-def gather(reader: Reader, spec: Any, rows: np.ndarray) -> Any:
-    """Read ``rows`` of the dataset(s) ``spec`` (a name, a tuple or a dict)."""
-    if isinstance(spec, str):
-        return reader.read(spec, rows)
-    if isinstance(spec, dict):
-        return {key: reader.read(name, rows) for key, name in spec.items()}
-    return tuple(reader.read(name, rows) for name in spec)
-
-
-def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
-    out = np.zeros((labels.shape[0], n_classes), dtype=np.float32)
-    out[np.arange(labels.shape[0]), labels] = 1.0
-    return out
-
-
-def with_context(exc: BaseException, context: str) -> BaseException:
-    """The same exception type with ``context`` added, when it can be rebuilt."""
-    try:
-        return type(exc)(f"{exc} [{context}]")
-    except Exception:
-        return RuntimeError(f"{type(exc).__name__}: {exc} [{context}]")
 
 
 def positive_int(value: Any, name: str) -> int:
@@ -118,7 +90,6 @@ def rows_for_ids(path: str, all_ids: np.ndarray, wanted: Sequence[str]) -> np.nd
             f"{path}: {len(missing)} of the requested IDs are not in the file, e.g. {missing[:5]!r}"
         )
     return np.fromiter((row_of[sid] for sid in wanted), dtype=np.int64, count=len(wanted))
-
 
 
 def select_rows(

@@ -24,6 +24,16 @@ page cache as the memory. Everything else (chunked, compressed, checksummed,
 non-native byte order) goes through HDF5 with a :func:`~h5feed._plan.plan_reads`
 plan: one slice read per span. ``tests/test_reader.py`` proves both paths
 return the same bytes.
+
+NOTE [ Cold cache ]
+On a cold page cache a fault on the map reads the page and its neighbours
+(the kernel's read-around), which for rows of 4 KiB and more is one read per
+row, and the rows of a shuffled epoch cover the file. We measured a
+background ``POSIX_FADV_WILLNEED`` over the whole dataset (and a synchronous
+one) against plain faults on the benchmark's files: no gain on the 1 GiB
+"volume" file (the shuffled cold epoch already beat one sequential ``read``
+of the file) and a loss on the 45 MiB "small" one, so there is none.
+``h5feed bench`` keeps measuring it (the "cold" rows).
 """
 
 from __future__ import annotations
@@ -64,6 +74,7 @@ class Reader:
         self.use_mmap = bool(use_mmap)
         self._pid: int | None = None
         self._file: h5py.File | None = None
+        self._dsets: dict[str, h5py.Dataset] = {}
         self._maps: dict[str, np.ndarray] = {}
         self._mmaps: list[mmap.mmap] = []
         self._lock_pid = os.getpid()
@@ -87,9 +98,10 @@ class Reader:
             return
         if self._pid is not None:
             # Inherited across fork: abandon, never close (NOTE above).
-            _ABANDONED.append((self._file, self._maps, self._mmaps))
+            _ABANDONED.append((self._file, self._dsets, self._maps, self._mmaps))
         self._pid = pid
         self._file = None
+        self._dsets = {}
         self._maps = {}
         self._mmaps = []
 
@@ -101,6 +113,10 @@ class Reader:
 
     def _mapped(self, col: ColumnInfo) -> np.ndarray | None:
         """The column as a read-only array over the file's pages, or None."""
+        if self._pid == os.getpid():
+            arr = self._maps.get(col.name)
+            if arr is not None:
+                return arr
         if not self.use_mmap or col.offset is None or col.fletcher32:
             return None
         if not col.dtype.isnative or col.shape[0] == 0 or col.row_nbytes == 0:
@@ -130,6 +146,7 @@ class Reader:
         with self._lock:
             if self._pid == os.getpid():
                 self._maps = {}
+                self._dsets = {}
                 # Arrays may still view the maps; let the GC close them then.
                 self._mmaps = []
                 if self._file is not None:
@@ -175,18 +192,48 @@ class Reader:
         if rows.size and (rows.min() < 0 or rows.max() >= col.shape[0]):
             bad = rows[(rows < 0) | (rows >= col.shape[0])][0]
             raise IndexError(f"{self.layout.path}:/{name}: row {int(bad)} is outside [0, {col.shape[0]})")
-        if out is None:
-            out = np.empty((rows.size, *col.row_shape), dtype=col.dtype.newbyteorder("="))
         with self._lock:
             mapped = self._mapped(col)
             if mapped is not None:
-                np.take(mapped, rows, axis=0, out=out)
+                # Fancy indexing, or take(mode="clip") into ``out``: rows are
+                # checked above, and take's default mode="raise" buffers the
+                # whole output through a temporary (10-20x slower).
+                if out is None:
+                    return mapped[rows]
+                np.take(mapped, rows, axis=0, out=out, mode="clip")
                 return out
+            if out is None:
+                out = np.empty((rows.size, *col.row_shape), dtype=col.dtype.newbyteorder("="))
             plan = plan_reads(rows, chunk_rows=col.chunk_rows)
             return self._read_plan(col, plan, out)
 
+    def take(self, name: str, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Like :meth:`read` for rows already known valid (int64, 1-D, in range).
+
+        The per-batch path of :class:`~h5feed.H5Sequence`, whose rows were
+        checked once when it was built: skips the argument checks, which cost
+        as much as gathering a small batch.
+        """
+        if self._pid == os.getpid():
+            mapped = self._maps.get(name)
+            if mapped is not None:
+                if out is None:
+                    return mapped[rows]
+                np.take(mapped, rows, axis=0, out=out, mode="clip")
+                return out
+        return self.read(name, rows, out)
+
+    def _dataset(self, name: str) -> h5py.Dataset:
+        # Kept open: HDF5 drops a dataset's chunk cache when the dataset is
+        # closed, so opening it per batch decompressed every chunk every time.
+        f = self._h5()
+        dset = self._dsets.get(name)
+        if dset is None:
+            dset = self._dsets[name] = f[name]
+        return dset
+
     def _read_plan(self, col: ColumnInfo, plan: ReadPlan, out: np.ndarray) -> np.ndarray:
-        dset = self._h5()[col.name]
+        dset = self._dataset(col.name)
         direct = plan.take is None and plan.inverse is None
         buf = out if direct else np.empty((plan.span_rows, *col.row_shape), dtype=out.dtype)
         pos = 0

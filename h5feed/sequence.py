@@ -2,33 +2,57 @@
 
 Importing this module imports Keras (and so TensorFlow or the configured
 backend); ``import h5feed`` alone does not.
+
+NOTE [ Plugging own workers into Keras ]
+With ``use_multiprocessing=True`` the sequence serves batches from its own
+worker processes (:class:`~h5feed._workers.BatchPool`, shared memory instead
+of Keras's pickling; see NOTE [ Own workers ] there). Keras must then not start
+its own pool: Keras's adapter starts one whenever the dataset's ``workers``
+property is above 1 (or 1 with ``use_multiprocessing``), so the sequence
+reports ``workers=1, use_multiprocessing=False`` to Keras and keeps what the
+user asked in ``process_workers``.
+
+Keras's ``fit(shuffle=True)`` (its default) asks for the batch indices of an
+epoch in a random order of its own, which no prefetcher can follow. Since
+the sequence's epoch order is already a random permutation (or a block
+shuffle) drawn from ``(seed, epoch)``, a shuffled sequence with process
+workers serves the k-th distinct index asked for in an epoch with the k-th
+batch of its epoch order ("late binding"): each row is still seen exactly
+once per epoch, an index asked twice gets the same batch, the batches come in
+the same order whatever Keras's shuffle, and the workers can prefetch. An
+unshuffled sequence keeps index i = batch i; the pool then prefetches along
+the order of the requests and reads in-process when they jump.
+
+The pool starts at the third request of an epoch (the TensorFlow backend
+peeks at batches 0 and 1 before training, in another epoch, and a pool
+started for them would be stopped again at once) and is closed at every
+epoch end, on ``close()``, on garbage collection and at interpreter exit, so
+no process or shared memory outlives ``fit``.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from . import _plan
+from ._batch import BatchMaker
 from ._keras import keras
 from ._select import (
     ColumnSpec,
     column_names as _column_names,
-    gather as _gather_columns,
     normalize_columns as _normalize_columns,
     normalize_shard as _normalize_shard,
-    one_hot as _one_hot,
     positive_int as _positive_int,
     select_rows as _select_rows,
-    with_context as _with_context,
 )
-from .errors import H5FeedError
+from ._workers import BatchPool
 from .layout import Layout
-from ._parts import make_reader
 
 __all__ = ["H5Sequence"]
 
@@ -72,8 +96,12 @@ class H5Sequence(keras.utils.PyDataset):
             rows of the epoch so that all shards have the same length.
         allow_virtual: accept a file whose datasets are HDF5 virtual datasets
             (made by ``h5feed merge``); its sources must lie in its folder.
-        **kwargs: ``workers``, ``use_multiprocessing``, ``max_queue_size``,
-            passed to ``keras.utils.PyDataset``.
+        **kwargs: ``workers``, ``use_multiprocessing``, ``max_queue_size``.
+            With ``use_multiprocessing=True`` h5feed runs ``workers`` worker
+            processes of its own that return batches through shared memory
+            and prefetch up to ``max(max_queue_size, 2 * workers)`` batches
+            (NOTE [ Plugging own workers into Keras ]); otherwise they go to
+            ``keras.utils.PyDataset`` (threads).
 
     Raises:
         UnknownSplitError: the split is not in the file.
@@ -112,6 +140,16 @@ class H5Sequence(keras.utils.PyDataset):
                 f"H5Sequence() got unexpected keyword argument(s) {unknown!r}; "
                 f"it passes only {list(_PYDATASET_KWARGS)!r} to keras.utils.PyDataset"
             )
+        workers = kwargs.get("workers", 1)
+        multi = kwargs.get("use_multiprocessing", False)
+        if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 0:
+            raise ValueError(f"workers must be an int >= 0. Received: {workers!r}")
+        if not isinstance(multi, (bool, np.bool_)):
+            raise TypeError(f"use_multiprocessing must be a bool. Received: {multi!r}")
+        self._process_workers = int(workers) if multi and workers >= 1 else 0
+        if self._process_workers:
+            # Keras must not start its own pool (NOTE above).
+            kwargs = dict(kwargs, workers=1, use_multiprocessing=False)
         super().__init__(**kwargs)
         self.path = os.path.abspath(os.fspath(path))
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -178,9 +216,29 @@ class H5Sequence(keras.utils.PyDataset):
         self.block_rows = _positive_int(block_rows, "block_rows")
         self.block_window = _positive_int(block_window, "block_window")
 
-        self._reader = make_reader(layout)
+        self._maker = BatchMaker(layout, self.x, self.y, one_hot=self.one_hot, transform=transform)
+        self._reset_pool_state()
+        self._slot_bytes = 0
+        # The multiprocessing context of the workers; None: the start
+        # method in effect (multiprocessing.set_start_method).
+        self._mp_context: Any = None
+        self._pool_lock = threading.RLock()
         self._epoch = 0
         self._epoch_rows = self._compute_epoch_rows(0)
+
+    @property
+    def process_workers(self) -> int:
+        """h5feed worker processes serving batches (0: this process reads).
+
+        ``workers`` and ``use_multiprocessing`` report what Keras must see
+        (1 and False when h5feed's own processes are used), since Keras reads
+        them to decide whether to start a pool of its own.
+        """
+        return self._process_workers
+
+    @property
+    def _reader(self) -> Any:
+        return self._maker.reader
 
     # -- epochs ------------------------------------------------------------
 
@@ -215,6 +273,7 @@ class H5Sequence(keras.utils.PyDataset):
         """Jump to ``epoch`` (to resume training): its order is recomputed."""
         if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
             raise ValueError(f"epoch must be an int >= 0. Received: {epoch!r}")
+        self._close_pool()
         self._epoch = int(epoch)
         self._epoch_rows = self._compute_epoch_rows(self._epoch)
 
@@ -241,8 +300,7 @@ class H5Sequence(keras.utils.PyDataset):
     def num_batches(self) -> int:
         return len(self)
 
-    def batch_rows(self, index: int) -> np.ndarray:
-        """The file rows of batch ``index`` in the current epoch."""
+    def _check_index(self, index: int) -> int:
         n = len(self)
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
             raise TypeError(f"batch index must be an int. Received: {index!r}")
@@ -250,38 +308,83 @@ class H5Sequence(keras.utils.PyDataset):
             index += n
         if not 0 <= index < n:
             raise IndexError(f"batch index {index!r} out of range for {n} batches")
-        start, stop = _plan.batch_bounds(int(index), self._epoch_rows.size, self.batch_size)
+        return int(index)
+
+    def _content_rows(self, k: int) -> np.ndarray:
+        start, stop = _plan.batch_bounds(k, self._epoch_rows.size, self.batch_size)
         return self._epoch_rows[start:stop]
 
+    def _content_of(self, index: int) -> int:
+        """Which batch of the epoch order serves ``index`` (late binding, NOTE above)."""
+        if not self._process_workers or self.shuffle is False:
+            return index
+        k = self._bound.get(index)
+        if k is None:
+            k = self._bound[index] = self._next_content
+            self._next_content += 1
+        return k
+
+    def batch_rows(self, index: int) -> np.ndarray:
+        """The file rows of batch ``index`` in the current epoch.
+
+        With process workers and shuffling, the rows of the batch that
+        ``seq[index]`` returns (or will return) this epoch.
+        """
+        return self._content_rows(self._content_of(self._check_index(index)))
+
     def __getitem__(self, index: int) -> Any:
-        rows = self.batch_rows(index)
-        try:
-            X = self._gather(self.x, rows)
-            if self.y is None:
-                Y = None
-            else:
-                Y = self._gather(self.y, rows)
-                if self.one_hot:
-                    Y = _one_hot(Y, self.layout.n_classes)  # type: ignore[arg-type]
-        except (H5FeedError, OSError) as exc:
-            raise _with_context(exc, f"batch {index} of {self.path}, sample IDs {self._ids_for(rows)}") from exc
-        if self.transform is not None:
-            try:
-                X, Y = self.transform(X, Y)
-            except Exception as exc:
-                raise _with_context(exc, f"transform failed on batch {index} (sample IDs {self._ids_for(rows)})") from exc
-        return (X,) if self.y is None else (X, Y)
+        index = self._check_index(index)
+        if not self._process_workers:
+            return self._maker.make(self._content_rows(index), index)
+        with self._pool_lock:
+            k = self._content_of(index)
+            self._requests += 1
+            if self._pool is None and self._requests > 2:
+                self._pool = self._start_pool()
+            if self._pool is not None:
+                try:
+                    batch = self._pool.get(k, len(self), self._content_rows, index)
+                except BaseException:
+                    # The pool closed itself before raising; the epoch's
+                    # binding stays, so a retry still sees each row once.
+                    self._pool = None
+                    raise
+                if batch is not None:
+                    return batch
+        return self._maker.make(self._content_rows(k), index)
 
-    def _gather(self, spec: Any, rows: np.ndarray) -> Any:
-        return _gather_columns(self._reader, spec, rows)
+    # -- own worker processes ----------------------------------------------
 
-    def _ids_for(self, rows: np.ndarray, limit: int = 8) -> str:
-        try:
-            ids = self._reader.read_ids(rows[:limit])
-        except Exception:  # the IDs are context only; never mask the real error
-            return f"rows {rows[:limit].tolist()!r}"
-        more = f" and {rows.size - limit} more" if rows.size > limit else ""
-        return f"{ids!r}{more}"
+    def _reset_pool_state(self) -> None:
+        self._pool: BatchPool | None = None
+        self._bound: dict[int, int] = {}
+        self._next_content = 0
+        self._requests = 0
+
+    def _start_pool(self) -> BatchPool:
+        slot_bytes = max(self._slot_bytes, self._maker.batch_nbytes(self.batch_size) + 4096)
+        slots = max(int(self.max_queue_size or 0), 2 * self._process_workers)
+        return BatchPool(
+            self._maker,
+            workers=self._process_workers,
+            slots=slots,
+            slot_bytes=slot_bytes,
+            context=self._mp_context,
+            description=self.path,
+        )
+
+    def _close_pool(self) -> None:
+        lock = getattr(self, "_pool_lock", None)
+        if lock is None:  # during __init__
+            return
+        with lock:
+            pool = self._pool
+            if pool is not None:
+                pool.close()
+                # A transform that made batches bigger than a slot: size the
+                # next pool's slots for them.
+                self._slot_bytes = max(self._slot_bytes, pool.max_needed)
+            self._reset_pool_state()
 
     # -- other frameworks --------------------------------------------------
 
@@ -292,17 +395,28 @@ class H5Sequence(keras.utils.PyDataset):
         return dataset_from_sequence(self, first_epoch=first_epoch, prefetch=prefetch)
 
     def _clone(self, epoch: int) -> H5Sequence:
-        """A shallow copy at ``epoch`` with its own reader (handles are never shared)."""
+        """A shallow copy at ``epoch`` that reads in-process with its own reader.
+
+        Handles are never shared, and the clone never starts worker processes
+        (tf.data runs its own threads over it).
+        """
         clone = copy.copy(self)
-        clone._reader = make_reader(self.layout)
+        clone._pool_lock = threading.RLock()
+        clone._reset_pool_state()  # the parent's pool stays the parent's
+        clone._process_workers = 0
+        clone._maker = self._maker.fresh()
         clone.set_epoch(epoch)
         return clone
 
     # -- resources and pickling --------------------------------------------
 
     def close(self) -> None:
-        """Close this process's file handles (safe twice; reopens on use)."""
-        self._reader.close()
+        """Stop worker processes and close this process's file handles.
+
+        Safe twice; the sequence reopens (and restarts workers) on use.
+        """
+        self._close_pool()
+        self._maker.close()
 
     def __enter__(self) -> H5Sequence:
         return self
@@ -312,8 +426,16 @@ class H5Sequence(keras.utils.PyDataset):
 
     def __getstate__(self) -> dict[str, Any]:
         # The reader pickles as its layout only (no handles); arrays of rows
-        # stay numpy arrays, which pickle compactly.
-        return dict(self.__dict__)
+        # stay numpy arrays, which pickle compactly. A worker pool belongs to
+        # the process that started it.
+        state = dict(self.__dict__)
+        state.update(_pool=None, _bound={}, _next_content=0, _requests=0)
+        del state["_pool_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._pool_lock = threading.RLock()
 
     def __repr__(self) -> str:
         what = f"split={self.split!r}" if self.split is not None else f"{self._rows.size} rows"

@@ -33,20 +33,16 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from . import _plan
+from ._batch import BatchMaker
 from ._select import (
     ColumnSpec,
     column_names,
-    gather,
     normalize_columns,
     normalize_shard,
-    one_hot as to_one_hot,
     positive_int,
     select_rows,
-    with_context,
 )
-from .errors import H5FeedError
 from .layout import Layout
-from ._parts import make_reader
 
 __all__ = ["BlockBatchSampler", "H5Dataset", "collate"]
 
@@ -134,7 +130,7 @@ class H5Dataset(Dataset):
                     "and the file's n_classes attribute"
                 )
         self.one_hot = bool(one_hot)
-        self._reader = make_reader(layout)
+        self._maker = BatchMaker(layout, self.x, self.y, one_hot=self.one_hot, transform=transform)
 
     @property
     def rows(self) -> np.ndarray:
@@ -168,36 +164,15 @@ class H5Dataset(Dataset):
         if bad.size:
             raise IndexError(f"index {int(bad[0])!r} out of range for {n} samples of {self.path}")
         rows = self._rows[idx]
-        try:
-            X = gather(self._reader, self.x, rows)
-            Y = None
-            if self.y is not None:
-                Y = gather(self._reader, self.y, rows)
-                if self.one_hot:
-                    Y = to_one_hot(Y, self.layout.n_classes)  # type: ignore[arg-type]
-        except (H5FeedError, OSError) as exc:
-            raise with_context(exc, f"{self.path}, sample IDs {self._ids_for(rows)}") from exc
-        if self.transform is not None:
-            try:
-                X, Y = self.transform(X, Y)
-            except Exception as exc:
-                raise with_context(exc, f"transform failed on sample IDs {self._ids_for(rows)}") from exc
-        arrays = X if self.y is None else (X, Y)
+        made = self._maker.make(rows, f"items {idx[:8].tolist()!r}")
+        arrays = made[0] if self.y is None else made
         batch = _Batch(_split_rows(arrays, idx.size))
         batch.arrays = arrays
         return batch
 
-    def _ids_for(self, rows: np.ndarray, limit: int = 8) -> str:
-        try:
-            ids = self._reader.read_ids(rows[:limit])
-        except Exception:  # context only; never mask the real error
-            return f"rows {rows[:limit].tolist()!r}"
-        more = f" and {rows.size - limit} more" if rows.size > limit else ""
-        return f"{ids!r}{more}"
-
     def close(self) -> None:
         """Close this process's file handles (safe twice; reopens on use)."""
-        self._reader.close()
+        self._maker.close()
 
     def __repr__(self) -> str:
         what = f"split={self.split!r}" if self.split is not None else f"{len(self)} rows"

@@ -64,7 +64,7 @@ def test_batch_costs_one_read_per_run(small_file, monkeypatch, rows, expected_ca
         data = f["x"][()]
     fake = _RecordingDataset(data)
     reader = Reader(info, use_mmap=False)
-    monkeypatch.setattr(reader, "_h5", lambda: {"x": fake})
+    monkeypatch.setattr(reader, "_dataset", lambda name: fake)
     out = reader.read("x", rows)
     assert fake.calls == expected_calls
     np.testing.assert_array_equal(out, data[rows])
@@ -100,3 +100,54 @@ def test_reader_used_in_parent_works_in_child_processes(small_file, method):
 def _read_in_child(args):
     reader, _ = args
     return os.getpid(), reader.read("x", np.arange(20))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_take_and_out_paths_read_the_same_bytes_as_plain_h5py(any_layout_file, seed):
+    """The trusted per-batch path (take), with and without a given output."""
+    rng = np.random.default_rng(seed)
+    info = h5feed.open_file(any_layout_file)
+    with h5py.File(any_layout_file) as f:
+        x_all = f["x"][()]
+    reader = Reader(info)
+    for _ in range(5):
+        rows = rng.integers(0, info.n_rows, int(rng.integers(1, 40))).astype(np.int64)
+        np.testing.assert_array_equal(reader.take("x", rows), x_all[rows])
+        out = np.full((rows.size, *x_all.shape[1:]), -1, dtype=x_all.dtype)
+        assert reader.take("x", rows, out) is out
+        np.testing.assert_array_equal(out, x_all[rows])
+        out2 = np.empty_like(out)
+        assert reader.read("x", rows, out2) is out2
+        np.testing.assert_array_equal(out2, x_all[rows])
+    assert bool(reader._maps) == (info.column("x").offset is not None)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_compressed_batch_decompresses_each_chunk_at_most_once(tmp_path, arrays, monkeypatch, seed):
+    ids, x, y = arrays
+    path = tmp_path / "gz.h5"
+    h5feed.write_arrays(path, ids, x, y, n_classes=5, compression="gzip", chunk_rows=6)
+    info = h5feed.open_file(path)
+    with h5py.File(path) as f:
+        data = f["x"][()]
+    fake = _RecordingDataset(data)
+    reader = Reader(info)
+    monkeypatch.setattr(reader, "_dataset", lambda name: fake)
+    rng = np.random.default_rng(seed)
+    for _ in range(10):
+        fake.calls.clear()
+        rows = rng.integers(0, info.n_rows, 32)
+        np.testing.assert_array_equal(reader.read("x", rows), data[rows])
+        chunks = [c for start, stop in fake.calls for c in range(start // 6, (stop - 1) // 6 + 1)]
+        assert len(chunks) == len(set(chunks))  # no chunk touched by two reads
+
+
+def test_reader_keeps_its_datasets_open_between_batches(any_layout_file):
+    """HDF5 drops a dataset's chunk cache when it is closed: keep it open."""
+    reader = Reader(h5feed.open_file(any_layout_file), use_mmap=False)
+    reader.read("x", np.arange(3))
+    first = reader._dsets["x"]
+    reader.read("x", np.arange(5, 9))
+    assert reader._dsets["x"] is first
+    reader.close()
+    assert not reader._dsets

@@ -1,0 +1,772 @@
+"""The side-by-side benchmark: how fast each way of feeding a model reads.
+
+:func:`run_bench` builds the datasets (the tutorial's one ``.npy`` per sample,
+an h5feed file, an LZF-compressed chunked h5feed file and the same arrays in
+memory) in a folder, then measures samples/s in ONE run so that the ratios
+compare like with like on a shared, noisy machine:
+
+- ``raw``: one shuffled epoch, batch 32, one process, warm page cache:
+  the per-file baseline (the tutorial's generator), naive h5py (one
+  ``dset[row]`` per sample), h5py fancy indexing (``dset[sorted_rows]``),
+  ``H5Sequence`` with default settings, and the limit (numpy fancy indexing
+  from an in-memory array).
+- ``cold``: the page cache is emptied first (``POSIX_FADV_DONTNEED``); one
+  sequential read of the file is the reference for a fully shuffled and a
+  ``shuffle="block"`` epoch.
+- ``compressed``: LZF-compressed chunked file, full shuffle against
+  ``shuffle="block"``.
+- ``fit``: end-to-end ``model.fit`` (Flatten then Dense) from the per-file
+  generator, ``H5Sequence`` and an in-memory ``PyDataset``; and, on the
+  volume shape, ``H5Sequence`` with ``workers=2, use_multiprocessing=True``
+  against ``workers=1``, with and without a CPU-heavy transform.
+- ``memory``: the anonymous memory (RssAnon) of a fresh process reading an
+  epoch through ``H5Sequence``, measured in a child process.
+
+Every row is a dict (see :class:`Row`); :func:`format_table` prints them.
+Speeds are never asserted by tests, only the table's structure.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["SHAPES", "Row", "Shape", "format_table", "machine_description", "run_bench"]
+
+BATCH = 32
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A benchmark dataset: ``n`` samples of ``sample`` shape and ``dtype``."""
+
+    name: str
+    n: int
+    sample: tuple[int, ...]
+    dtype: str
+    n_classes: int = 10
+
+    @property
+    def row_nbytes(self) -> int:
+        return int(np.prod(self.sample)) * np.dtype(self.dtype).itemsize
+
+    def describe(self) -> str:
+        dims = "x".join(str(d) for d in self.sample)
+        return f"{self.name}: {self.n:,} x {dims} {self.dtype} ({self.n * self.row_nbytes / 2**20:,.0f} MiB)"
+
+
+SHAPES = {
+    "small": Shape("small", 60_000, (28, 28, 1), "uint8"),
+    "volume": Shape("volume", 8_192, (32, 32, 32, 1), "float32"),
+}
+# --quick: the same shapes, few rows, for tests and development.
+QUICK_ROWS = {"small": 3_000, "volume": 256}
+
+
+@dataclass
+class Row:
+    """One measurement of the table."""
+
+    section: str
+    shape: str
+    name: str
+    samples_per_s: float
+    seconds: float
+    samples: int
+    vs_baseline: float | None = None
+    vs_limit: float | None = None
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _progress(msg: str, quiet: bool) -> None:
+    if not quiet:
+        print(f"h5feed bench: {msg}", file=sys.stderr, flush=True)
+
+
+# -- machine ----------------------------------------------------------------
+
+
+def machine_description() -> dict[str, Any]:
+    """CPU, cores, memory, OS and library versions of this machine."""
+    import h5py
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = None
+    try:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "memory_gib": round(mem / 2**30, 1) if mem else None,
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "h5py": h5py.__version__,
+        "hdf5": h5py.version.hdf5_version,
+    }
+
+
+# -- datasets ---------------------------------------------------------------
+
+
+@dataclass
+class Data:
+    shape: Shape
+    folder: str
+    h5: str
+    lzf: str
+    npy_dir: str
+    ids: list[str]
+    labels: dict[str, int]
+    x: np.ndarray
+    y: np.ndarray
+
+
+def _make_arrays(shape: Shape, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Sparse-ish samples (about 80% zeros, like MNIST), so LZF has work to do."""
+    rng = np.random.default_rng(seed)
+    x = np.zeros((shape.n, *shape.sample), dtype=shape.dtype)
+    flat = x.reshape(shape.n, -1)
+    step = max(1, 65536 // max(1, shape.row_nbytes))
+    for start in range(0, shape.n, step):
+        stop = min(shape.n, start + step)
+        block = rng.random((stop - start, flat.shape[1]), dtype=np.float32)
+        keep = block < 0.2
+        if np.dtype(shape.dtype).kind == "u":
+            flat[start:stop] = np.where(keep, (block * 1275).astype(shape.dtype), 0)
+        else:
+            flat[start:stop] = np.where(keep, block * 5, 0)
+    y = rng.integers(0, shape.n_classes, shape.n)
+    return x, y
+
+
+def build(shape: Shape, folder: str, *, quiet: bool) -> Data:
+    """Write (or reuse) the benchmark's files for ``shape`` under ``folder``."""
+    import h5feed
+
+    folder = os.path.join(folder, shape.name)
+    os.makedirs(folder, exist_ok=True)
+    h5 = os.path.join(folder, f"{shape.name}.h5")
+    lzf = os.path.join(folder, f"{shape.name}-lzf.h5")
+    npy_dir = os.path.join(folder, "data")
+    marker = os.path.join(folder, "built.json")
+    ids = [f"id-{i + 1}" for i in range(shape.n)]
+    x, y = _make_arrays(shape)
+    labels = dict(zip(ids, y.tolist()))
+    meta = {"n": shape.n, "sample": list(shape.sample), "dtype": shape.dtype, "version": 1}
+    try:
+        with open(marker) as fh:
+            if json.load(fh) == meta:
+                _progress(f"reusing {folder}", quiet)
+                return Data(shape, folder, h5, lzf, npy_dir, ids, labels, x, y)
+    except (OSError, ValueError):
+        pass
+    _progress(f"writing {shape.describe()} under {folder}", quiet)
+    if os.path.exists(npy_dir):
+        shutil.rmtree(npy_dir)
+    os.makedirs(npy_dir)
+    for sid, row in zip(ids, x):
+        np.save(os.path.join(npy_dir, sid + ".npy"), row)
+    h5feed.write_arrays(h5, ids, x, y, n_classes=shape.n_classes, overwrite=True)
+    h5feed.write_arrays(lzf, ids, x, y, n_classes=shape.n_classes, compression="lzf", overwrite=True)
+    with open(marker, "w") as fh:
+        json.dump(meta, fh)
+    return Data(shape, folder, h5, lzf, npy_dir, ids, labels, x, y)
+
+
+# -- the ways of reading a batch --------------------------------------------
+
+
+def _epoch_batches(n: int, seed: int) -> list[np.ndarray]:
+    order = np.random.default_rng(seed).permutation(n)
+    return [order[i : i + BATCH] for i in range(0, n, BATCH)]
+
+
+_EYES: dict[int, np.ndarray] = {}
+
+
+def _one_hot(y: np.ndarray, n_classes: int) -> np.ndarray:
+    """The fastest numpy one-hot (what H5Sequence does), for every row alike."""
+    eye = _EYES.get(n_classes)
+    if eye is None:
+        eye = _EYES[n_classes] = np.eye(n_classes, dtype=np.float32)
+    return eye[y]
+
+
+class TutorialGenerator:
+    """The tutorial's ``DataGenerator.__data_generation``, as published."""
+
+    def __init__(self, data: Data) -> None:
+        self.data = data
+        self.dim = data.shape.sample
+
+    def batch(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from keras.utils import to_categorical
+
+        ids = [self.data.ids[r] for r in rows]
+        X = np.empty((len(ids), *self.dim))  # float64, as in the tutorial
+        y = np.empty(len(ids), dtype=int)
+        for i, sid in enumerate(ids):
+            X[i,] = np.load(os.path.join(self.data.npy_dir, sid + ".npy"))
+            y[i] = self.data.labels[sid]
+        return X, to_categorical(y, num_classes=self.data.shape.n_classes)
+
+
+def _timed(batches: Iterable[np.ndarray], read: Callable[[np.ndarray], Any], max_seconds: float) -> tuple[int, float]:
+    """Read batches until done or ``max_seconds``; (samples, seconds)."""
+    samples = 0
+    start = time.perf_counter()
+    for rows in batches:
+        read(rows)
+        samples += len(rows)
+        if time.perf_counter() - start > max_seconds:
+            break
+    return samples, time.perf_counter() - start
+
+
+def _seq_epoch(seq: Any, max_seconds: float | None = None) -> tuple[int, float]:
+    samples = 0
+    start = time.perf_counter()
+    for i in range(len(seq)):
+        batch = seq[i]
+        samples += len(batch[0])
+        if max_seconds is not None and time.perf_counter() - start > max_seconds:
+            break
+    return samples, time.perf_counter() - start
+
+
+def _best(run: Callable[[int], tuple[int, float]], min_seconds: float = 1.0, most: int = 5) -> tuple[int, float, int]:
+    """The fastest of repeated epochs ``run(epoch)``: (samples, seconds, epochs run).
+
+    An epoch of a fast row lasts tens of milliseconds, well inside the noise
+    of a shared machine, so fast rows are repeated (at least ``min_seconds``
+    in all, at most ``most`` epochs) and the best epoch counts, as
+    ``timeit`` does. Slow rows run once.
+    """
+    best: tuple[int, float] | None = None
+    total = 0.0
+    epochs = 0
+    while epochs < most and (epochs == 0 or total < min_seconds):
+        samples, seconds = run(epochs)
+        epochs += 1
+        total += seconds
+        if best is None or samples / seconds > best[0] / best[1]:
+            best = (samples, seconds)
+    return best[0], best[1], epochs  # type: ignore[index]
+
+
+def raw_rows(data: Data, *, max_seconds: float, quiet: bool) -> list[Row]:
+    """The five ways of reading shuffled batches, warm cache, one process."""
+    import h5py
+
+    from h5feed import H5Sequence
+
+    shape = data.shape
+    rows: list[Row] = []
+    least = min(1.0, max_seconds / 2)
+
+    def add(name: str, read: Callable[[np.ndarray], Any]) -> None:
+        samples, seconds, epochs = _best(
+            lambda e: _timed(_epoch_batches(shape.n, seed=1 + e), read, max_seconds), min_seconds=least
+        )
+        rows.append(Row("raw", shape.name, name, samples / seconds, seconds, samples, note=f"best of {epochs}"))
+        _progress(f"{shape.name} {name}: {samples / seconds:,.0f} samples/s", quiet)
+
+    _warm(data.h5)
+    _warm_dir(data.npy_dir, quiet)
+    gen = TutorialGenerator(data)
+    add("per-file .npy (tutorial)", gen.batch)
+
+    with h5py.File(data.h5, "r") as f:
+        dx, dy = f["x"], f["y"]
+
+        def naive(r: np.ndarray) -> None:
+            X = np.empty((len(r), *shape.sample), dtype=shape.dtype)
+            Y = np.empty(len(r), dtype=dy.dtype)
+            for i, row in enumerate(r.tolist()):
+                X[i] = dx[row]
+                Y[i] = dy[row]
+            _one_hot(Y, shape.n_classes)
+
+        add("naive h5py (dset[row])", naive)
+
+        def fancy(r: np.ndarray) -> None:
+            s = np.sort(r)
+            _one_hot(dy[s], shape.n_classes)
+            dx[s]
+
+        add("h5py fancy (dset[sorted])", fancy)
+
+    seq = H5Sequence(data.h5, batch_size=BATCH, seed=1)
+    seq[0]  # open the file outside the timing, as fit's first batch would
+
+    def seq_epoch(epoch: int) -> tuple[int, float]:
+        seq.set_epoch(epoch)
+        return _seq_epoch(seq, max_seconds)
+
+    samples, seconds, epochs = _best(seq_epoch, min_seconds=least)
+    rows.append(Row("raw", shape.name, "h5feed H5Sequence", samples / seconds, seconds, samples, note=f"best of {epochs}"))
+    _progress(f"{shape.name} h5feed H5Sequence: {samples / seconds:,.0f} samples/s", quiet)
+    seq.close()
+
+    x, y = data.x, data.y
+    add("in-memory numpy (limit)", lambda r: (x[r], _one_hot(y[r], shape.n_classes)))
+
+    base = rows[0].samples_per_s
+    limit = rows[-1].samples_per_s
+    for row in rows:
+        row.vs_baseline = row.samples_per_s / base
+        row.vs_limit = row.samples_per_s / limit
+    return rows
+
+
+# -- cold cache ---------------------------------------------------------------
+
+
+def evict(path: str) -> None:
+    """Drop ``path``'s clean pages from the page cache (Linux)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def _warm(path: str) -> None:
+    with open(path, "rb", buffering=0) as fh:
+        buf = bytearray(16 << 20)
+        while fh.readinto(buf):
+            pass
+
+
+def _warm_dir(folder: str, quiet: bool) -> None:
+    for entry in os.scandir(folder):
+        with open(entry.path, "rb") as fh:
+            fh.read()
+
+
+def _sequential_read_seconds(path: str) -> float:
+    start = time.perf_counter()
+    _warm(path)
+    return time.perf_counter() - start
+
+
+def cold_rows(data: Data, *, quiet: bool, repeats: int = 3) -> list[Row]:
+    """A cold sequential read of the file against cold shuffled epochs."""
+    from h5feed import H5Sequence
+
+    shape = data.shape
+    if not hasattr(os, "posix_fadvise"):
+        return []
+    rows: list[Row] = []
+
+    def sequential() -> tuple[int, float]:
+        return shape.n, _sequential_read_seconds(data.h5)
+
+    def epoch(shuffle: bool | str) -> Callable[[], tuple[int, float]]:
+        def run() -> tuple[int, float]:
+            seq = H5Sequence(data.h5, batch_size=BATCH, seed=2, shuffle=shuffle)
+            try:
+                return _seq_epoch(seq)
+            finally:
+                seq.close()
+
+        return run
+
+    cases = [
+        ("sequential read of the file", sequential),
+        ("H5Sequence shuffle=True", epoch(True)),
+        ('H5Sequence shuffle="block"', epoch("block")),
+    ]
+    for name, run in cases:
+        # Best of `repeats`: one cold epoch of a small file lasts tens of
+        # milliseconds, well inside the noise of a shared machine.
+        best = None
+        for _ in range(repeats):
+            gc.collect()
+            evict(data.h5)
+            samples, seconds = run()
+            if best is None or seconds < best[1]:
+                best = (samples, seconds)
+        samples, seconds = best  # type: ignore[misc]
+        rows.append(Row("cold", shape.name, name, samples / seconds, seconds, samples, note=f"best of {repeats}"))
+    ref = rows[0].samples_per_s
+    for row in rows:
+        row.vs_limit = row.samples_per_s / ref
+        _progress(f"{shape.name} cold {row.name}: {row.samples_per_s:,.0f} samples/s", quiet)
+    _warm(data.h5)
+    return rows
+
+
+# -- compressed -----------------------------------------------------------------
+
+
+def compressed_rows(data: Data, *, max_seconds: float, quiet: bool) -> list[Row]:
+    """LZF-compressed, chunked: full shuffle against ``shuffle="block"``."""
+    from h5feed import H5Sequence
+
+    _warm(data.lzf)
+    rows: list[Row] = []
+    for name, shuffle in (("lzf H5Sequence shuffle=True", True), ('lzf H5Sequence shuffle="block"', "block")):
+        seq = H5Sequence(data.lzf, batch_size=BATCH, seed=3, shuffle=shuffle)
+        seq[0]
+        samples, seconds = _seq_epoch(seq, max_seconds)
+        seq.close()
+        rows.append(Row("compressed", data.shape.name, name, samples / seconds, seconds, samples))
+        _progress(f"{data.shape.name} {name}: {samples / seconds:,.0f} samples/s", quiet)
+    rows[1].vs_baseline = rows[1].samples_per_s / rows[0].samples_per_s
+    rows[1].note = "vs_baseline: block over full shuffle"
+    return rows
+
+
+# -- end-to-end fit ---------------------------------------------------------------
+
+
+def heavy_transform(X: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A CPU-heavy, augmentation-like transform: elementwise trig (a few ms per volume batch)."""
+    X = np.sin(X) * np.cos(X) + np.tanh(X)
+    X = np.sqrt(np.abs(np.sin(X * 1.5)) + 1.0, dtype=np.float32)
+    return X.astype(np.float32, copy=False), Y
+
+
+def _make_model(shape: Shape) -> Any:
+    import keras
+
+    model = keras.Sequential(
+        [keras.Input(shape.sample), keras.layers.Flatten(), keras.layers.Dense(shape.n_classes, activation="softmax")]
+    )
+    model.compile("sgd", "categorical_crossentropy")
+    return model
+
+
+def _fit_rate(dataset: Any, shape: Shape, *, max_steps: int | None = None) -> tuple[int, float]:
+    """Train two epochs; time the second (the first builds and traces)."""
+    import keras
+
+    times: list[float] = []
+
+    class Clock(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            times.append(time.perf_counter())
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            times[-1] = time.perf_counter() - times[-1]
+
+    model = _make_model(shape)
+    if max_steps is None or max_steps >= len(dataset):
+        # fit's defaults (shuffle=True, no steps_per_epoch), as a user runs it.
+        model.fit(dataset, epochs=2, verbose=0, callbacks=[Clock()])
+        samples = shape.n
+    else:
+        model.fit(dataset, epochs=2, verbose=0, callbacks=[Clock()], steps_per_epoch=max_steps)
+        samples = max_steps * BATCH
+    return samples, times[-1]
+
+
+def _in_memory_dataset(data: Data, **kwargs: Any) -> Any:
+    import keras
+
+    class InMemory(keras.utils.PyDataset):
+        def __init__(self) -> None:
+            super().__init__(**kwargs)
+            self.order = np.random.default_rng(4).permutation(data.shape.n)
+
+        def __len__(self) -> int:
+            return -(-data.shape.n // BATCH)
+
+        def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+            r = self.order[i * BATCH : (i + 1) * BATCH]
+            return data.x[r], _one_hot(data.y[r], data.shape.n_classes)
+
+        def on_epoch_end(self) -> None:
+            self.order = np.random.default_rng(int(self.order[0])).permutation(data.shape.n)
+
+    return InMemory()
+
+
+def _per_file_dataset(data: Data, **kwargs: Any) -> Any:
+    import keras
+
+    gen = TutorialGenerator(data)
+
+    class PerFile(keras.utils.PyDataset):
+        def __init__(self) -> None:
+            super().__init__(**kwargs)
+            self.order = np.random.default_rng(5).permutation(data.shape.n)
+
+        def __len__(self) -> int:
+            return -(-data.shape.n // BATCH)
+
+        def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+            return gen.batch(self.order[i * BATCH : (i + 1) * BATCH])
+
+    return PerFile()
+
+
+def fit_rows(data: Data, *, quiet: bool, max_steps: int | None) -> list[Row]:
+    """End-to-end ``model.fit``: per-file, H5Sequence, in-memory."""
+    from h5feed import H5Sequence
+
+    shape = data.shape
+    rows: list[Row] = []
+    cases: list[tuple[str, Callable[[], Any]]] = [
+        ("fit per-file .npy (tutorial)", lambda: _per_file_dataset(data)),
+        ("fit H5Sequence", lambda: H5Sequence(data.h5, batch_size=BATCH, seed=6)),
+        ("fit in-memory PyDataset", lambda: _in_memory_dataset(data)),
+    ]
+    for name, make in cases:
+        samples, seconds = _fit_rate(make(), shape, max_steps=max_steps)
+        rows.append(Row("fit", shape.name, name, samples / seconds, seconds, samples))
+        _progress(f"{shape.name} {name}: {samples / seconds:,.0f} samples/s", quiet)
+    base, limit = rows[0].samples_per_s, rows[-1].samples_per_s
+    for row in rows:
+        row.vs_baseline = row.samples_per_s / base
+        row.vs_limit = row.samples_per_s / limit
+    return rows
+
+
+def worker_rows(data: Data, *, quiet: bool, max_steps: int | None) -> list[Row]:
+    """``workers=2, use_multiprocessing=True`` against ``workers=1``, in fit."""
+    from h5feed import H5Sequence
+
+    shape = data.shape
+    rows: list[Row] = []
+    for transform, label in ((None, ""), (heavy_transform, " + transform")):
+        pair = []
+        for workers in (1, 2):
+            seq = H5Sequence(
+                data.h5, batch_size=BATCH, seed=7, transform=transform,
+                workers=workers, use_multiprocessing=workers > 1,
+            )
+            samples, seconds = _fit_rate(seq, shape, max_steps=max_steps)
+            seq.close()
+            name = f"fit H5Sequence workers={workers}{label}"
+            pair.append(Row("workers", shape.name, name, samples / seconds, seconds, samples))
+            _progress(f"{shape.name} {name}: {samples / seconds:,.0f} samples/s", quiet)
+        pair[1].vs_baseline = pair[1].samples_per_s / pair[0].samples_per_s
+        pair[1].note = "vs_baseline: over workers=1"
+        rows.extend(pair)
+    return rows
+
+
+# -- memory -------------------------------------------------------------------------
+
+
+_MEMORY_CHILD = r"""
+import json, os, sys
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from h5feed import H5Sequence
+
+def rss_anon():
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+path, batch = sys.argv[1], int(sys.argv[2])
+seq = H5Sequence(path, batch_size=batch, seed=8)
+before = rss_anon()
+peak = before
+batch_bytes = 0
+for i in range(len(seq)):
+    X, Y = seq[i]
+    batch_bytes = max(batch_bytes, X.nbytes + Y.nbytes)
+    if i % 16 == 0:
+        peak = max(peak, rss_anon())
+peak = max(peak, rss_anon())
+print(json.dumps({"before": before, "peak": peak, "batch_bytes": batch_bytes, "file_bytes": os.path.getsize(path)}))
+"""
+
+
+def memory_row(path: str, shape_name: str, *, quiet: bool) -> Row:
+    """Peak RssAnon of a fresh process reading one epoch of ``path``."""
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-c", _MEMORY_CHILD, path, str(BATCH)],
+        capture_output=True, text=True, check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory measurement failed: {proc.stderr[-2000:]}")
+    m = json.loads(proc.stdout.strip().splitlines()[-1])
+    seconds = time.perf_counter() - start
+    budget = 300 * 2**20 + 4 * m["batch_bytes"]
+    row = Row(
+        "memory", shape_name, f"RssAnon peak, {m['file_bytes'] / 2**30:.2f} GiB file",
+        0.0, seconds, 0,
+        note=f"{m['peak'] / 2**20:,.0f} MiB (budget {budget / 2**20:,.0f} MiB = 300 MiB + 4 batches)",
+        extra={"rss_anon_peak": m["peak"], "rss_anon_before_epoch": m["before"], "budget": budget,
+               "file_bytes": m["file_bytes"], "batch_bytes": m["batch_bytes"]},
+    )
+    _progress(f"{shape_name} memory: {row.note}", quiet)
+    return row
+
+
+def big_file(folder: str, gib: float, *, quiet: bool) -> str:
+    """A volume-shaped contiguous file of about ``gib`` GiB, written in blocks."""
+    import h5feed
+
+    shape = SHAPES["volume"]
+    n = int(gib * 2**30 // shape.row_nbytes)
+    path = os.path.join(folder, f"volume-{gib:g}gib.h5")
+    if os.path.exists(path):
+        return path
+    _progress(f"writing a {gib:g} GiB file ({n:,} rows) at {path}", quiet)
+    with h5feed.DatasetWriter(path, sample_shape=shape.sample, dtype=shape.dtype, n_classes=10, expected_rows=n) as w:
+        rng = np.random.default_rng(9)
+        block = 256
+        for start in range(0, n, block):
+            k = min(block, n - start)
+            w.extend([f"id-{i}" for i in range(start, start + k)],
+                     rng.random((k, *shape.sample), dtype=np.float32), rng.integers(0, 10, k))
+    return path
+
+
+# -- the whole run ------------------------------------------------------------------
+
+
+def run_bench(
+    workdir: str | None = None,
+    *,
+    shapes: Iterable[str] = ("small", "volume"),
+    quick: bool = False,
+    sections: Iterable[str] = ("raw", "cold", "compressed", "fit", "workers", "memory"),
+    memory_gib: Iterable[float] = (),
+    max_seconds: float | None = None,
+    quiet: bool = False,
+    keep: bool = False,
+) -> dict[str, Any]:
+    """Build the datasets and measure; return ``{"machine": ..., "rows": [...]}``.
+
+    Args:
+        workdir: where to build the datasets (reused when already built);
+            None for a temporary folder removed afterwards.
+        shapes: which of :data:`SHAPES` to run.
+        quick: a few thousand rows per shape instead of the full sizes.
+        sections: which measurements to run.
+        memory_gib: also measure memory on volume files of these sizes (GiB).
+        max_seconds: cap on each warm measurement (the rate is taken over
+            what was read); default 20 s, 3 s with ``quick``.
+        quiet: no progress on stderr.
+        keep: keep a temporary ``workdir``.
+    """
+    sections = set(sections)
+    shapes = list(shapes)
+    cap = max_seconds if max_seconds is not None else (3.0 if quick else 20.0)
+    tmp = workdir is None
+    folder = tempfile.mkdtemp(prefix="h5feed-bench-") if tmp else os.path.abspath(workdir)  # type: ignore[arg-type]
+    os.makedirs(folder, exist_ok=True)
+    out: dict[str, Any] = {"machine": machine_description(), "quick": quick, "folder": folder, "rows": [], "shapes": {}}
+    try:
+        datas: dict[str, Data] = {}
+        steps = 40 if quick else None
+        # Reading rows first, training rows last: once TensorFlow has run a
+        # model in this process, big numpy copies here ran several times
+        # slower (every reading row alike), which would blur the table.
+        for name in shapes:
+            shape = SHAPES[name]
+            if quick:
+                shape = Shape(shape.name, QUICK_ROWS[name], shape.sample, shape.dtype, shape.n_classes)
+            out["shapes"][name] = shape.describe()
+            data = datas[name] = build(shape, os.path.join(folder, "quick" if quick else "full"), quiet=quiet)
+            rows: list[Row] = []
+            if "raw" in sections:
+                rows += raw_rows(data, max_seconds=cap, quiet=quiet)
+            if "cold" in sections:
+                rows += cold_rows(data, quiet=quiet, repeats=1 if quick else 3)
+            if "compressed" in sections:
+                rows += compressed_rows(data, max_seconds=cap, quiet=quiet)
+            if "memory" in sections and name == "volume":
+                rows.append(memory_row(data.h5, name, quiet=quiet))
+            out["rows"].extend(asdict(r) for r in rows)
+        if "memory" in sections:
+            for gib in memory_gib:
+                path = big_file(folder, gib, quiet=quiet)
+                out["rows"].append(asdict(memory_row(path, "volume", quiet=quiet)))
+        for name, data in datas.items():
+            rows = []
+            # The issue's fit rows are on "small"; "volume" alone gets them too.
+            if "fit" in sections and (name == "small" or "small" not in shapes):
+                rows += fit_rows(data, quiet=quiet, max_steps=steps)
+            if "workers" in sections and name == "volume":
+                rows += worker_rows(data, quiet=quiet, max_steps=steps)
+            out["rows"].extend(asdict(r) for r in rows)
+        datas.clear()
+        gc.collect()
+    finally:
+        if tmp and not keep:
+            shutil.rmtree(folder, ignore_errors=True)
+    return out
+
+
+# -- printing -------------------------------------------------------------------------
+
+
+def _fmt_ratio(value: float | None, pct: bool = False) -> str:
+    if value is None:
+        return ""
+    return f"{value:.0%}" if pct else f"{value:,.1f}x"
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The human-readable table of a :func:`run_bench` result."""
+    m = result["machine"]
+    lines = [
+        f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB RAM, {m['os']}; "
+        f"Python {m['python']}, numpy {m['numpy']}, h5py {m['h5py']}, HDF5 {m['hdf5']}",
+    ]
+    for desc in result["shapes"].values():
+        lines.append(f"shape {desc}")
+    headers = {
+        "raw": ("samples/s", "x per-file", "of limit"),
+        "cold": ("samples/s", "", "of sequential"),
+        "compressed": ("samples/s", "x full", ""),
+        "fit": ("samples/s", "x per-file", "of in-memory"),
+        "workers": ("samples/s", "x workers=1", ""),
+        "memory": ("", "", ""),
+    }
+    current = None
+    width = 44
+    for r in result["rows"]:
+        key = (r["section"], r["shape"])
+        if key != current:
+            current = key
+            h = headers[r["section"]]
+            lines.append("")
+            lines.append(f"{r['section'] + ' / ' + r['shape']:<{width}} {h[0]:>12} {h[1]:>12} {h[2]:>14}")
+        if r["section"] == "memory":
+            lines.append(f"  {r['name']:<{width - 2}} {r['note']}")
+            continue
+        lines.append(
+            f"  {r['name']:<{width - 2}} {r['samples_per_s']:>12,.0f} "
+            f"{_fmt_ratio(r['vs_baseline']):>12} {_fmt_ratio(r['vs_limit'], pct=True):>14}"
+        )
+    return "\n".join(lines)
+
+
+def iter_rows(result: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield from result["rows"]

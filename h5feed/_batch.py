@@ -1,0 +1,165 @@
+"""Making one batch from its rows: gather, one-hot, transform.
+
+:class:`BatchMaker` is what :class:`~h5feed.H5Sequence` and its worker
+processes share: small, picklable, free of Keras (so a ``spawn`` worker
+starts without importing TensorFlow), and the single place where a batch's
+arrays are made and where errors get their batch and sample-ID context.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .errors import H5FeedError
+from .layout import Layout
+from ._parts import make_reader
+
+__all__ = ["BatchMaker", "with_context"]
+
+
+class BatchMaker:
+    """Reads batch ``(X, Y)`` (or ``(X,)``) for given rows.
+
+    Args:
+        layout: the validated file layout.
+        x: the input spec: a dataset name, a tuple of names, or a dict.
+        y: the target spec, same forms, or None.
+        one_hot: one-hot ``Y`` with ``layout.n_classes`` classes.
+        transform: ``fn(X, Y) -> (X, Y)`` run on each batch, or None.
+    """
+
+    def __init__(
+        self,
+        layout: Layout,
+        x: Any,
+        y: Any,
+        *,
+        one_hot: bool,
+        transform: Callable[[Any, Any], tuple[Any, Any]] | None,
+    ) -> None:
+        self.layout = layout
+        self.path = layout.path
+        self.x = x
+        self.y = y
+        self.one_hot = one_hot
+        self.n_classes = layout.n_classes
+        self.transform = transform
+        # A merged file's virtual columns are read from their parts.
+        self.reader = make_reader(layout)
+        # One-hot rows by indexing an identity matrix: one numpy call.
+        self._eye = np.eye(self.n_classes, dtype=np.float32) if one_hot and self.n_classes else None
+
+    def make(self, rows: np.ndarray, index: int | str, alloc: Callable[..., np.ndarray] | None = None) -> tuple[Any, ...]:
+        """The batch of file rows ``rows`` (checked int64), batch ``index`` for messages.
+
+        ``alloc(shape, dtype)``, when given, provides the arrays the rows are
+        read into (a worker passes views of its shared-memory slot, so a
+        batch without a transform is written once, straight into the slot).
+
+        Raises:
+            ReadError: (or another H5FeedError/OSError) with the batch and its
+                sample IDs added to the message.
+            Exception: whatever ``transform`` raised, same type, with context.
+        """
+        try:
+            X = self._gather(self.x, rows, alloc)
+            if self.y is None:
+                Y = None
+            else:
+                Y = self._gather(self.y, rows, None if self.one_hot else alloc)
+                if self._eye is not None:
+                    Y = self._eye[Y]
+        except (H5FeedError, OSError) as exc:
+            _reraise(exc, f"batch {index} of {self.path}, sample IDs {self.ids_for(rows)}")
+        if self.transform is not None:
+            try:
+                X, Y = self.transform(X, Y)
+            except Exception as exc:
+                _reraise(exc, f"transform failed on batch {index} of {self.path} (sample IDs {self.ids_for(rows)})")
+        return (X,) if self.y is None else (X, Y)
+
+    def _gather(self, spec: Any, rows: np.ndarray, alloc: Callable[..., np.ndarray] | None = None) -> Any:
+        if alloc is None:
+            take = self.reader.take
+        else:
+            def take(name: str, rows: np.ndarray) -> np.ndarray:
+                col = self.layout.column(name)
+                out = alloc((rows.size, *col.row_shape), col.dtype.newbyteorder("="))
+                return self.reader.take(name, rows, out)
+
+        if isinstance(spec, str):
+            return take(spec, rows)
+        if isinstance(spec, dict):
+            return {key: take(name, rows) for key, name in spec.items()}
+        return tuple(take(name, rows) for name in spec)
+
+    def ids_for(self, rows: np.ndarray, limit: int = 8) -> str:
+        """Up to ``limit`` sample IDs of ``rows`` for a message (never raises)."""
+        try:
+            ids = self.reader.read_ids(rows[:limit])
+        except Exception:  # the IDs are context only; never mask the real error
+            return f"rows {rows[:limit].tolist()!r}"
+        more = f" and {rows.size - limit} more" if rows.size > limit else ""
+        return f"{ids!r}{more}"
+
+    def close(self) -> None:
+        self.reader.close()
+
+    def fresh(self) -> BatchMaker:
+        """A copy with a reader of its own (handles are never shared)."""
+        clone = copy.copy(self)
+        clone.reader = make_reader(self.layout)
+        return clone
+
+    def batch_nbytes(self, batch_size: int) -> int:
+        """Bytes of one batch before ``transform`` (for sizing shared memory)."""
+        total = 0
+        for spec, is_y in ((self.x, False), (self.y, True)):
+            if spec is None:
+                continue
+            names = [spec] if isinstance(spec, str) else list(spec.values()) if isinstance(spec, dict) else list(spec)
+            for name in names:
+                col = self.layout.column(name)
+                total += col.row_nbytes
+                if is_y and self.one_hot:
+                    total += 4 * int(self.n_classes or 0)
+        return total * batch_size
+
+
+def _reraise(exc: BaseException, context: str) -> None:
+    new = with_context(exc, context)
+    if new is exc:
+        raise exc
+    raise new from exc
+
+
+def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """float32 one-hot rows of class indices ``labels``.
+
+    Example:
+        >>> one_hot(np.array([2, 0]), 3).tolist()
+        [[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]
+    """
+    return np.eye(n_classes, dtype=np.float32)[labels]
+
+
+def with_context(exc: BaseException, context: str) -> BaseException:
+    """The same exception type with ``context`` added to its message.
+
+    When the type cannot be rebuilt from one message (a custom ``__init__``),
+    the original exception is returned with ``context`` as a note, so its type
+    is kept either way.
+    """
+    try:
+        new = type(exc)(f"{exc} [{context}]")
+    except Exception:
+        new = None
+    if new is not None and str(new).endswith(f"[{context}]"):
+        return new
+    if hasattr(exc, "add_note"):
+        exc.add_note(context)
+    return exc

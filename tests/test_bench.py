@@ -1,0 +1,56 @@
+"""``h5feed bench --quick``: the table's structure (never its speeds)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from h5feed.cli import main
+
+RAW = [
+    "per-file .npy (tutorial)",
+    "naive h5py (dset[row])",
+    "h5py fancy (dset[sorted])",
+    "h5feed H5Sequence",
+    "in-memory numpy (limit)",
+]
+
+
+@pytest.mark.slow
+def test_bench_quick_prints_every_row_with_ratios(tmp_path, capsys):
+    assert main(["bench", "--quick", "--dir", str(tmp_path), "--json", "-q", "--max-seconds", "0.5"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["quick"] is True and result["machine"]["cores"] >= 1
+    rows = result["rows"]
+    by = {(r["section"], r["shape"], r["name"]): r for r in rows}
+    for shape in ("small", "volume"):
+        for name in RAW:
+            row = by[("raw", shape, name)]
+            assert row["samples_per_s"] > 0 and row["samples"] > 0
+            assert row["vs_baseline"] > 0 and row["vs_limit"] > 0
+        assert by[("raw", shape, RAW[0])]["vs_baseline"] == pytest.approx(1.0)
+        assert by[("raw", shape, RAW[-1])]["vs_limit"] == pytest.approx(1.0)
+        for name in ("sequential read of the file", "H5Sequence shuffle=True", 'H5Sequence shuffle="block"'):
+            assert by[("cold", shape, name)]["vs_limit"] > 0
+        assert by[("compressed", shape, 'lzf H5Sequence shuffle="block"')]["vs_baseline"] > 0
+    for name in ("fit per-file .npy (tutorial)", "fit H5Sequence", "fit in-memory PyDataset"):
+        assert by[("fit", "small", name)]["vs_limit"] > 0
+    for name in ("fit H5Sequence workers=2", "fit H5Sequence workers=2 + transform"):
+        assert by[("workers", "volume", name)]["vs_baseline"] > 0
+    memory = [r for r in rows if r["section"] == "memory"]
+    assert memory and memory[0]["extra"]["rss_anon_peak"] > 0 and memory[0]["extra"]["budget"] > 0
+
+    # The human table, from the datasets built above (reused, not rebuilt).
+    assert main(["bench", "--quick", "--dir", str(tmp_path), "-q", "--only", "raw", "--shape", "small",
+                 "--max-seconds", "0.2"]) == 0
+    table = capsys.readouterr().out
+    assert table.startswith("machine: ")
+    for name in RAW:
+        assert name in table
+    assert "x per-file" in table and "of limit" in table and "100%" in table
+
+
+def test_bench_rejects_unknown_section(capsys):
+    assert main(["bench", "--only", "everything"]) == 2
+    assert "invalid choice" in capsys.readouterr().err

@@ -1,0 +1,240 @@
+"""h5feed's own worker processes: same batches, shared memory, no leaks, clear failures."""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing as mp
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from h5feed import H5Sequence
+from h5feed._workers import SHM_PREFIX
+from h5feed.errors import WorkerError
+
+pytestmark = pytest.mark.slow
+
+METHODS = ["fork", "spawn", "forkserver"]
+
+
+def _segments() -> set[str]:
+    """h5feed's shared-memory segments made by this process."""
+    try:
+        names = os.listdir("/dev/shm")
+    except FileNotFoundError:  # pragma: no cover - not Linux
+        return set()
+    return {n for n in names if n.startswith(f"{SHM_PREFIX}{os.getpid()}_")}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0): look at its state.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+class Boom(Exception):
+    """A user's exception type, raised by a transform."""
+
+
+def boom_on_row_45(X, Y):
+    if (X.reshape(len(X), -1)[:, 0] == 45).any():
+        raise Boom("row 45 is cursed")
+    return X, Y
+
+
+def inflate(X, Y):
+    """Makes a batch far bigger than its slot (float32 -> float64, 64 times the rows)."""
+    return np.repeat(X, 64, axis=0).astype(np.float64), np.repeat(Y, 64, axis=0)
+
+
+def scale(X, Y):
+    return X * 2, Y
+
+
+@pytest.fixture(params=METHODS)
+def method(request):
+    return mp.get_context(request.param)
+
+
+def _rows_of(batch) -> list[int]:
+    return batch[0].reshape(len(batch[0]), -1)[:, 0].astype(int).tolist()
+
+
+def _with_context(seq: H5Sequence, ctx) -> H5Sequence:
+    """Start this sequence's workers with ``ctx`` (not the global start method)."""
+    seq._mp_context = ctx
+    return seq
+
+
+def test_shuffled_epoch_in_any_request_order_sees_every_row_once(small_file, method):
+    seq = _with_context(H5Sequence(small_file, "train", batch_size=8, seed=3, workers=2, use_multiprocessing=True), method)
+    assert (seq.workers, seq.use_multiprocessing, seq.process_workers) == (1, False, 2)
+    for epoch in range(2):
+        order = np.random.default_rng(epoch).permutation(len(seq))
+        got = {}
+        for i in order.tolist():
+            got[i] = seq[i]
+            # What seq[i] returned is what batch_rows(i) says, and asking
+            # again gives the same batch.
+            assert _rows_of(got[i]) == seq.batch_rows(i).tolist()
+        assert seq._pool is not None and len(seq._pool.pids) == 2
+        again = int(order[len(order) // 2])
+        np.testing.assert_array_equal(seq[again][0], got[again][0])
+        rows = sorted(r for b in got.values() for r in _rows_of(b))
+        assert rows == list(range(70))
+        seq.on_epoch_end()
+        assert seq._pool is None and not _segments()
+    seq.close()
+
+
+def test_worker_batches_equal_in_process_batches_unshuffled(any_layout_file):
+    ctx = mp.get_context("fork")
+    plain = H5Sequence(any_layout_file, "train", batch_size=6, shuffle=False, transform=scale)
+    seq = _with_context(
+        H5Sequence(any_layout_file, "train", batch_size=6, shuffle=False, transform=scale,
+                   workers=2, use_multiprocessing=True),
+        ctx,
+    )
+    order = list(range(len(seq))) + [3, 4, 5, 0, 1]  # in order, then a jump back
+    for i in order:
+        X, Y = seq[i]
+        Xp, Yp = plain[i]
+        assert X.dtype == Xp.dtype and Y.dtype == Yp.dtype
+        np.testing.assert_array_equal(X, Xp)
+        np.testing.assert_array_equal(Y, Yp)
+    seq.close()
+    assert not _segments()
+
+
+def test_batches_bigger_than_a_slot_come_back_and_resize_the_next_pool(small_file):
+    seq = _with_context(
+        H5Sequence(small_file, "train", batch_size=8, shuffle=False, transform=inflate,
+                   workers=2, use_multiprocessing=True),
+        mp.get_context("fork"),
+    )
+    for i in range(len(seq)):
+        X, Y = seq[i]
+        assert X.dtype == np.float64 and len(X) == 64 * len(seq.batch_rows(i))
+    needed = seq._pool.max_needed
+    assert needed > seq._pool.slot_bytes
+    seq.on_epoch_end()
+    seq[0], seq[1], seq[2]
+    assert seq._pool.slot_bytes >= needed
+    seq.close()
+
+
+def test_worker_exception_keeps_its_type_names_worker_and_ids(small_file, method):
+    seq = _with_context(
+        H5Sequence(small_file, "train", batch_size=8, shuffle=False, transform=boom_on_row_45,
+                   workers=2, use_multiprocessing=True),
+        method,
+    )
+    with pytest.raises(Boom) as info:
+        for i in range(len(seq)):
+            seq[i]
+    text = str(info.value)
+    assert "row 45 is cursed" in text and "id-45" in text and "batch 5" in text
+    assert "h5feed worker" in text
+    assert "Traceback" in str(info.value.__cause__)
+    assert seq._pool is None and not _segments()  # the failed pool closed itself
+    seq.close()
+
+
+def test_killed_worker_raises_worker_error_instead_of_hanging(small_file, method):
+    seq = _with_context(
+        H5Sequence(small_file, "train", batch_size=4, shuffle=False, workers=2, use_multiprocessing=True),
+        method,
+    )
+    seq[0], seq[1], seq[2]
+    pids = list(seq._pool.pids)
+    os.kill(pids[0], signal.SIGKILL)
+    start = time.monotonic()
+    with pytest.raises(WorkerError, match=r"worker 0 \(pid \d+\) reading .*small.h5 was killed by SIGKILL"):
+        for i in range(3, len(seq)):
+            seq[i]
+    assert time.monotonic() - start < 30
+    assert not _segments() and not any(_alive(p) for p in pids)
+    # The sequence recovers: a new pool next time.
+    seq.on_epoch_end()
+    assert len(seq[0][0]) == 4
+    seq.close()
+
+
+def test_close_gc_and_epoch_end_stop_processes_and_free_memory(small_file):
+    seq = _with_context(
+        H5Sequence(small_file, "train", batch_size=4, workers=2, use_multiprocessing=True),
+        mp.get_context("fork"),
+    )
+    for i in range(4):
+        seq[i]
+    pids = list(seq._pool.pids)
+    assert len(_segments()) == 1 and all(_alive(p) for p in pids)
+    seq.close()
+    assert not _segments() and not any(_alive(p) for p in pids)
+    seq.close()  # twice is safe
+    for i in range(4):
+        seq[i]
+    pids = list(seq._pool.pids)
+    del seq
+    gc.collect()
+    assert not _segments() and not any(_alive(p) for p in pids)
+
+
+def test_fit_ends_and_fails_without_leaking_shared_memory(small_file):
+    import keras
+
+    def model_for(seq):
+        m = keras.Sequential([keras.Input(seq[0][0].shape[1:]), keras.layers.Flatten(), keras.layers.Dense(5)])
+        m.compile("sgd", "mse")
+        return m
+
+    seq = H5Sequence(small_file, "train", batch_size=8, seed=1, workers=2, use_multiprocessing=True)
+    model_for(seq).fit(seq, epochs=2, verbose=0)
+    assert not _segments() and seq._pool is None
+
+    bad = H5Sequence(small_file, "train", batch_size=8, seed=1, transform=boom_on_row_45,
+                     workers=2, use_multiprocessing=True)
+    model = model_for(H5Sequence(small_file, "train", batch_size=8))
+    with pytest.raises(Exception, match="row 45 is cursed"):
+        model.fit(bad, epochs=1, verbose=0)
+    gc.collect()
+    assert not _segments()
+    bad.close()
+
+
+def test_sequence_with_running_workers_pickles_without_them(small_file):
+    import pickle
+
+    seq = _with_context(
+        H5Sequence(small_file, "train", batch_size=4, shuffle=False, workers=2, use_multiprocessing=True),
+        mp.get_context("fork"),
+    )
+    for i in range(4):
+        seq[i]
+    clone = pickle.loads(pickle.dumps(seq))
+    assert clone._pool is None and clone.process_workers == 2
+    np.testing.assert_array_equal(clone[5][0], seq[5][0])
+    clone.close()
+    seq.close()
+    assert not _segments()
+
+
+def test_keras_sees_one_worker_and_threads_stay_with_keras(small_file):
+    own = H5Sequence(small_file, workers=3, use_multiprocessing=True, max_queue_size=4)
+    assert (own.workers, own.use_multiprocessing, own.process_workers) == (1, False, 3)
+    threads = H5Sequence(small_file, workers=2, use_multiprocessing=False)
+    assert (threads.workers, threads.use_multiprocessing, threads.process_workers) == (2, False, 0)
+    with pytest.raises(ValueError, match="workers must be an int >= 0"):
+        H5Sequence(small_file, workers=-1)
+    with pytest.raises(TypeError, match="use_multiprocessing must be a bool"):
+        H5Sequence(small_file, use_multiprocessing="yes")
