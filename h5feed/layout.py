@@ -459,7 +459,8 @@ def _check_split(f: h5py.File, name: str, dset: Any, n_rows: int) -> int:
     return int(rows.size)
 
 
-def _check_completion(f: h5py.File, n_rows: int) -> dict[str, Any]:
+def _check_completion(f: h5py.File, n_rows: int | None) -> dict[str, Any]:
+    """The parsed completion record; ``n_rows`` None checks its form only."""
     if ATTR_COMPLETE not in f.attrs:
         raise IncompleteFileError(
             f"incomplete file: {f.filename} has no completion record "
@@ -476,7 +477,11 @@ def _check_completion(f: h5py.File, n_rows: int) -> dict[str, Any]:
         raise IncompleteFileError(
             f"incomplete file: {f.filename}: the completion record is unreadable: {raw!r}"
         ) from exc
-    if rows != n_rows or not isinstance(digests, dict):
+    if not isinstance(digests, dict) or isinstance(rows, bool) or not isinstance(rows, int):
+        raise IncompleteFileError(
+            f"incomplete file: {f.filename}: the completion record is unreadable: {raw!r}"
+        )
+    if n_rows is not None and rows != n_rows:
         raise IncompleteFileError(
             f"incomplete file: {f.filename}: the completion record says {rows!r} rows, "
             f"the file holds {n_rows}"
@@ -505,6 +510,8 @@ def validate(f: h5py.File, *, return_ids: bool = False) -> Layout | tuple[Layout
             unknown filters, shapes beyond the caps.
     """
     _check_format(f)
+    # An unfinished file is refused before anything else is read from it.
+    _check_completion(f, None)
     _check_links(f, f)
     n_rows, ids = _check_ids(f)
     completion = _check_completion(f, n_rows)

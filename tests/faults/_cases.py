@@ -1,0 +1,220 @@
+"""Fault cases, each run in a fresh interpreter by ``_harness.run_case``.
+
+A case takes JSON-able keyword arguments and returns a JSON-able dict; an
+exception it raises is reported as ``error_type``/``error_mro``/``message``
+with ``seconds``, the time from the start of the case to the error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from typing import Any
+
+import numpy as np
+
+
+def main(func: str) -> None:
+    kwargs = json.loads(sys.stdin.read() or "{}")
+    start = time.perf_counter()
+    try:
+        value = globals()[func](**kwargs)
+        answer: dict[str, Any] = {"value": value, "seconds": time.perf_counter() - start}
+    except BaseException as exc:  # noqa: BLE001 - the answer is the point
+        answer = {
+            "error_type": type(exc).__name__,
+            "error_mro": [c.__name__ for c in type(exc).__mro__],
+            "message": str(exc),
+            "seconds": time.perf_counter() - start,
+            "traceback": traceback.format_exc()[-3000:],
+        }
+    print("RESULT " + json.dumps(answer, default=repr), flush=True)
+
+
+# -- reading ------------------------------------------------------------------
+
+
+def open_file(path: str, **options: Any) -> dict[str, Any]:
+    """Validate ``path``; the layout's size on success."""
+    import h5feed
+
+    info = h5feed.open_file(path, **options) if options else h5feed.open_file(path)
+    return {"rows": info.n_rows, "columns": sorted(info.columns)}
+
+
+def read_all(path: str, batch: int = 16, seed: int = 0, use_mmap: bool = True, **options: Any) -> dict[str, Any]:
+    """Open ``path`` and read every row of every column in shuffled batches.
+
+    Returns each column's data as nested lists so the parent can compare it
+    with what was written.
+    """
+    import h5feed
+    from h5feed.reader import Reader
+
+    info = h5feed.open_file(path, **options) if options else h5feed.open_file(path)
+    reader = Reader(info, use_mmap=use_mmap)
+    order = np.random.default_rng(seed).permutation(info.n_rows)
+    out: dict[str, Any] = {}
+    for name, col in info.columns.items():
+        data = np.empty(col.shape, dtype=col.dtype)
+        for start in range(0, info.n_rows, batch):
+            rows = order[start : start + batch]
+            data[rows] = reader.read(name, rows)
+        out[name] = data.tolist()
+    reader.close()
+    return out
+
+
+def read_rows(path: str, name: str, rows: list[int]) -> list[Any]:
+    """Rows ``rows`` of ``name`` through the reader."""
+    import h5feed
+    from h5feed.reader import Reader
+
+    reader = Reader(h5feed.open_file(path))
+    return reader.read(name, np.asarray(rows)).tolist()
+
+
+def sequence_batches(path: str, split: str | None = None, batch_size: int = 16) -> int:
+    """Every batch of an H5Sequence over ``path`` (imports Keras)."""
+    from h5feed import H5Sequence
+
+    seq = H5Sequence(path, split, batch_size=batch_size, seed=0)
+    n = 0
+    for i in range(len(seq)):
+        n += len(seq[i][0])
+    return n
+
+
+# -- file locking -------------------------------------------------------------
+
+
+def locking_fallback(path: str, errno_value: int, opens: int = 3, where: str = "errno") -> dict[str, Any]:
+    """Open ``path`` ``opens`` times while the filesystem "refuses locks".
+
+    h5py.File raises the lock error whenever it is asked to lock (the
+    default), as HDF5 does on NFS or Lustre, and works with locking=False.
+    """
+    import warnings
+
+    import h5py
+
+    import h5feed
+    from h5feed import _files
+    from h5feed.reader import Reader
+
+    real = h5py.File
+    calls: list[Any] = []
+
+    def refusing(name: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs.get("locking"))
+        if kwargs.get("locking", None) is not False:
+            text = os.strerror(errno_value)
+            if where == "errno":
+                raise OSError(errno_value, f"Unable to open file (unable to lock file, {text})")
+            # As HDF5 words it, with the errno only in the text:
+            raise OSError(
+                f"Unable to synchronously open file (unable to lock file, errno = {errno_value}, "
+                f"error message = '{text}')"
+            )
+        return real(name, mode, *args, **kwargs)
+
+    h5py.File = refusing  # type: ignore[misc]
+    _files.h5py.File = refusing  # the same module object, but be explicit
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rows = 0
+        for _ in range(opens):
+            info = h5feed.open_file(path)
+            reader = Reader(info)
+            rows += len(reader.read("x", np.arange(info.n_rows)))
+            reader.close()
+    return {
+        "rows": rows,
+        "warnings": [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)],
+        "locking_args": calls,
+    }
+
+
+def write_refusing_locks(target: str, errno_value: int) -> dict[str, Any]:
+    """Write a file while the filesystem refuses locks."""
+    import warnings
+
+    import h5py
+
+    import h5feed
+
+    real = h5py.File
+
+    def refusing(name: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("locking", None) is not False:
+            if mode != "r":
+                open(name, "a").close()  # HDF5 creates the file before it locks
+            raise OSError(
+                f"Unable to create file (unable to lock file, errno = {errno_value}, "
+                f"error message = '{os.strerror(errno_value)}')"
+            )
+        return real(name, mode, *args, **kwargs)
+
+    h5py.File = refusing  # type: ignore[misc]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        h5feed.write_arrays(target, ["a", "b"], np.zeros((2, 3), np.float32))
+        info = h5feed.open_file(target)
+    return {"rows": info.n_rows, "warnings": [str(w.message) for w in caught]}
+
+
+# -- disk full ----------------------------------------------------------------
+
+
+def _limit_file_size(limit: int) -> None:
+    import resource
+    import signal
+
+    # Without this, exceeding RLIMIT_FSIZE kills the process with SIGXFSZ
+    # (Python ignores it already; say so rather than rely on it).
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+
+def disk_full(target: str, limit: int, rows: int, compression: str | None, isolated: bool, streaming: bool) -> dict[str, Any]:
+    """Write ``rows`` rows to ``target`` with files capped at ``limit`` bytes.
+
+    With ``isolated`` the HDF5 writing runs through ``run_isolated``, as the
+    ``h5feed`` command does; the case then goes on living in this process
+    (it must not crash at exit: the harness checks the exit status).
+    """
+    import gc
+
+    from h5feed.writer import DatasetWriter, run_isolated, write_arrays
+
+    _limit_file_size(limit)
+    ids = [f"s{i:06d}" for i in range(rows)]
+    x = np.random.default_rng(0).random((rows, 256)).astype(np.float32)
+    y = np.arange(rows) % 10
+    if streaming:
+        fn, args, kwargs = _stream_write, (target, ids, x, y, compression), {}
+    else:
+        fn, args, kwargs = write_arrays, (target, ids, x, y), {"n_classes": 10, "compression": compression, "overwrite": True}
+    try:
+        if isolated:
+            run_isolated(target, fn, *args, **kwargs)
+        else:
+            fn(*args, **kwargs)
+    finally:
+        gc.collect()
+    return {"wrote": True}
+
+
+def _stream_write(target: str, ids: list[str], x: np.ndarray, y: np.ndarray, compression: str | None) -> str:
+    from h5feed.writer import DatasetWriter
+
+    with DatasetWriter(
+        target, sample_shape=x.shape[1:], dtype=x.dtype, n_classes=10,
+        compression=compression, overwrite=True, checksum=True,
+    ) as w:
+        for start in range(0, len(ids), 100):
+            w.extend(ids[start : start + 100], x[start : start + 100], y[start : start + 100])
+    return w.path
