@@ -218,3 +218,45 @@ def _stream_write(target: str, ids: list[str], x: np.ndarray, y: np.ndarray, com
         for start in range(0, len(ids), 100):
             w.extend(ids[start : start + 100], x[start : start + 100], y[start : start + 100])
     return w.path
+
+
+def _crash_while_writing(target: str) -> None:
+    import ctypes
+
+    from h5feed.writer import DatasetWriter
+
+    w = DatasetWriter(target, sample_shape=(3,), dtype="float32", target_dtype=None)
+    w.extend(["a", "b"], np.zeros((2, 3), np.float32))
+    w._flush()
+    ctypes.string_at(0)  # a segfault, as HDF5 can have after a full disk
+
+
+def isolated_crash(target: str) -> None:
+    from h5feed.writer import run_isolated
+
+    run_isolated(target, _crash_while_writing, target)
+
+
+def _write_three(target: str) -> str:
+    import h5feed
+
+    return h5feed.write_arrays(target, ["a", "b", "c"], np.zeros((3, 2), np.float32))
+
+
+def _write_duplicate(target: str) -> str:
+    import h5feed
+
+    return h5feed.write_arrays(target + ".2", ["a", "a"], np.zeros((2, 2), np.float32))
+
+
+def isolated_roundtrip(target: str) -> dict[str, Any]:
+    import h5feed
+    from h5feed.writer import run_isolated
+
+    path = run_isolated(target, _write_three, target)
+    try:
+        run_isolated(target, _write_duplicate, target)
+        error = None
+    except h5feed.H5FeedError as exc:
+        error = [type(exc).__name__, str(exc).split(": ", 1)[1]]
+    return {"path": path, "rows": h5feed.open_file(path).n_rows, "error": error}

@@ -1,0 +1,75 @@
+"""Point 3: a full disk is an error that says so; nothing is left behind, and
+the process that asked for the write does not crash.
+
+The disk is "full" through RLIMIT_FSIZE, set in the child that writes. The
+writing goes through ``run_isolated`` (as the ``h5feed`` command does),
+because HDF5 can segfault at exit after ENOSPC/EFBIG (NOTE [ Isolated
+writing ] in h5feed/writer.py); the harness checks that the calling process
+exits cleanly.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from _harness import leftovers, run_case
+
+
+@pytest.mark.parametrize(
+    "compression, streaming, limit",
+    [
+        (None, False, 400_000),  # contiguous, fails in the first blocks
+        (None, False, 2_500_000),  # fails part-way
+        ("gzip", True, 300_000),  # chunked, checksummed: the case that segfaults in-process
+        ("lzf", False, 600_000),
+    ],
+    ids=["contiguous-early", "contiguous-late", "gzip-stream", "lzf"],
+)
+def test_disk_full_is_a_clear_error_and_leaves_nothing(tmp_path, compression, streaming, limit):
+    target = tmp_path / "out.h5"
+    result = run_case(
+        "disk_full", target=str(target), limit=limit, rows=4000,
+        compression=compression, isolated=True, streaming=streaming,
+    )
+    assert result.raised("DiskFullError"), result
+    assert result.raised("OSError")  # DiskFullError is also an OSError
+    message = result["message"]
+    assert str(target) in message
+    assert "disk full" in message
+    assert "rows had been written" in message  # how far it got
+    assert "bytes on disk" in message
+    assert not target.exists()
+    assert leftovers(tmp_path) == []
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_disk_full_leaves_an_existing_target_byte_identical(tmp_path):
+    import numpy as np
+
+    import h5feed
+
+    target = tmp_path / "out.h5"
+    h5feed.write_arrays(target, ["a", "b"], np.zeros((2, 3), np.float32))
+    before = target.read_bytes()
+    result = run_case(
+        "disk_full", target=str(target), limit=1_000_000, rows=4000,
+        compression="gzip", isolated=True, streaming=False,
+    )
+    assert result.raised("DiskFullError"), result
+    assert target.read_bytes() == before
+    assert leftovers(tmp_path) == []
+
+
+def test_isolated_writer_that_crashes_is_reported_and_cleaned_up(tmp_path):
+    target = tmp_path / "out.h5"
+    result = run_case("isolated_crash", target=str(target))
+    assert result.raised("WriterError"), result
+    assert "SIGSEGV" in result["message"] and "crash inside HDF5" in result["message"]
+    assert str(target) in result["message"]
+    assert not target.exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_isolated_writer_returns_and_keeps_exception_types(tmp_path):
+    result = run_case("isolated_roundtrip", target=str(tmp_path / "out.h5"))
+    assert result["value"] == {"path": str(tmp_path / "out.h5"), "rows": 3, "error": ["SampleError", "duplicate sample ID 'a' within one extend() call"]}
