@@ -37,6 +37,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from ._damage import read_whole
 from ._files import open_h5
 from .errors import (
     IncompleteFileError,
@@ -371,7 +372,7 @@ def _check_ids(f: h5py.File) -> tuple[int, np.ndarray]:
             f"{_where(f, IDS)}: expected a 1-D dataset of UTF-8 strings. "
             f"Received: shape {dset.shape!r}, dtype {dset.dtype!r}"
         )
-    ids = np.asarray(dset.asstr()[()], dtype=object)
+    ids = np.asarray(read_whole(f.filename, dset, as_str=True), dtype=object)
     if len(ids) != len(set(ids.tolist())):
         uniq, counts = np.unique(ids.astype(str), return_counts=True)
         dupes = uniq[counts > 1]
@@ -412,7 +413,7 @@ def _check_classes(f: h5py.File, columns: Mapping[str, ColumnInfo]) -> tuple[int
                 f"{_where(f, Y)}: with {ATTR_N_CLASSES!r} set, expected 1-D integer class "
                 f"indices. Received: shape {y.shape!r}, dtype {y.dtype!r}"
             )
-        labels = f[Y][()]
+        labels = read_whole(f.filename, f[Y])
         if labels.size:
             bad = np.flatnonzero((labels < 0) | (labels >= n_classes))
             if bad.size:
@@ -444,7 +445,7 @@ def _check_split(f: h5py.File, name: str, dset: Any, n_rows: int) -> int:
             f"{where}: expected 1-D integer row numbers. "
             f"Received: shape {dset.shape!r}, dtype {dset.dtype!r}"
         )
-    rows = dset[()]
+    rows = read_whole(f.filename, dset)
     if rows.size:
         if rows[0] < 0 or rows[-1] >= n_rows or rows.min() < 0 or rows.max() >= n_rows:
             bad = rows[(rows < 0) | (rows >= n_rows)][0]

@@ -260,3 +260,109 @@ def isolated_roundtrip(target: str) -> dict[str, Any]:
     except h5feed.H5FeedError as exc:
         error = [type(exc).__name__, str(exc).split(": ", 1)[1]]
     return {"path": path, "rows": h5feed.open_file(path).n_rows, "error": error}
+
+
+# -- corruption ---------------------------------------------------------------
+
+
+def chunk_table(path: str, name: str) -> list[tuple[int, int, int]]:
+    """``(first_row, byte_offset, stored_size)`` of every stored chunk of ``name``."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        dset = f[name]
+        out = []
+        for i in range(dset.id.get_num_chunks()):
+            info = dset.id.get_chunk_info(i)
+            out.append((int(info.chunk_offset[0]), int(info.byte_offset), int(info.size)))
+    return sorted(out)
+
+
+def flip_byte(path: str, offset: int, mask: int) -> None:
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        old = fh.read(1)[0]
+        fh.seek(offset)
+        fh.write(bytes([old ^ mask]))
+
+
+def corrupt_and_read(path: str, trials: int, seed: int, columns: list[str]) -> dict[str, Any]:
+    """Flip one byte in a random data chunk of a copy of ``path``, read every row back.
+
+    Per trial the outcome is ``error`` (a ReadError naming the dataset and
+    exactly the damaged chunk's rows), ``misnamed`` (an error that names
+    something else), ``silent`` (wrong data, no error) or ``harmless`` (the
+    flip changed nothing read back).
+    """
+    import re
+    import shutil
+
+    import h5py
+
+    import h5feed
+    from h5feed.reader import Reader
+
+    rng = np.random.default_rng(seed)
+    with h5py.File(path, "r") as f:
+        original = {name: f[name][()] for name in columns}
+        chunk_rows = {name: f[name].chunks[0] if f[name].chunks else None for name in columns}
+        n = f["x"].shape[0]
+    tables = {name: chunk_table(path, name) for name in columns if chunk_rows[name]}
+    outcomes: dict[str, int] = {"error": 0, "misnamed": 0, "silent": 0, "harmless": 0}
+    worst = 0.0
+    details = []
+    copy = path + ".damaged"
+    for trial in range(trials):
+        shutil.copyfile(path, copy)
+        name = columns[int(rng.integers(len(columns)))]
+        if chunk_rows[name]:
+            first, offset, size = tables[name][int(rng.integers(len(tables[name])))]
+            where = offset + int(rng.integers(size))
+            rows = (first, min(n, first + chunk_rows[name]) - 1)
+        else:  # contiguous: any byte of the data
+            with h5py.File(path, "r") as f:
+                offset = f[name].id.get_offset()
+                size = f[name].id.get_storage_size()
+            where = offset + int(rng.integers(size))
+            rows = None
+        flip_byte(copy, where, int(rng.integers(1, 256)))
+        start = time.perf_counter()
+        try:
+            info = h5feed.open_file(copy)
+            reader = Reader(info)
+            order = rng.permutation(n)
+            got = np.empty_like(original[name])
+            for s in range(0, n, 32):
+                idx = order[s : s + 32]
+                got[idx] = reader.read(name, idx)
+            reader.close()
+        except h5feed.H5FeedError as exc:
+            worst = max(worst, time.perf_counter() - start)
+            text = str(exc)
+            named = f"{copy}:/{name}" in text and (
+                rows is None or re.search(rf"\brows {rows[0]}\.\.{rows[1]}\b", text) is not None
+            )
+            outcomes["error" if named else "misnamed"] += 1
+            if not named:
+                details.append({"trial": trial, "name": name, "rows": rows, "message": text})
+            continue
+        if np.array_equal(got, original[name]):
+            outcomes["harmless"] += 1
+        else:
+            outcomes["silent"] += 1
+            details.append({"trial": trial, "name": name, "rows": rows, "silent": True})
+    os.unlink(copy)
+    return {"outcomes": outcomes, "worst_s": worst, "details": details[:5]}
+
+
+def verify_cli(path: str) -> dict[str, Any]:
+    """``h5feed verify PATH``: exit status and output."""
+    import contextlib
+    import io
+
+    from h5feed.cli import main as cli_main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = cli_main(["verify", "--quiet", path])
+    return {"rc": rc, "stdout": out.getvalue(), "stderr": err.getvalue()}

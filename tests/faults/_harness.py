@@ -34,9 +34,9 @@ STATS: dict[str, Any] = {
 }
 
 
-def note_surfaced(case: str, seconds: float) -> None:
+def note_surfaced(case: str, seconds: float, count: int = 1) -> None:
     """Record that a fault became an error after ``seconds``."""
-    STATS["faults"] += 1
+    STATS["faults"] += count
     if seconds > STATS["max_surface_s"]:
         STATS["max_surface_s"] = float(seconds)
         STATS["max_surface_case"] = case
