@@ -67,11 +67,16 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
-def open_file(path: Any) -> Layout:
+def open_file(path: Any, *, allow_virtual: bool = False) -> Layout:
     """Validate the h5feed file at ``path`` and describe it.
+
+    Args:
+        path: the file.
+        allow_virtual: accept virtual datasets (data in other files); only
+            for files whose sources you trust.
 
     Raises:
         NotH5FeedFileError: missing, truncated or not HDF5.
         FormatError: not a valid h5feed file (the subclass says why).
     """
-    return open_and_validate(path)
+    return open_and_validate(path, allow_virtual=allow_virtual)

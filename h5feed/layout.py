@@ -277,9 +277,16 @@ def _check_links(f: h5py.File, group: h5py.Group) -> None:
             )
 
 
-def _check_storage(f: h5py.File, dset: h5py.Dataset) -> None:
+def _check_storage(f: h5py.File, dset: h5py.Dataset, *, allow_virtual: bool = False) -> None:
+    """Refuse storage that h5feed must not trust; reads no data.
+
+    Untrusted files can point outside themselves (external storage, virtual
+    datasets) or declare sizes that would exhaust memory when read (absurd
+    shapes, huge chunks, compressed chunks that inflate far beyond what any
+    real data does).
+    """
     where = _where(f, dset.name.lstrip("/"))
-    if dset.is_virtual:
+    if dset.is_virtual and not allow_virtual:
         raise UntrustedFileError(
             f"{where}: is a virtual dataset (its data lives in other files); "
             "open with allow_virtual=True if you trust its sources"
@@ -300,6 +307,9 @@ def _check_storage(f: h5py.File, dset: h5py.Dataset) -> None:
         raise UntrustedFileError(
             f"{where}: declares {nbytes} bytes of data, beyond the cap of {MAX_DATASET_BYTES}"
         )
+    if dset.is_virtual:
+        return  # allowed: its sources are checked by whoever trusted them
+    chunk_bytes = 0
     if dset.chunks is not None:
         chunk_bytes = int(np.prod(dset.chunks, dtype=object)) * dset.dtype.itemsize
         if chunk_bytes > MAX_CHUNK_BYTES:
@@ -307,20 +317,77 @@ def _check_storage(f: h5py.File, dset: h5py.Dataset) -> None:
                 f"{where}: declares chunks of {chunk_bytes} bytes {dset.chunks!r}, "
                 f"beyond the cap of {MAX_CHUNK_BYTES}"
             )
-        plist = dset.id.get_create_plist()
-        for i in range(plist.get_nfilters()):
-            code = plist.get_filter(i)[0]
-            if code not in KNOWN_FILTERS:
-                raise UntrustedFileError(
-                    f"{where}: uses HDF5 filter {code!r}, which h5feed does not read "
-                    f"(known: {sorted(KNOWN_FILTERS)!r})"
-                )
-        stored = dset.id.get_storage_size()
-        if nbytes and stored and nbytes / stored > MAX_COMPRESSION_RATIO:
+    stored = dset.id.get_storage_size()
+    if nbytes and not stored:
+        # h5feed writes every row; a dataset that declares rows and stores
+        # none is not data (and reading it would conjure fill values).
+        raise UntrustedFileError(
+            f"{where}: declares {dset.shape!r} ({nbytes} bytes) but stores no data"
+        )
+    if dset.chunks is None:
+        return
+    plist = dset.id.get_create_plist()
+    codes = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
+    for code in codes:
+        if code not in KNOWN_FILTERS or not h5py.h5z.filter_avail(code):
             raise UntrustedFileError(
-                f"{where}: {nbytes} bytes stored in {stored}, a compression ratio "
-                f"of {nbytes / stored:.0f}:1 that no real data has"
+                f"{where}: uses HDF5 filter {code!r}, which h5feed does not read "
+                f"(known and available here: {sorted(c for c in KNOWN_FILTERS if h5py.h5z.filter_avail(c))!r})"
             )
+    if nbytes:
+        want = 1
+        for size, chunk in zip(dset.shape, dset.chunks):
+            want *= -(-int(size) // int(chunk))
+        have = dset.id.get_num_chunks()
+        if have < want:
+            raise UntrustedFileError(
+                f"{where}: declares {dset.shape!r} in {want} chunks but stores only {have}; "
+                "the rest would read as made-up fill values"
+            )
+    if nbytes and stored and nbytes / stored > MAX_COMPRESSION_RATIO:
+        raise UntrustedFileError(
+            f"{where}: {nbytes} bytes stored in {stored}, a compression ratio "
+            f"of {nbytes / stored:.0f}:1 that no real data has"
+        )
+    if any(code in _INFLATING_FILTERS for code in codes):
+        _check_chunks(where, dset, chunk_bytes)
+
+
+# Filters whose output can be much larger than their input (decompressors):
+# deflate, szip, LZF.
+_INFLATING_FILTERS = frozenset({1, 4, 32000})
+# Bytes a chunk may be stored larger than its data: the Fletcher32 checksum
+# and filter headers. Compressors that would grow a chunk store it raw.
+_CHUNK_OVERHEAD = 1024
+
+
+def _check_chunks(where: str, dset: h5py.Dataset, chunk_bytes: int) -> None:
+    """Refuse a compressed chunk that could inflate beyond its declared size.
+
+    A chunk's decompressor grows its buffer until the stream ends, so one
+    chunk stored larger than its data (a "zip bomb") would be inflated in
+    full before HDF5 notices; the whole-dataset ratio cannot see one such
+    chunk among many honest ones. Reads only the chunk index.
+    """
+    bad: list[tuple[tuple[int, ...], int]] = []
+
+    def visit(info: Any) -> None:
+        size = int(info.size)
+        if size > chunk_bytes + _CHUNK_OVERHEAD or (size and chunk_bytes / size > MAX_COMPRESSION_RATIO):
+            bad.append((tuple(int(o) for o in info.chunk_offset), size))
+
+    if hasattr(dset.id, "chunk_iter"):
+        dset.id.chunk_iter(visit)
+    else:  # older h5py: slower, same answer
+        for i in range(dset.id.get_num_chunks()):
+            visit(dset.id.get_chunk_info(i))
+    if bad:
+        offset, size = bad[0]
+        raise UntrustedFileError(
+            f"{where}: the chunk at {offset!r} stores {size} bytes for {chunk_bytes} bytes of "
+            f"data, which no real compressed data does ({len(bad)} such chunk(s)); refusing "
+            "to decompress it"
+        )
 
 
 def _contiguous_offset(dset: h5py.Dataset) -> int | None:
@@ -338,7 +405,6 @@ def _contiguous_offset(dset: h5py.Dataset) -> int | None:
 
 
 def _column_info(f: h5py.File, dset: h5py.Dataset) -> ColumnInfo:
-    _check_storage(f, dset)
     if dset.dtype.kind not in "biuf":
         raise LayoutError(
             f"{_where(f, dset.name.lstrip('/'))}: expected a numeric dtype. "
@@ -366,7 +432,6 @@ def _require(f: h5py.File, name: str) -> h5py.Dataset:
 
 def _check_ids(f: h5py.File) -> tuple[int, np.ndarray]:
     dset = _require(f, IDS)
-    _check_storage(f, dset)
     if dset.ndim != 1 or h5py.check_string_dtype(dset.dtype) is None:
         raise LayoutError(
             f"{_where(f, IDS)}: expected a 1-D dataset of UTF-8 strings. "
@@ -439,7 +504,6 @@ def _check_split(f: h5py.File, name: str, dset: Any, n_rows: int) -> int:
     where = _where(f, f"{SPLITS}/{name}")
     if not isinstance(dset, h5py.Dataset):
         raise LayoutError(f"{where}: expected a dataset of row numbers, found a group")
-    _check_storage(f, dset)
     if dset.ndim != 1 or dset.dtype.kind not in "iu":
         raise LayoutError(
             f"{where}: expected 1-D integer row numbers. "
@@ -490,13 +554,40 @@ def _check_completion(f: h5py.File, n_rows: int | None) -> dict[str, Any]:
     return record
 
 
-def validate(f: h5py.File, *, return_ids: bool = False) -> Layout | tuple[Layout, np.ndarray]:
+def _check_untrusted(f: h5py.File, *, allow_virtual: bool) -> None:
+    """Check the storage of every dataset h5feed reads, before reading any."""
+    _check_links(f, f)
+    ids = _require(f, IDS)
+    _check_storage(f, ids, allow_virtual=allow_virtual)
+    n = ids.shape[0] if ids.shape else 0
+    for name, obj in f.items():
+        if name == IDS or not isinstance(obj, h5py.Dataset):
+            continue
+        if name in (X, Y) or (obj.shape and obj.shape[0] == n):
+            _check_storage(f, obj, allow_virtual=allow_virtual)
+    group = f.get(SPLITS)
+    if isinstance(group, h5py.Group):
+        _check_links(f, group)
+        for obj in group.values():
+            if isinstance(obj, h5py.Dataset):
+                _check_storage(f, obj, allow_virtual=allow_virtual)
+
+
+def validate(
+    f: h5py.File, *, return_ids: bool = False, allow_virtual: bool = False
+) -> Layout | tuple[Layout, np.ndarray]:
     """Check that an open file follows format version 1; describe it.
+
+    Every check of storage (links, external storage, virtual datasets,
+    filters, sizes) runs before any data is read, so a hostile file costs
+    nothing but its metadata.
 
     Args:
         f: an h5py file open for reading.
         return_ids: also return the sample IDs (read anyway to check that
             they are unique).
+        allow_virtual: accept virtual datasets (whose data lives in other
+            files); only for files whose sources you trust.
 
     Returns:
         The file's :class:`Layout`, and with ``return_ids`` its IDs as an
@@ -513,7 +604,7 @@ def validate(f: h5py.File, *, return_ids: bool = False) -> Layout | tuple[Layout
     _check_format(f)
     # An unfinished file is refused before anything else is read from it.
     _check_completion(f, None)
-    _check_links(f, f)
+    _check_untrusted(f, allow_virtual=bool(allow_virtual))
     n_rows, ids = _check_ids(f)
     completion = _check_completion(f, n_rows)
     columns: dict[str, ColumnInfo] = {X: _check_rows(f, X, n_rows)}
@@ -525,7 +616,6 @@ def validate(f: h5py.File, *, return_ids: bool = False) -> Layout | tuple[Layout
         elif obj.shape and obj.shape[0] == n_rows:
             # Further per-row datasets are optional extras; others are
             # metadata that h5feed leaves alone.
-            _check_storage(f, obj)
             if obj.dtype.kind in "biuf":
                 columns[name] = _column_info(f, obj)
     n_classes, class_names = _check_classes(f, columns)
@@ -534,7 +624,6 @@ def validate(f: h5py.File, *, return_ids: bool = False) -> Layout | tuple[Layout
     if group is not None:
         if not isinstance(group, h5py.Group):
             raise LayoutError(f"{_where(f, SPLITS)}: expected a group of splits, found a dataset")
-        _check_links(f, group)
         for name in group:
             splits[name] = _check_split(f, name, group[name], n_rows)
     layout = Layout(
@@ -549,10 +638,10 @@ def validate(f: h5py.File, *, return_ids: bool = False) -> Layout | tuple[Layout
     return (layout, ids) if return_ids else layout
 
 
-def open_and_validate(path: str | os.PathLike[str], *, return_ids: bool = False) -> Any:
+def open_and_validate(path: str | os.PathLike[str], *, return_ids: bool = False, allow_virtual: bool = False) -> Any:
     """Open ``path``, validate it and close it again; see :func:`validate`."""
     with open_h5(path) as f:
-        return validate(f, return_ids=return_ids)
+        return validate(f, return_ids=return_ids, allow_virtual=allow_virtual)
 
 
 def read_split(f: h5py.File, name: str) -> np.ndarray:

@@ -85,6 +85,8 @@ class H5Sequence(keras.utils.PyDataset):
         block_window: blocks mixed together for ``shuffle="block"``.
         shard: ``(index, count)`` to read only this worker's equal part of
             every epoch (multi-machine training).
+        allow_virtual: accept virtual datasets (data in other files); only
+            for files whose sources you trust.
         **kwargs: ``workers``, ``use_multiprocessing``, ``max_queue_size``,
             passed to ``keras.utils.PyDataset``.
 
@@ -116,6 +118,7 @@ class H5Sequence(keras.utils.PyDataset):
         block_rows: int | None = None,
         block_window: int = 8,
         shard: tuple[int, int] | None = None,
+        allow_virtual: bool = False,
         **kwargs: Any,
     ) -> None:
         unknown = sorted(set(kwargs) - set(_PYDATASET_KWARGS))
@@ -142,6 +145,8 @@ class H5Sequence(keras.utils.PyDataset):
         if not isinstance(drop_remainder, (bool, np.bool_)):
             raise TypeError(f"drop_remainder must be a bool. Received: {drop_remainder!r}")
         self.drop_remainder = bool(drop_remainder)
+        if not isinstance(allow_virtual, (bool, np.bool_)):
+            raise TypeError(f"allow_virtual must be a bool. Received: {allow_virtual!r}")
         if transform is not None and not callable(transform):
             raise TypeError(f"transform must be callable. Received: {transform!r}")
         self.transform = transform
@@ -156,10 +161,10 @@ class H5Sequence(keras.utils.PyDataset):
             # Validate once, here; workers trust this layout (NOTE [ Handles
             # across processes ] in reader.py).
             if ids is not None:
-                layout, all_ids = validate(f, return_ids=True)
+                layout, all_ids = validate(f, return_ids=True, allow_virtual=allow_virtual)
                 rows = _rows_for_ids(self.path, all_ids, ids)
             else:
-                layout = validate(f)
+                layout = validate(f, allow_virtual=allow_virtual)
                 rows = read_split(f, split) if split is not None else np.arange(layout.n_rows, dtype=np.int64)
         self.layout: Layout = layout
         self._rows = rows

@@ -19,6 +19,13 @@ import numpy as np
 
 def main(func: str) -> None:
     kwargs = json.loads(sys.stdin.read() or "{}")
+    limit = kwargs.pop("_memory_limit", None)
+    if limit:
+        # A hostile file must be refused before any large allocation: cap
+        # this process's address space so that one fails loudly.
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (int(limit), resource.RLIM_INFINITY))
     start = time.perf_counter()
     try:
         value = globals()[func](**kwargs)
