@@ -99,7 +99,7 @@ def whole_version(path: Path) -> int | None:
             return None
         if not (np.array_equal(f["x"][()], want_x) and np.array_equal(f["y"][()], want_y)):
             return None
-        if not np.array_equal(f["splits/train"][()], np.arange(0, len(ids), 2)):
+        if "splits" in f and not np.array_equal(f["splits/train"][()], np.arange(0, len(ids), 2)):
             return None
         for name, digest in info.completion["sha256"].items():
             if layout.dataset_sha256(f[name]) != digest:
@@ -157,9 +157,9 @@ def judge(folder: Path, target: Path, previous: bytes | None, version: int, sign
     if not completed and rc == 0:
         lost.append("the killed command exited 0")
     # An isolated writer's child may outlive a killed parent for a moment
-    # (it is told to stop by the kernel); give it time to clean up.
-    deadline = time.monotonic() + 10
-    while leftovers(folder) and time.monotonic() < deadline and signame == "INT":
+    # (the kernel tells it to stop); let it finish before judging.
+    deadline = time.monotonic() + 15
+    while _writers_alive(folder) and time.monotonic() < deadline:
         time.sleep(0.05)
     if target.exists():
         data = target.read_bytes()
@@ -207,6 +207,17 @@ def judge(folder: Path, target: Path, previous: bytes | None, version: int, sign
     return lost
 
 
+def _writers_alive(folder: Path) -> bool:
+    """Whether a process that owns a temporary file in ``folder`` still runs."""
+    from h5feed.writer import _alive
+
+    for name in leftovers(folder):
+        parts = name.rsplit(".", 4)  # .<base>.<host>.<pid>.<rand>.h5feed-tmp
+        if len(parts) == 5 and parts[2].isdigit() and _alive(int(parts[2])):
+            return True
+    return False
+
+
 def sweep(folder: Path, *, random_kills: int, seed: int = 0, modes=("arrays", "stream", "isolated")) -> list[Outcome]:
     """Every deterministic point with both signals, plus ``random_kills``."""
     outcomes = []
@@ -227,3 +238,82 @@ def sweep(folder: Path, *, random_kills: int, seed: int = 0, modes=("arrays", "s
         delay = float(rng.uniform(0.0, 0.25 if mode != "isolated" else 0.9))
         outcomes.append(kill_once(folder / "d", mode=mode, version=int(rng.integers(0, 2)), signame=signame, delay=delay))
     return outcomes
+
+
+# -- the real command ------------------------------------------------------------
+
+HOOKS = str(FAULTS / "_hooks")
+
+
+def cli_sources(folder: Path, version: int) -> list[str]:
+    """Write version ``version`` as X.npy, Y.npy, IDS.txt; the convert arguments."""
+    src = folder / f"src{version}"
+    src.mkdir(parents=True, exist_ok=True)
+    ids, x, y = writer_script.expected(version)
+    np.save(src / "x.npy", x)
+    np.save(src / "y.npy", y)
+    (src / "ids.txt").write_text("\n".join(ids) + "\n")
+    return [str(src / "x.npy"), str(src / "y.npy"), "--ids", str(src / "ids.txt"), "--classes", "7"]
+
+
+def kill_cli_once(
+    folder: Path,
+    *,
+    version: int,
+    signame: str,
+    point: str | None = None,
+    delay: float | None = None,
+    checksum: bool = False,
+    timeout: float = 60.0,
+) -> Outcome:
+    """``h5feed convert arrays`` version ``version`` to ``folder/data.h5``, killed.
+
+    With ``point`` the hook fires in whichever process of the command reaches
+    it first (the writing child, for every writing point); with ``delay``
+    the signal goes to the command itself after it printed nothing for
+    ``delay`` seconds past start-up.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / "out"
+    out.mkdir(exist_ok=True)
+    for stale in out.iterdir():
+        stale.unlink()
+    target = out / "data.h5"
+    previous = write_version(target, 0) if version == 1 else None
+    args = [PYTHON, "-m", "h5feed", "convert", "arrays", *cli_sources(folder, version), "-o", str(target), "--quiet"]
+    if version == 1:
+        args.append("--overwrite")
+    if checksum:
+        args += ["--checksum", "--compression", "gzip", "--chunk-rows", "100"]
+    env = child_env(PYTHONPATH=os.pathsep.join(filter(None, [HOOKS, os.environ.get("PYTHONPATH")])))
+    once = folder / "fired"
+    if once.exists():
+        once.unlink()
+    if point is not None:
+        env["H5FEED_TEST_KILL_POINT"] = f"{point} {signame}"
+        env["H5FEED_TEST_KILL_ONCE"] = str(once)
+    case = f"h5feed convert v{version} {signame} at {point or f'{delay:.3f}s'}"
+    start = time.perf_counter()
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        if delay is not None:
+            time.sleep(delay)
+            try:
+                proc.send_signal(SIGNALS[signame])
+            except ProcessLookupError:
+                pass
+        _, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        return Outcome(case, -1, False, [f"the command hung for {timeout} s after the signal"], timeout)
+    seconds = time.perf_counter() - start
+    rc = proc.returncode
+    completed = rc == 0
+    if point is not None and not once.exists() and not completed:
+        return Outcome(case, rc, False, [f"the command failed before the hook fired: {stderr[-500:]}"], seconds)
+    lost = judge(out, target, previous, version, signame, rc, completed, stderr)
+    return Outcome(case, rc, completed, lost, seconds)
+
+
+SIGNALS = {"KILL": signal.SIGKILL, "INT": signal.SIGINT}

@@ -89,8 +89,15 @@ def stream(target: str, version: int) -> str:
     return w.path
 
 
-def install_hook(point: str, sig: int) -> None:
-    """Arrange for ``sig`` at ``point`` (see the module docstring)."""
+SIGNALS = {"KILL": signal.SIGKILL, "INT": signal.SIGINT}
+
+
+def install_hook(point: str, sig: int, once: str | None = None) -> None:
+    """Arrange for ``sig`` at ``point`` (see the module docstring).
+
+    With ``once`` (a file name), only the first process to create that file
+    fires: the hook may be installed in several processes of one command.
+    """
     import h5py
 
     import h5feed.writer as writer_module
@@ -101,6 +108,15 @@ def install_hook(point: str, sig: int) -> None:
     nth_call = int(nth or 1)
     calls = {"n": 0}
 
+    def claim() -> bool:
+        if once is None:
+            return True
+        try:
+            os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return False
+        return True
+
     def wrap(owner: object, attr: str, matches=lambda *a, **k: True) -> None:
         real = getattr(owner, attr)
 
@@ -108,7 +124,7 @@ def install_hook(point: str, sig: int) -> None:
             if not matches(*args, **kwargs):
                 return real(*args, **kwargs)
             calls["n"] += 1
-            fire = calls["n"] == nth_call
+            fire = calls["n"] == nth_call and claim()
             if fire and not after:
                 os.kill(os.getpid(), sig)
             result = real(*args, **kwargs)
@@ -140,7 +156,7 @@ def install_hook(point: str, sig: int) -> None:
         def flushed(self):
             real_flush(self)
             calls["n"] += 1
-            if calls["n"] == nth_call:
+            if calls["n"] == nth_call and claim():
                 self._file.flush()
                 os.kill(os.getpid(), sig)
 
