@@ -382,3 +382,25 @@ def verify_cli(path: str) -> dict[str, Any]:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         rc = cli_main(["verify", "--quiet", path])
     return {"rc": rc, "stdout": out.getvalue(), "stderr": err.getvalue()}
+
+
+# -- the command line -----------------------------------------------------------
+
+
+def cli(argv: list[str]) -> dict[str, Any]:
+    """``h5feed ARGV`` through ``main``: exit status, stdout and stderr."""
+    import contextlib
+    import io
+
+    from h5feed.cli import main as cli_main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = cli_main(argv)
+    return {"rc": rc, "stdout": out.getvalue(), "stderr": err.getvalue()}
+
+
+def cli_disk_full(argv: list[str], limit: int) -> dict[str, Any]:
+    """``h5feed ARGV`` with files capped at ``limit`` bytes (a full disk)."""
+    _limit_file_size(limit)
+    return cli(argv)
