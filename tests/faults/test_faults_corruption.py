@@ -19,9 +19,7 @@ CHECKED = {
     "checksum-gzip": {"checksum": True, "compression": "gzip", "chunk_rows": 40},
     "checksum-lzf": {"checksum": True, "compression": "lzf", "chunk_rows": 64},
 }
-UNHAVE_VERIFY = importlib.util.find_spec("h5feed.inspect") is not None
-
-CHECKED = {
+UNCHECKED = {
     "contiguous": {},
     "gzip": {"compression": "gzip", "chunk_rows": 40},
 }
