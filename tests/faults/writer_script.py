@@ -173,7 +173,7 @@ def main(argv: list[str]) -> int:
         sig = {"KILL": signal.SIGKILL, "INT": signal.SIGINT}[signame]
         if mode == "isolated":
             # The hook must fire in the child that writes: pass it on.
-            os.environ["H5FEED_TEST_KILL_POINT"] = f"{point} {signame}"
+            os.environ["H5FEED_TEST_CHILD_KILL_POINT"] = f"{point} {signame}"
         else:
             install_hook(point, sig)
     print("READY", flush=True)
@@ -190,8 +190,8 @@ def main(argv: list[str]) -> int:
 
 # In the isolated child (spawned, so this module is imported afresh there as
 # the pickled function's home), install the hook passed on by the parent.
-if __name__ != "__main__" and os.environ.get("H5FEED_TEST_KILL_POINT"):
-    _point, _sig = os.environ.pop("H5FEED_TEST_KILL_POINT").split()
+if __name__ != "__main__" and os.environ.get("H5FEED_TEST_CHILD_KILL_POINT"):
+    _point, _sig = os.environ.pop("H5FEED_TEST_CHILD_KILL_POINT").split()
     install_hook(_point, {"KILL": signal.SIGKILL, "INT": signal.SIGINT}[_sig])
 
 
