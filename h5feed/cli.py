@@ -206,8 +206,13 @@ def main(argv: Sequence[str] | None = None, *, _isolated: bool = True) -> int:
     )
     try:
         if _isolated and args.command in ISOLATED_COMMANDS and getattr(args, "output", None):
-            # Arguments are checked above, in this process; the child parses
-            # them again and runs the command, printing its own results.
+            from .writer import check_output_folder
+
+            # A missing or read-only output folder fails here, before any
+            # input is read. Arguments are checked above, in this process;
+            # the child parses them again and runs the command, printing
+            # its own results.
+            check_output_folder(args.output)
             return _run_isolated_command(args.output, argv)
         return int(args._run(args))
     except H5FeedError as exc:

@@ -63,7 +63,7 @@ from . import layout as L
 from ._files import create_h5
 from .errors import DiskFullError, InvalidSampleIDError, SampleError, UnknownIDError, WriterError
 
-__all__ = ["DatasetWriter", "run_isolated", "write_arrays"]
+__all__ = ["DatasetWriter", "check_output_folder", "run_isolated", "write_arrays"]
 
 logger = logging.getLogger("h5feed")
 
@@ -273,13 +273,7 @@ class DatasetWriter:
     # -- set-up ------------------------------------------------------------
 
     def _check_target(self) -> None:
-        folder = os.path.dirname(self.path)
-        if not os.path.isdir(folder):
-            raise WriterError(f"{self.path}: the output folder {folder!r} does not exist")
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise WriterError(f"{self.path}: the output folder {folder!r} is not writable")
-        if os.path.isdir(self.path):
-            raise WriterError(f"{self.path}: is a folder, expected a file name")
+        check_output_folder(self.path)
         if os.path.lexists(self.path) and not self.overwrite:
             raise WriterError(f"{self.path}: already exists; pass overwrite=True to replace it")
 
@@ -561,7 +555,9 @@ class DatasetWriter:
             if not self._contiguous:
                 self._ids_dset.resize((stop,))
             self._ids_dset[start:stop] = np.array(new_ids, dtype=object)
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:
+            if not isinstance(exc, OSError) and not _is_disk_full(exc):
+                raise
             # A failed write leaves the file in an unknown state: give up on
             # it now, so the message's promise holds even without ``with``.
             error = self._os_error(exc, f"writing rows {start}..{stop - 1}")
@@ -569,7 +565,7 @@ class DatasetWriter:
             raise error from exc
         self._rows_written = stop
 
-    def _os_error(self, exc: OSError, doing: str) -> Exception:
+    def _os_error(self, exc: BaseException, doing: str) -> Exception:
         if _is_disk_full(exc):
             size = _size_or_none(self._tmp)
             got = f", {size:,} bytes on disk" if size is not None else ""
@@ -695,7 +691,10 @@ class DatasetWriter:
             self._finish()
         except BaseException as exc:
             error = None
-            if isinstance(exc, OSError) and not isinstance(exc, WriterError):
+            # h5py reports a failed flush or close as a RuntimeError.
+            if (isinstance(exc, OSError) or (isinstance(exc, RuntimeError) and _is_disk_full(exc))) and not isinstance(
+                exc, WriterError
+            ):
                 error = self._os_error(exc, "finishing the file")
             self._cleanup()
             if error is not None:
@@ -739,6 +738,30 @@ class DatasetWriter:
 
     def __repr__(self) -> str:
         return f"<DatasetWriter {self.path!r}: {self.rows} rows{' (closed)' if self._done else ''}>"
+
+
+def check_output_folder(path: str | os.PathLike[str]) -> str:
+    """Refuse an output path whose folder is missing or not writable.
+
+    Converters call this before they read any input, so that a typo in the
+    output path costs nothing; :class:`DatasetWriter` calls it again.
+
+    Returns:
+        The absolute path.
+
+    Raises:
+        WriterError: the folder is missing or not writable, or ``path`` is a
+            folder.
+    """
+    path = os.path.abspath(os.fspath(path))
+    folder = os.path.dirname(path)
+    if not os.path.isdir(folder):
+        raise WriterError(f"{path}: the output folder {folder!r} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise WriterError(f"{path}: the output folder {folder!r} is not writable")
+    if os.path.isdir(path):
+        raise WriterError(f"{path}: is a folder, expected a file name")
+    return path
 
 
 def _size_or_none(path: str | None) -> int | None:

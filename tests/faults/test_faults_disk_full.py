@@ -16,19 +16,20 @@ from _harness import leftovers, run_case
 
 
 @pytest.mark.parametrize(
-    "compression, streaming, limit",
+    "compression, streaming, limit, rows",
     [
-        (None, False, 400_000),  # contiguous, fails in the first blocks
-        (None, False, 2_500_000),  # fails part-way
-        ("gzip", True, 300_000),  # chunked, checksummed: the case that segfaults in-process
-        ("lzf", False, 600_000),
+        (None, False, 400_000, 4000),  # contiguous, fails in the first blocks
+        (None, False, 2_500_000, 4000),  # fails part-way
+        ("gzip", True, 300_000, 4000),  # chunked, checksummed: the case that segfaults in-process
+        ("lzf", False, 600_000, 4000),
+        ("gzip", False, 150_000, 600),  # every chunk fits HDF5's cache: fails at the final flush
     ],
-    ids=["contiguous-early", "contiguous-late", "gzip-stream", "lzf"],
+    ids=["contiguous-early", "contiguous-late", "gzip-stream", "lzf", "at-flush"],
 )
-def test_disk_full_is_a_clear_error_and_leaves_nothing(tmp_path, compression, streaming, limit):
+def test_disk_full_is_a_clear_error_and_leaves_nothing(tmp_path, compression, streaming, limit, rows):
     target = tmp_path / "out.h5"
     result = run_case(
-        "disk_full", target=str(target), limit=limit, rows=4000,
+        "disk_full", target=str(target), limit=limit, rows=rows,
         compression=compression, isolated=True, streaming=streaming,
     )
     assert result.raised("DiskFullError"), result
