@@ -28,6 +28,26 @@ from _harness import run_case  # noqa: E402
 from _killing import sweep  # noqa: E402
 
 
+CLI_POINTS = [("write#1", 0), ("write#2:after", 1), ("attr", 1), ("close:after", 0), ("link", 0),
+              ("unlink", 0), ("replace", 1), ("replace:after", 1), ("fsync#2", 1)]
+
+
+def cli_sweep(folder: Path, *, random_kills: int, seed: int):
+    """Kill the real ``h5feed convert`` at each point and at random moments."""
+    from _killing import kill_cli_once
+
+    outcomes = []
+    for point, version in CLI_POINTS:
+        for signame in ("KILL", "INT"):
+            outcomes.append(kill_cli_once(folder, version=version, signame=signame, point=point,
+                                          checksum=point.startswith("write")))
+    rng = np.random.default_rng(seed)
+    for i in range(random_kills):
+        outcomes.append(kill_cli_once(folder, version=i % 2, signame=("KILL", "INT")[(i // 2) % 2],
+                                      delay=float(rng.uniform(0.3, 1.5)), checksum=True))
+    return outcomes
+
+
 def _corruption_file(folder: Path, name: str, options: dict) -> Path:
     rng = np.random.default_rng(1)
     n = 600
@@ -48,6 +68,12 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(tmp)
         start = time.perf_counter()
         outcomes = sweep(folder / "kill", random_kills=args.random_kills, seed=args.seed)
+        try:
+            import h5feed.convert.npy  # noqa: F401
+        except ImportError:
+            print("(the converters are not installed: the h5feed convert command is not killed)")
+        else:
+            outcomes += cli_sweep(folder / "cli", random_kills=max(4, args.random_kills // 3), seed=args.seed)
         killed = [o for o in outcomes if not o.completed]
         lost = [o for o in killed if o.lost]
         print(f"kill points tried: {len(killed)} ({len(outcomes) - len(killed)} random kills landed "
