@@ -1,8 +1,11 @@
 """model.fit from an H5Sequence in a fresh interpreter, with optional faults.
 
-Usage: python fit_script.py FILE METHOD WORKERS MULTIPROCESSING EPOCHS FAULT
+Usage: python fit_script.py FILE METHOD WORKERS MULTIPROCESSING EPOCHS FAULT [FIT_SHUFFLE]
 
 FAULT is ``none``, ``raise:ROW`` or ``kill:ROW`` (see worker_faults.py).
+FIT_SHUFFLE (default 1) is passed to ``model.fit(shuffle=...)``: Keras then
+shuffles the order in which it asks for batches, with Python's unseeded
+``random``.
 Prints one JSON line: ``{"epochs": [[rows seen in epoch 0], ...]}`` after a
 clean fit, or ``{"error_type", "error_mro", "message", "after_kill_s"}`` when
 fit raised.
@@ -23,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 def main() -> None:
     path, method, workers, multi, epochs, fault = sys.argv[1:7]
+    fit_shuffle = (sys.argv[7] if len(sys.argv) > 7 else "1") == "1"
     multiprocessing.set_start_method(method, force=True)
     marker = os.path.join(tempfile.mkdtemp(), "killed")
     os.environ["H5FEED_TEST_FAULT"] = fault
@@ -57,7 +61,7 @@ def main() -> None:
     ])
     model.compile("sgd", "categorical_crossentropy", run_eagerly=True)
     try:
-        model.fit(seq, epochs=int(epochs), verbose=0, callbacks=[NewEpoch()])
+        model.fit(seq, epochs=int(epochs), verbose=0, callbacks=[NewEpoch()], shuffle=fit_shuffle)
     except BaseException as exc:  # noqa: BLE001 - the answer is the point
         after = None
         if os.path.exists(marker):
@@ -71,7 +75,13 @@ def main() -> None:
         }))
         sys.stdout.flush()
         os._exit(0)
-    print(json.dumps({"epochs": seen}))
+    # The epochs the sequence itself defines, for comparison: Keras calls
+    # on_epoch_end before the first epoch as well as after each.
+    expected = []
+    for epoch in range(1, int(epochs) + 1):
+        seq.set_epoch(epoch)
+        expected.append([int(r) for r in seq.epoch_rows()])
+    print(json.dumps({"epochs": seen, "expected": expected}))
 
 
 if __name__ == "__main__":
