@@ -32,6 +32,8 @@ def main() -> None:
     os.environ["H5FEED_TEST_FAULT"] = fault
     os.environ["H5FEED_TEST_MARKER"] = marker
     os.environ["H5FEED_TEST_PARENT"] = str(os.getpid())
+    armed = os.path.join(os.path.dirname(marker), "armed")
+    os.environ["H5FEED_TEST_ARMED"] = armed
     import keras
 
     from h5feed import H5Sequence
@@ -48,6 +50,7 @@ def main() -> None:
     class NewEpoch(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
             seen.append([])
+            open(armed, "a").close()  # a kill fault may fire from now on
 
     seq = H5Sequence(
         path, "train", batch_size=8, seed=11, transform=None if fault == "none" else faulty,

@@ -4,7 +4,8 @@ The fault is configured through the environment so that every worker, however
 it was started, sees it: ``H5FEED_TEST_FAULT`` is ``raise:K`` (raise
 :class:`TransformFailed` on batches holding row K) or ``kill:K`` (the first
 worker process to see row K SIGKILLs itself, writing the time to
-``H5FEED_TEST_MARKER`` first).
+``H5FEED_TEST_MARKER`` first; only once the file ``H5FEED_TEST_ARMED``
+exists, when that is set, so that the kill lands while fit trains).
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ def faulty(X, Y):
     if row in rows.tolist():
         if kind == "raise":
             raise TransformFailed(f"transform refused row {row}")
-        if kind == "kill" and os.getpid() != int(os.environ["H5FEED_TEST_PARENT"]):
+        armed = os.environ.get("H5FEED_TEST_ARMED")
+        if (kind == "kill" and os.getpid() != int(os.environ["H5FEED_TEST_PARENT"])
+                and (armed is None or os.path.exists(armed))):
             marker = os.environ["H5FEED_TEST_MARKER"]
             try:
                 fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
