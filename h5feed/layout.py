@@ -599,7 +599,10 @@ def validate(
         LayoutError: a dataset missing, of the wrong shape or dtype, duplicate
             IDs, a class index or split row out of range, unsorted splits.
         UntrustedFileError: external links or storage, virtual datasets,
-            unknown filters, shapes beyond the caps.
+            unknown filters, shapes beyond the caps, data declared but not
+            stored, compression beyond any real data's.
+        ReadError: the IDs, labels or splits cannot be read (a damaged
+            chunk; the message names its rows).
     """
     _check_format(f)
     # An unfinished file is refused before anything else is read from it.

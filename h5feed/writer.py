@@ -7,7 +7,7 @@ error; :func:`write_arrays` is the one-call form for arrays already in memory
 
 NOTE [ Atomic output ]
 The target name only ever holds a finished file. Writing goes to
-``.<name>.<pid>.<random>.h5feed-tmp`` in the same folder (same filesystem, so
+``.<name>.<host>.<pid>.<random>.h5feed-tmp`` in the same folder (same filesystem, so
 the final rename is atomic). On success the completion record is written
 last, the file is flushed and fsynced, and then renamed: with
 ``overwrite=False`` through ``os.link`` (which refuses to replace an existing
