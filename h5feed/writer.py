@@ -52,6 +52,7 @@ import secrets
 import signal
 import socket
 import sys
+import threading
 import traceback
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -709,6 +710,12 @@ class DatasetWriter:
         self._cleanup()
 
     def _cleanup(self) -> None:
+        # A second Ctrl-C must not cut the clean-up short (NOTE [ Atomic
+        # output ]): SIGINT waits until the temporary file is gone.
+        with _sigint_deferred():
+            self._cleanup_now()
+
+    def _cleanup_now(self) -> None:
         self._done = True
         if self._file is not None:
             try:
@@ -762,6 +769,22 @@ def check_output_folder(path: str | os.PathLike[str]) -> str:
     if os.path.isdir(path):
         raise WriterError(f"{path}: is a folder, expected a file name")
     return path
+
+
+class _sigint_deferred:
+    """Hold SIGINT back (in the main thread, where Python handles it) for a block."""
+
+    def __enter__(self) -> None:
+        self._old = None
+        if hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread():
+            try:
+                self._old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            except (OSError, ValueError):
+                self._old = None
+
+    def __exit__(self, *exc: object) -> None:
+        if self._old is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._old)
 
 
 def _size_or_none(path: str | None) -> int | None:
@@ -998,6 +1021,8 @@ def run_isolated(path: str | os.PathLike[str], fn: Any, /, *args: Any, **kwargs:
 
 def _stop_child(child: Any, grace: float = 30.0) -> None:
     """Pass a Ctrl-C on to ``child`` and wait for it to clean up."""
+    # A Ctrl-C at a terminal reaches the child too; a second SIGINT is
+    # harmless, as the writer holds SIGINT back while it cleans up.
     if child.is_alive():
         try:
             os.kill(child.pid, signal.SIGINT)

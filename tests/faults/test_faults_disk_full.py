@@ -74,3 +74,33 @@ def test_isolated_writer_that_crashes_is_reported_and_cleaned_up(tmp_path):
 def test_isolated_writer_returns_and_keeps_exception_types(tmp_path):
     result = run_case("isolated_roundtrip", target=str(tmp_path / "out.h5"))
     assert result["value"] == {"path": str(tmp_path / "out.h5"), "rows": 3, "error": ["SampleError", "duplicate sample ID 'a' within one extend() call"]}
+
+
+@pytest.mark.parametrize("to", ["parent", "group"], ids=["sigint-to-parent", "sigint-to-process-group"])
+def test_ctrl_c_stops_an_isolated_writer_and_leaves_nothing(tmp_path, to):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from _harness import PYTHON, child_env
+    from _killing import SCRIPT
+
+    target = tmp_path / "data.h5"
+    # The isolated stream write takes about a second; interrupt it half-way,
+    # as a Ctrl-C at a terminal does (the whole group) or kill -INT does.
+    proc = subprocess.Popen([PYTHON, SCRIPT, str(target), "0", "isolated"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=child_env(H5FEED_TEST_PAUSE="0.02"),
+                            start_new_session=True)
+    proc.stdout.readline()
+    time.sleep(1.0)  # the child has started (spawn) and is writing: 60 blocks, 1.2 s
+    if to == "parent":
+        proc.send_signal(signal.SIGINT)
+    else:
+        os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the write finished before the interrupt")
+    assert proc.returncode == 130, stderr
+    assert leftovers(tmp_path) == []
+    assert not target.exists()

@@ -7,8 +7,9 @@ TARGET: version 0 with ``overwrite=False`` (the rename is ``os.link``),
 version 1 with ``overwrite=True`` (``os.replace``) over version 0. MODE is ``arrays`` (``write_arrays``,
 contiguous), ``stream`` (``DatasetWriter.extend`` in small blocks, gzip and
 checksums: the slow, chunked path) or ``isolated`` (``stream`` through
-``run_isolated``, as the ``h5feed`` command writes). It prints ``READY``
-once imported, so the harness can time random kills from there.
+``run_isolated``, as the ``h5feed`` command writes). With ``H5FEED_TEST_PAUSE``
+set, the stream pauses that many seconds after each block of 50 rows (a
+slow source). It prints ``READY`` once imported, so the harness can time random kills from there.
 
 With POINT and SIGNAL the script sends itself SIGNAL (``KILL`` or ``INT``) at
 a deterministic point of the write: ``NAME[#K][:after]`` = just before (or
@@ -35,6 +36,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 
 import numpy as np
 
@@ -83,8 +85,11 @@ def stream(target: str, version: int) -> str:
         target, sample_shape=(FEATURES,), dtype="float32", n_classes=7,
         compression="gzip", checksum=True, chunk_rows=100, overwrite=version > 0,
     ) as w:
+        pause = float(os.environ.get("H5FEED_TEST_PAUSE", "0"))
         for start in range(0, len(ids), 50):
             w.extend(ids[start : start + 50], x[start : start + 50], y[start : start + 50])
+            if pause:
+                time.sleep(pause)  # a slow source, so that a signal lands mid-write
         w.add_split("train", ids[::2])
     return w.path
 
