@@ -83,6 +83,7 @@ ATTR_COMPLETE = "h5feed_complete"
 MAX_ROWS = 2**34
 MAX_DATASET_BYTES = 2**46  # 64 TiB
 MAX_CHUNK_BYTES = 2**28  # 256 MiB per chunk
+MAX_CLASSES = 2**24  # one-hot batches grow with the class count
 # Deflate cannot compress better than about 1032:1; a dataset whose stored
 # bytes are fewer than its logical bytes / this limit is not real data.
 MAX_COMPRESSION_RATIO = 1100
@@ -470,6 +471,12 @@ def _check_classes(f: h5py.File, columns: Mapping[str, ColumnInfo]) -> tuple[int
                 f"Received: {raw!r}"
             )
         n_classes = int(raw)
+        if n_classes > MAX_CLASSES:
+            # One-hot labels would take batch_size * n_classes floats.
+            raise UntrustedFileError(
+                f"{f.filename}: attribute {ATTR_N_CLASSES!r} declares {n_classes} classes, "
+                f"beyond the cap of {MAX_CLASSES}"
+            )
         y = columns.get(Y)
         if y is None:
             raise LayoutError(f"{f.filename}: has {ATTR_N_CLASSES!r} but no {Y!r} dataset")
