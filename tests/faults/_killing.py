@@ -231,13 +231,35 @@ def sweep(folder: Path, *, random_kills: int, seed: int = 0, modes=("arrays", "s
         for signame in ("KILL", "INT"):
             outcomes.append(kill_once(folder / "d", mode="isolated", version=version, signame=signame, point=point))
     rng = np.random.default_rng(seed)
+    durations = {mode: write_seconds(folder / "t", mode) for mode in modes}
     for i in range(random_kills):
         mode = modes[i % len(modes)]
         signame = ("KILL", "INT")[(i // len(modes)) % 2]
-        # The writes take 0.05-0.5 s after READY; aim across all of it.
-        delay = float(rng.uniform(0.0, 0.25 if mode != "isolated" else 0.9))
+        # Aim anywhere in the write, from its first instruction to its exit.
+        delay = float(rng.uniform(0.0, durations[mode]))
         outcomes.append(kill_once(folder / "d", mode=mode, version=int(rng.integers(0, 2)), signame=signame, delay=delay))
     return outcomes
+
+
+def write_seconds(folder: Path, mode: str, cli: bool = False) -> float:
+    """How long a write takes here, from READY (or the start, ``cli``) to exit."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / "timing.h5"
+    if target.exists():
+        target.unlink()
+    if cli:
+        args = [PYTHON, "-m", "h5feed", "convert", "arrays", *cli_sources(folder, 0), "-o", str(target),
+                "--quiet", "--checksum", "--compression", "gzip", "--chunk-rows", "100"]
+    else:
+        args = [PYTHON, SCRIPT, str(target), "0", mode]
+    start = time.perf_counter()
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
+    if not cli:
+        assert proc.stdout is not None
+        proc.stdout.readline()
+        start = time.perf_counter()
+    proc.communicate(timeout=120)
+    return time.perf_counter() - start
 
 
 # -- the real command ------------------------------------------------------------

@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 
 import h5feed  # noqa: E402
 from _harness import run_case  # noqa: E402
-from _killing import sweep  # noqa: E402
+from _killing import sweep, write_seconds  # noqa: E402
 
 
 CLI_POINTS = [("write#1", 0), ("write#2:after", 1), ("attr", 1), ("close:after", 0), ("link", 0),
@@ -42,9 +42,10 @@ def cli_sweep(folder: Path, *, random_kills: int, seed: int):
             outcomes.append(kill_cli_once(folder, version=version, signame=signame, point=point,
                                           checksum=point.startswith("write")))
     rng = np.random.default_rng(seed)
+    duration = write_seconds(folder / "t", "cli", cli=True)
     for i in range(random_kills):
         outcomes.append(kill_cli_once(folder, version=i % 2, signame=("KILL", "INT")[(i // 2) % 2],
-                                      delay=float(rng.uniform(0.3, 1.5)), checksum=True))
+                                      delay=float(rng.uniform(0.0, duration)), checksum=True))
     return outcomes
 
 
