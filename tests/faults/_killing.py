@@ -16,7 +16,6 @@ after a random delay; :func:`judge` then decides whether data was lost:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import signal
 import subprocess

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 
 import numpy as np
 import pytest
 
-from _harness import STATS, leftovers, run_case
+from _harness import STATS, run_case
 
 def _have_converters() -> bool:
     try:
