@@ -52,7 +52,9 @@ class Progress:
         self.interval = 0.1 if self.tty else interval
         self.done = 0
         self.start = time.monotonic()
-        self._last = 0.0
+        # The first line comes after one interval, so short work that ends
+        # before it prints its final line only, once.
+        self._last = self.start
 
     def update(self, n: int = 1) -> None:
         """Count ``n`` more units done; redraw when due."""

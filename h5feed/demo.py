@@ -118,27 +118,8 @@ def run_demo(
 
 def _convert(source: str, out: str, *, overwrite: bool) -> str:
     """Tutorial folder -> one h5feed file, through the npy converter."""
-    try:
-        from h5feed.convert import from_npy_dir
-    except ImportError:  # converters not installed: write with the writer
-        from .writer import DatasetWriter
+    from h5feed.convert import from_npy_dir
 
-        with open(os.path.join(source, "labels.json")) as fh:
-            labels = json.load(fh)
-        with open(os.path.join(source, "partition.json")) as fh:
-            partition = json.load(fh)
-        ids = sorted(labels)
-        first = np.load(os.path.join(source, "data", ids[0] + ".npy"))
-        n_classes = max(labels.values()) + 1
-        with DatasetWriter(
-            out, sample_shape=first.shape, dtype=first.dtype, n_classes=n_classes,
-            expected_rows=len(ids), overwrite=overwrite,
-        ) as writer:
-            for sid in ids:
-                writer.append(sid, np.load(os.path.join(source, "data", sid + ".npy")), labels[sid])
-            for name, members in partition.items():
-                writer.add_split(name, members)
-        return writer.path
     return from_npy_dir(
         os.path.join(source, "data"),
         os.path.join(source, "labels.json"),

@@ -55,6 +55,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import h5py
@@ -76,6 +77,9 @@ _TARGET_CHUNK_BYTES = 512 * 1024
 # Rows are buffered and written in blocks of about this many bytes.
 _BLOCK_BYTES = 4 * 1024 * 1024
 _COMPRESSIONS = {None: None, "none": None, "gzip": "gzip", "lzf": "lzf"}
+# Blocks at least this big are hashed beside the HDF5 write (NOTE [ Hashing
+# beside writing ]); smaller ones are not worth a thread hand-off.
+_THREAD_HASH_BYTES = 256 * 1024
 
 
 def default_chunk_rows(row_nbytes: int) -> int:
@@ -134,6 +138,31 @@ class _Column:
         self.fill = 0
         self.hasher = hashlib.sha256()
         self.dset: h5py.Dataset | None = None
+        # Big blocks take turns between two buffers, so that one fills while
+        # the other is still being hashed (NOTE [ Hashing beside writing ]).
+        self._buffers: list[np.ndarray | None] = [self.buffer, None]
+        self._hashing: list[Future[None] | None] = [None, None]
+        self._turn = 0
+
+    def hashed_in_background(self, hashing: Future[None]) -> None:
+        """The current buffer is being hashed: switch to the other one."""
+        self._hashing[self._turn] = hashing
+        self._turn ^= 1
+        other = self._buffers[self._turn]
+        if other is None:
+            other = self._buffers[self._turn] = np.empty_like(self.buffer)
+        pending = self._hashing[self._turn]
+        if pending is not None:  # its last block must be hashed before it is refilled
+            pending.result()
+            self._hashing[self._turn] = None
+        self.buffer = other
+
+    def wait_hashed(self) -> None:
+        """Wait for (and raise any error of) the hashing still running."""
+        for i, pending in enumerate(self._hashing):
+            if pending is not None:
+                self._hashing[i] = None
+                pending.result()
 
     def check(self, value: Any, sample_id: str, path: str) -> np.ndarray:
         arr = np.asarray(value)
@@ -269,6 +298,7 @@ class DatasetWriter:
         self._file: h5py.File | None = None
         self._tmp: str | None = None
         self._done = False
+        self._hash_thread: ThreadPoolExecutor | None = None
         self._open()
 
     # -- set-up ------------------------------------------------------------
@@ -545,11 +575,24 @@ class DatasetWriter:
         try:
             for col in self._columns.values():
                 block = col.buffer[:fill]
-                L.hash_rows(col.hasher, block)
                 assert col.dset is not None  # noqa: S101 - set in _create_datasets
+                # NOTE [ Hashing beside writing ]: hashlib releases the GIL on
+                # large updates, so a big block is hashed in a helper thread
+                # while HDF5 writes it and the next block fills the column's
+                # other buffer. One thread hashes blocks in the order given,
+                # and a buffer is refilled only once its hash is done.
+                hashed = None
+                if block.nbytes >= _THREAD_HASH_BYTES:
+                    if self._hash_thread is None:
+                        self._hash_thread = ThreadPoolExecutor(1, thread_name_prefix="h5feed-hash")
+                    hashed = self._hash_thread.submit(L.hash_rows, col.hasher, block)
+                else:
+                    L.hash_rows(col.hasher, block)
                 if not self._contiguous:
                     col.dset.resize(stop, axis=0)
                 col.dset.write_direct(block, dest_sel=np.s_[start:stop])
+                if hashed is not None:
+                    col.hashed_in_background(hashed)
                 col.fill = 0
             new_ids = self._ids[start:stop]
             L.hash_rows(self._ids_hasher, new_ids)
@@ -630,6 +673,9 @@ class DatasetWriter:
 
     def _finish(self) -> None:
         self._flush()
+        for col in self._columns.values():
+            col.wait_hashed()
+        self._stop_hash_thread()
         n = len(self._ids)
         if n == 0:
             raise WriterError(f"{self.path}: no samples were appended; refusing to write an empty file")
@@ -709,6 +755,11 @@ class DatasetWriter:
         """Discard everything written; the target is left as it was."""
         self._cleanup()
 
+    def _stop_hash_thread(self) -> None:
+        if self._hash_thread is not None:
+            self._hash_thread.shutdown(wait=True)
+            self._hash_thread = None
+
     def _cleanup(self) -> None:
         # A second Ctrl-C must not cut the clean-up short (NOTE [ Atomic
         # output ]): SIGINT waits until the temporary file is gone.
@@ -717,6 +768,7 @@ class DatasetWriter:
 
     def _cleanup_now(self) -> None:
         self._done = True
+        self._stop_hash_thread()
         if self._file is not None:
             try:
                 self._file.close()

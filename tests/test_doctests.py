@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-MODULES = ["h5feed._plan", "h5feed.layout", "h5feed.writer"]
+MODULES = ["h5feed._plan", "h5feed.layout", "h5feed.writer", "h5feed.convert._common"]
 
 
 @pytest.mark.parametrize("name", MODULES)
