@@ -188,7 +188,9 @@ FIT_SETUPS = [
     pytest.param("fork", 0, False, False, id="no-workers"),
     pytest.param("fork", 4, False, False, id="4-threads"),
     pytest.param("fork", 4, True, False, id="4-processes-fork"),
-    pytest.param("spawn", 1, True, False, id="1-process-spawn"),
+    # spawn and forkserver workers: test_same_seed_same_batches_in_worker_
+    # processes_of_each_start_method (a fit per start method costs ~20 s
+    # here, and tests/test_fit.py already fits under each).
     # fit(shuffle=True), Keras's default: Keras asks for the batches of each
     # epoch in an order drawn from Python's unseeded random.
     pytest.param("fork", 0, False, True, id="no-workers-keras-shuffle", marks=pytest.mark.xfail(
