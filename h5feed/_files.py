@@ -10,13 +10,14 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import warnings
 
 import h5py
 
 from .errors import NotH5FeedFileError
 
-__all__ = ["open_h5"]
+__all__ = ["create_h5", "open_h5"]
 
 logger = logging.getLogger("h5feed")
 
@@ -32,12 +33,34 @@ CHUNK_CACHE_BYTES = 32 * 1024 * 1024
 CHUNK_CACHE_SLOTS = 10007  # a prime well above the number of cached chunks
 
 
+# HDF5 reports a failed flock() in the message only ("unable to lock file,
+# errno = 38, error message = 'Function not implemented'"); h5py's OSError
+# usually carries no errno of its own.
+_ERRNO_IN_TEXT = re.compile(r"errno\s*=\s*(\d+)")
+
+
 def _is_lock_error(exc: BaseException) -> bool:
     if getattr(exc, "errno", None) in _NO_LOCK_ERRNOS:
         return True
     text = str(exc).lower()
-    return "lock" in text and any(
-        word in text for word in ("not supported", "function not implemented", "no locks")
+    if "lock" not in text:
+        return False
+    if any(int(n) in _NO_LOCK_ERRNOS for n in _ERRNO_IN_TEXT.findall(text)):
+        return True
+    return any(word in text for word in ("not supported", "function not implemented", "no locks"))
+
+
+def _warn_no_locking(path: str, exc: BaseException, doing: str = "reading") -> None:
+    global _warned_no_locking
+    if _warned_no_locking:
+        return
+    _warned_no_locking = True
+    warnings.warn(
+        f"{path}: the filesystem refuses file locks ({exc}); "
+        f"{doing} without locking. Set HDF5_USE_FILE_LOCKING=FALSE "
+        "to skip the attempt.",
+        RuntimeWarning,
+        stacklevel=3,
     )
 
 
@@ -52,7 +75,6 @@ def open_h5(path: str | os.PathLike[str]) -> h5py.File:
         NotH5FeedFileError: the path is missing, a folder, unreadable,
             truncated, or not an HDF5 file.
     """
-    global _warned_no_locking
     path = os.fspath(path)
     if not os.path.exists(path):
         raise NotH5FeedFileError(f"{path}: no such file")
@@ -63,20 +85,35 @@ def open_h5(path: str | os.PathLike[str]) -> h5py.File:
         return h5py.File(path, "r", **kwargs)
     except OSError as exc:
         if _is_lock_error(exc):
-            if not _warned_no_locking:
-                _warned_no_locking = True
-                warnings.warn(
-                    f"{path}: the filesystem refuses file locks ({exc}); "
-                    "reading without locking. Set HDF5_USE_FILE_LOCKING=FALSE "
-                    "to skip the attempt.",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
+            _warn_no_locking(path, exc)
             try:
                 return h5py.File(path, "r", locking=False, **kwargs)
             except OSError as exc2:
                 exc = exc2
         raise NotH5FeedFileError(_describe_open_error(path, exc)) from exc
+
+
+def create_h5(path: str, **kwargs: object) -> h5py.File:
+    """Create a new file (mode ``"w-"``) for a writer, without locks if need be.
+
+    A writer's temporary file has a name no other process uses, so a lock on
+    it protects nothing; where the filesystem refuses locks, the file is
+    created without one (with the same one-time warning as :func:`open_h5`).
+    OSErrors other than lock refusals propagate unchanged.
+    """
+    try:
+        return h5py.File(path, "w-", **kwargs)
+    except OSError as exc:
+        if not _is_lock_error(exc):
+            raise
+        _warn_no_locking(path, exc, "writing")
+        # The failed attempt may have left an empty file behind.
+        try:
+            if os.path.getsize(path) == 0:
+                os.unlink(path)
+        except OSError:
+            pass
+        return h5py.File(path, "w-", locking=False, **kwargs)
 
 
 def _describe_open_error(path: str, exc: OSError) -> str:

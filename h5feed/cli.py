@@ -120,11 +120,80 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+# Commands whose HDF5 writing runs in a child process, so that a crash of
+# HDF5 (as after a full disk) cannot take the command down with it: NOTE
+# [ Isolated writing ] in writer.py. Each has an ``output`` argument.
+ISOLATED_COMMANDS = frozenset({"convert"})
+
+
+class _Forward:
+    """A text stream of the writing child that shows up in the parent's stream."""
+
+    def __init__(self, conn: Any, name: str, tty: bool) -> None:
+        self.conn, self.name, self.tty = conn, name, tty
+
+    def write(self, text: str) -> int:
+        if text:
+            self.conn.send((self.name, text))
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def _main_in_child(argv: list[str], conn: Any, ttys: tuple[bool, bool]) -> int:
+    """The whole command again, in the writing child (see :func:`main`).
+
+    Its stdout and stderr go through ``conn`` to the parent's ``sys.stdout``
+    and ``sys.stderr`` as they are written (progress stays live, and callers
+    that capture the parent's streams see everything).
+    """
+    sys.stdout = _Forward(conn, "out", ttys[0])  # type: ignore[assignment]
+    sys.stderr = _Forward(conn, "err", ttys[1])  # type: ignore[assignment]
+    try:
+        return main(argv, _isolated=False)
+    finally:
+        conn.close()
+
+
+def _run_isolated_command(output: str, argv: list[str]) -> int:
+    import multiprocessing
+    import threading
+
+    from .writer import run_isolated
+
+    receiver, sender = multiprocessing.get_context("spawn").Pipe(duplex=False)
+    streams = {"out": sys.stdout, "err": sys.stderr}
+
+    def pump() -> None:
+        while True:
+            try:
+                name, text = receiver.recv()
+            except (EOFError, OSError):
+                return
+            streams[name].write(text)
+            streams[name].flush()
+
+    ttys = tuple(bool(getattr(st, "isatty", lambda: False)()) for st in (sys.stdout, sys.stderr))
+    thread = threading.Thread(target=pump, name="h5feed-child-output", daemon=True)
+    thread.start()
+    try:
+        return int(run_isolated(output, _main_in_child, argv, sender, ttys))
+    finally:
+        sender.close()  # the child holds its own copy; EOF once it is gone
+        thread.join(5)
+        receiver.close()
+
+
+def main(argv: Sequence[str] | None = None, *, _isolated: bool = True) -> int:
     """Run the CLI with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
     # TensorFlow's C++ start-up chatter would bury our output; a user who
     # wants it sets TF_CPP_MIN_LOG_LEVEL themselves.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -136,6 +205,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
+        if _isolated and args.command in ISOLATED_COMMANDS and getattr(args, "output", None):
+            from .writer import check_output_folder
+
+            # A missing or read-only output folder fails here, before any
+            # input is read. Arguments are checked above, in this process;
+            # the child parses them again and runs the command, printing
+            # its own results.
+            check_output_folder(args.output)
+            return _run_isolated_command(args.output, argv)
         return int(args._run(args))
     except H5FeedError as exc:
         print(f"h5feed {args.command}: error: {exc}", file=sys.stderr)

@@ -37,6 +37,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from ._damage import read_whole
 from ._files import open_h5
 from .errors import (
     IncompleteFileError,
@@ -83,6 +84,7 @@ ATTR_COMPLETE = "h5feed_complete"
 MAX_ROWS = 2**34
 MAX_DATASET_BYTES = 2**46  # 64 TiB
 MAX_CHUNK_BYTES = 2**28  # 256 MiB per chunk
+MAX_CLASSES = 2**24  # one-hot batches grow with the class count
 # Deflate cannot compress better than about 1032:1; a dataset whose stored
 # bytes are fewer than its logical bytes / this limit is not real data.
 MAX_COMPRESSION_RATIO = 1100
@@ -301,6 +303,13 @@ def _check_links(f: h5py.File, group: h5py.Group) -> None:
 
 
 def _check_storage(f: h5py.File, dset: h5py.Dataset, *, allow_virtual: bool = False) -> None:
+    """Refuse storage that h5feed must not trust; reads no data.
+
+    Untrusted files can point outside themselves (external storage, virtual
+    datasets) or declare sizes that would exhaust memory when read (absurd
+    shapes, huge chunks, compressed chunks that inflate far beyond what any
+    real data does).
+    """
     where = _where(f, dset.name.lstrip("/"))
     if dset.is_virtual and not allow_virtual:
         raise UntrustedFileError(
@@ -325,6 +334,7 @@ def _check_storage(f: h5py.File, dset: h5py.Dataset, *, allow_virtual: bool = Fa
         )
     if dset.is_virtual:
         return  # allowed: validate() checks its sources (_with_virtual_sources)
+    chunk_bytes = 0
     if dset.chunks is not None:
         chunk_bytes = int(np.prod(dset.chunks, dtype=object)) * dset.dtype.itemsize
         if chunk_bytes > MAX_CHUNK_BYTES:
@@ -332,20 +342,77 @@ def _check_storage(f: h5py.File, dset: h5py.Dataset, *, allow_virtual: bool = Fa
                 f"{where}: declares chunks of {chunk_bytes} bytes {dset.chunks!r}, "
                 f"beyond the cap of {MAX_CHUNK_BYTES}"
             )
-        plist = dset.id.get_create_plist()
-        for i in range(plist.get_nfilters()):
-            code = plist.get_filter(i)[0]
-            if code not in KNOWN_FILTERS:
-                raise UntrustedFileError(
-                    f"{where}: uses HDF5 filter {code!r}, which h5feed does not read "
-                    f"(known: {sorted(KNOWN_FILTERS)!r})"
-                )
-        stored = dset.id.get_storage_size()
-        if nbytes and stored and nbytes / stored > MAX_COMPRESSION_RATIO:
+    stored = dset.id.get_storage_size()
+    if nbytes and not stored:
+        # h5feed writes every row; a dataset that declares rows and stores
+        # none is not data (and reading it would conjure fill values).
+        raise UntrustedFileError(
+            f"{where}: declares {dset.shape!r} ({nbytes} bytes) but stores no data"
+        )
+    if dset.chunks is None:
+        return
+    plist = dset.id.get_create_plist()
+    codes = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
+    for code in codes:
+        if code not in KNOWN_FILTERS or not h5py.h5z.filter_avail(code):
             raise UntrustedFileError(
-                f"{where}: {nbytes} bytes stored in {stored}, a compression ratio "
-                f"of {nbytes / stored:.0f}:1 that no real data has"
+                f"{where}: uses HDF5 filter {code!r}, which h5feed does not read "
+                f"(known and available here: {sorted(c for c in KNOWN_FILTERS if h5py.h5z.filter_avail(c))!r})"
             )
+    if nbytes:
+        want = 1
+        for size, chunk in zip(dset.shape, dset.chunks):
+            want *= -(-int(size) // int(chunk))
+        have = dset.id.get_num_chunks()
+        if have < want:
+            raise UntrustedFileError(
+                f"{where}: declares {dset.shape!r} in {want} chunks but stores only {have}; "
+                "the rest would read as made-up fill values"
+            )
+    if nbytes and stored and nbytes / stored > MAX_COMPRESSION_RATIO:
+        raise UntrustedFileError(
+            f"{where}: {nbytes} bytes stored in {stored}, a compression ratio "
+            f"of {nbytes / stored:.0f}:1 that no real data has"
+        )
+    if any(code in _INFLATING_FILTERS for code in codes):
+        _check_chunks(where, dset, chunk_bytes)
+
+
+# Filters whose output can be much larger than their input (decompressors):
+# deflate, szip, LZF.
+_INFLATING_FILTERS = frozenset({1, 4, 32000})
+# Bytes a chunk may be stored larger than its data: the Fletcher32 checksum
+# and filter headers. Compressors that would grow a chunk store it raw.
+_CHUNK_OVERHEAD = 1024
+
+
+def _check_chunks(where: str, dset: h5py.Dataset, chunk_bytes: int) -> None:
+    """Refuse a compressed chunk that could inflate beyond its declared size.
+
+    A chunk's decompressor grows its buffer until the stream ends, so one
+    chunk stored larger than its data (a "zip bomb") would be inflated in
+    full before HDF5 notices; the whole-dataset ratio cannot see one such
+    chunk among many honest ones. Reads only the chunk index.
+    """
+    bad: list[tuple[tuple[int, ...], int]] = []
+
+    def visit(info: Any) -> None:
+        size = int(info.size)
+        if size > chunk_bytes + _CHUNK_OVERHEAD or (size and chunk_bytes / size > MAX_COMPRESSION_RATIO):
+            bad.append((tuple(int(o) for o in info.chunk_offset), size))
+
+    if hasattr(dset.id, "chunk_iter"):
+        dset.id.chunk_iter(visit)
+    else:  # older h5py: slower, same answer
+        for i in range(dset.id.get_num_chunks()):
+            visit(dset.id.get_chunk_info(i))
+    if bad:
+        offset, size = bad[0]
+        raise UntrustedFileError(
+            f"{where}: the chunk at {offset!r} stores {size} bytes for {chunk_bytes} bytes of "
+            f"data, which no real compressed data does ({len(bad)} such chunk(s)); refusing "
+            "to decompress it"
+        )
 
 
 # NOTE [ Trusting virtual datasets ]
@@ -490,8 +557,7 @@ def _contiguous_offset(dset: h5py.Dataset) -> int | None:
     return int(offset)
 
 
-def _column_info(f: h5py.File, dset: h5py.Dataset, *, allow_virtual: bool = False) -> ColumnInfo:
-    _check_storage(f, dset, allow_virtual=allow_virtual)
+def _column_info(f: h5py.File, dset: h5py.Dataset) -> ColumnInfo:
     if dset.dtype.kind not in "biuf":
         raise LayoutError(
             f"{_where(f, dset.name.lstrip('/'))}: expected a numeric dtype. "
@@ -519,13 +585,12 @@ def _require(f: h5py.File, name: str) -> h5py.Dataset:
 
 def _check_ids(f: h5py.File) -> tuple[int, np.ndarray]:
     dset = _require(f, IDS)
-    _check_storage(f, dset)
     if dset.ndim != 1 or h5py.check_string_dtype(dset.dtype) is None:
         raise LayoutError(
             f"{_where(f, IDS)}: expected a 1-D dataset of UTF-8 strings. "
             f"Received: shape {dset.shape!r}, dtype {dset.dtype!r}"
         )
-    ids = np.asarray(dset.asstr()[()], dtype=object)
+    ids = np.asarray(read_whole(f.filename, dset, as_str=True), dtype=object)
     if len(ids) != len(set(ids.tolist())):
         uniq, counts = np.unique(ids.astype(str), return_counts=True)
         dupes = uniq[counts > 1]
@@ -536,9 +601,9 @@ def _check_ids(f: h5py.File) -> tuple[int, np.ndarray]:
     return len(ids), ids
 
 
-def _check_rows(f: h5py.File, name: str, n_rows: int, *, allow_virtual: bool = False) -> ColumnInfo:
+def _check_rows(f: h5py.File, name: str, n_rows: int) -> ColumnInfo:
     dset = _require(f, name)
-    info = _column_info(f, dset, allow_virtual=allow_virtual)
+    info = _column_info(f, dset)
     if not info.shape or info.shape[0] != n_rows:
         raise LayoutError(
             f"{_where(f, name)}: first dimension must match {IDS!r} ({n_rows} rows). "
@@ -558,6 +623,12 @@ def _check_classes(f: h5py.File, columns: Mapping[str, ColumnInfo]) -> tuple[int
                 f"Received: {raw!r}"
             )
         n_classes = int(raw)
+        if n_classes > MAX_CLASSES:
+            # One-hot labels would take batch_size * n_classes floats.
+            raise UntrustedFileError(
+                f"{f.filename}: attribute {ATTR_N_CLASSES!r} declares {n_classes} classes, "
+                f"beyond the cap of {MAX_CLASSES}"
+            )
         y = columns.get(Y)
         if y is None:
             raise LayoutError(f"{f.filename}: has {ATTR_N_CLASSES!r} but no {Y!r} dataset")
@@ -566,7 +637,7 @@ def _check_classes(f: h5py.File, columns: Mapping[str, ColumnInfo]) -> tuple[int
                 f"{_where(f, Y)}: with {ATTR_N_CLASSES!r} set, expected 1-D integer class "
                 f"indices. Received: shape {y.shape!r}, dtype {y.dtype!r}"
             )
-        labels = f[Y][()]
+        labels = read_whole(f.filename, f[Y])
         if labels.size:
             bad = np.flatnonzero((labels < 0) | (labels >= n_classes))
             if bad.size:
@@ -592,13 +663,12 @@ def _check_split(f: h5py.File, name: str, dset: Any, n_rows: int) -> int:
     where = _where(f, f"{SPLITS}/{name}")
     if not isinstance(dset, h5py.Dataset):
         raise LayoutError(f"{where}: expected a dataset of row numbers, found a group")
-    _check_storage(f, dset)
     if dset.ndim != 1 or dset.dtype.kind not in "iu":
         raise LayoutError(
             f"{where}: expected 1-D integer row numbers. "
             f"Received: shape {dset.shape!r}, dtype {dset.dtype!r}"
         )
-    rows = dset[()]
+    rows = read_whole(f.filename, dset)
     if rows.size:
         if rows[0] < 0 or rows[-1] >= n_rows or rows.min() < 0 or rows.max() >= n_rows:
             bad = rows[(rows < 0) | (rows >= n_rows)][0]
@@ -613,7 +683,8 @@ def _check_split(f: h5py.File, name: str, dset: Any, n_rows: int) -> int:
     return int(rows.size)
 
 
-def _check_completion(f: h5py.File, n_rows: int) -> dict[str, Any]:
+def _check_completion(f: h5py.File, n_rows: int | None) -> dict[str, Any]:
+    """The parsed completion record; ``n_rows`` None checks its form only."""
     if ATTR_COMPLETE not in f.attrs:
         raise IncompleteFileError(
             f"incomplete file: {f.filename} has no completion record "
@@ -630,7 +701,11 @@ def _check_completion(f: h5py.File, n_rows: int) -> dict[str, Any]:
         raise IncompleteFileError(
             f"incomplete file: {f.filename}: the completion record is unreadable: {raw!r}"
         ) from exc
-    if rows != n_rows or not isinstance(digests, dict):
+    if not isinstance(digests, dict) or isinstance(rows, bool) or not isinstance(rows, int):
+        raise IncompleteFileError(
+            f"incomplete file: {f.filename}: the completion record is unreadable: {raw!r}"
+        )
+    if n_rows is not None and rows != n_rows:
         raise IncompleteFileError(
             f"incomplete file: {f.filename}: the completion record says {rows!r} rows, "
             f"the file holds {n_rows}"
@@ -638,10 +713,33 @@ def _check_completion(f: h5py.File, n_rows: int) -> dict[str, Any]:
     return record
 
 
+def _check_untrusted(f: h5py.File, *, allow_virtual: bool) -> None:
+    """Check the storage of every dataset h5feed reads, before reading any."""
+    _check_links(f, f)
+    ids = _require(f, IDS)
+    _check_storage(f, ids, allow_virtual=allow_virtual)
+    n = ids.shape[0] if ids.shape else 0
+    for name, obj in f.items():
+        if name == IDS or not isinstance(obj, h5py.Dataset):
+            continue
+        if name in (X, Y) or (obj.shape and obj.shape[0] == n):
+            _check_storage(f, obj, allow_virtual=allow_virtual)
+    group = f.get(SPLITS)
+    if isinstance(group, h5py.Group):
+        _check_links(f, group)
+        for obj in group.values():
+            if isinstance(obj, h5py.Dataset):
+                _check_storage(f, obj, allow_virtual=allow_virtual)
+
+
 def validate(
     f: h5py.File, *, return_ids: bool = False, allow_virtual: bool = False
 ) -> Layout | tuple[Layout, np.ndarray]:
     """Check that an open file follows format version 1; describe it.
+
+    Every check of storage (links, external storage, virtual datasets,
+    filters, sizes) runs before any data is read, so a hostile file costs
+    nothing but its metadata.
 
     Args:
         f: an h5py file open for reading.
@@ -662,25 +760,29 @@ def validate(
             IDs, a class index or split row out of range, unsorted splits.
         UntrustedFileError: external links or storage, virtual datasets
             (unless allowed, and then any source outside the file's folder,
-            missing, or not covering every row), unknown filters, shapes
-            beyond the caps.
+            missing, or not covering every row),
+            unknown filters, shapes beyond the caps, data declared but not
+            stored, compression beyond any real data's.
+        ReadError: the IDs, labels or splits cannot be read (a damaged
+            chunk; the message names its rows).
     """
     _check_format(f)
-    _check_links(f, f)
+    # An unfinished file is refused before anything else is read from it.
+    _check_completion(f, None)
+    _check_untrusted(f, allow_virtual=bool(allow_virtual))
     n_rows, ids = _check_ids(f)
     completion = _check_completion(f, n_rows)
-    columns: dict[str, ColumnInfo] = {X: _check_rows(f, X, n_rows, allow_virtual=allow_virtual)}
+    columns: dict[str, ColumnInfo] = {X: _check_rows(f, X, n_rows)}
     for name, obj in f.items():
         if name in (IDS, X, SPLITS) or not isinstance(obj, h5py.Dataset):
             continue
         if name == Y:
-            columns[Y] = _check_rows(f, Y, n_rows, allow_virtual=allow_virtual)
+            columns[Y] = _check_rows(f, Y, n_rows)
         elif obj.shape and obj.shape[0] == n_rows:
             # Further per-row datasets are optional extras; others are
             # metadata that h5feed leaves alone.
-            _check_storage(f, obj, allow_virtual=allow_virtual)
             if obj.dtype.kind in "biuf":
-                columns[name] = _column_info(f, obj, allow_virtual=allow_virtual)
+                columns[name] = _column_info(f, obj)
     if allow_virtual:
         columns = _with_virtual_sources(f, columns)
     n_classes, class_names = _check_classes(f, columns)
@@ -689,7 +791,6 @@ def validate(
     if group is not None:
         if not isinstance(group, h5py.Group):
             raise LayoutError(f"{_where(f, SPLITS)}: expected a group of splits, found a dataset")
-        _check_links(f, group)
         for name in group:
             splits[name] = _check_split(f, name, group[name], n_rows)
     layout = Layout(

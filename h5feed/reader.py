@@ -46,6 +46,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from ._damage import read_error
 from ._files import open_h5
 from ._plan import ReadPlan, plan_reads
 from .errors import ReadError
@@ -242,10 +243,8 @@ class Reader:
             try:
                 dset.read_direct(buf, np.s_[start:stop], np.s_[pos : pos + n])
             except OSError as exc:
-                raise ReadError(
-                    f"{self.layout.path}:/{col.name}: cannot read rows {start}..{stop - 1}"
-                    f"{_chunk_hint(col, start, stop)}: {exc}"
-                ) from exc
+                # Names the damaged chunk's rows exactly (h5feed/_damage.py).
+                raise read_error(self.layout.path, dset, start, stop, exc) from exc
             pos += n
         if direct:
             return out
@@ -261,12 +260,3 @@ class Reader:
         with self._lock:
             return read_ids(self._h5(), rows)
 
-
-def _chunk_hint(col: ColumnInfo, start: int, stop: int) -> str:
-    if col.chunk_rows is None:
-        return ""
-    c = col.chunk_rows
-    first, last = start // c, (stop - 1) // c
-    return f" (chunk rows {first * c}..{min(col.shape[0], (last + 1) * c) - 1}" + (
-        ", checksum failed?" if col.fletcher32 else ""
-    ) + ")"

@@ -7,7 +7,7 @@ error; :func:`write_arrays` is the one-call form for arrays already in memory
 
 NOTE [ Atomic output ]
 The target name only ever holds a finished file. Writing goes to
-``.<name>.<pid>.<random>.h5feed-tmp`` in the same folder (same filesystem, so
+``.<name>.<host>.<pid>.<random>.h5feed-tmp`` in the same folder (same filesystem, so
 the final rename is atomic). On success the completion record is written
 last, the file is flushed and fsynced, and then renamed: with
 ``overwrite=False`` through ``os.link`` (which refuses to replace an existing
@@ -16,6 +16,28 @@ with ``overwrite=True`` through ``os.replace``. On any exception, including
 KeyboardInterrupt, the temporary file is removed and the target is left as it
 was. A writer killed outright (SIGKILL) leaves its temporary file behind; the
 next writer to the same target removes temporary files whose process is gone.
+
+NOTE [ Isolated writing ]
+After a write fails with ENOSPC/EFBIG, HDF5 (checked on h5py 3.14 with HDF5
+1.14.6, and reported for HDF5 2.0) can leave its library state damaged so
+that the Python process segfaults later, at exit or when the broken file
+object is collected, even after a clean ``DiskFullError`` and ``close()``.
+No amount of care inside one process prevents that, so the conversions that
+the ``h5feed`` command runs do their HDF5 writing in a child process through
+:func:`run_isolated`: the child runs the whole conversion (reading the
+source and writing), sends back its result or its exception, and leaves with
+``os._exit`` so HDF5's exit handlers never run. The parent only waits. If the
+child dies anyway (a signal, a crash inside HDF5), the parent raises a
+:class:`~h5feed.errors.WriterError` naming the signal and removes the dead
+child's temporary file; a Ctrl-C is passed on to the child, which removes its
+temporary file itself. The child is started with ``spawn`` (a fork of a
+process that runs threads -- TensorFlow, say -- or holds HDF5 state is not
+safe) and asks the kernel for SIGINT when its parent dies, so a parent killed
+outright does not leave a writer running on. The cost is a Python start-up
+(about half a second) per conversion. In-process writing (``DatasetWriter``,
+``write_arrays``) stays the default of the Python API, where the caller owns
+its process; ``run_isolated`` is there for callers that want the same
+protection.
 """
 
 from __future__ import annotations
@@ -25,8 +47,13 @@ import hashlib
 import json
 import logging
 import os
+import multiprocessing
 import secrets
+import signal
 import socket
+import sys
+import threading
+import traceback
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -35,9 +62,10 @@ import h5py
 import numpy as np
 
 from . import layout as L
+from ._files import create_h5
 from .errors import DiskFullError, InvalidSampleIDError, SampleError, UnknownIDError, WriterError
 
-__all__ = ["DatasetWriter", "write_arrays"]
+__all__ = ["DatasetWriter", "check_output_folder", "run_isolated", "write_arrays"]
 
 logger = logging.getLogger("h5feed")
 
@@ -276,13 +304,7 @@ class DatasetWriter:
     # -- set-up ------------------------------------------------------------
 
     def _check_target(self) -> None:
-        folder = os.path.dirname(self.path)
-        if not os.path.isdir(folder):
-            raise WriterError(f"{self.path}: the output folder {folder!r} does not exist")
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise WriterError(f"{self.path}: the output folder {folder!r} is not writable")
-        if os.path.isdir(self.path):
-            raise WriterError(f"{self.path}: is a folder, expected a file name")
+        check_output_folder(self.path)
         if os.path.lexists(self.path) and not self.overwrite:
             raise WriterError(f"{self.path}: already exists; pass overwrite=True to replace it")
 
@@ -293,17 +315,21 @@ class DatasetWriter:
             folder, f".{base}.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}{_TMP_SUFFIX}"
         )
         try:
-            self._file = h5py.File(self._tmp, "w-", libver=("earliest", "latest"))
+            self._file = create_h5(self._tmp, libver=("earliest", "latest"))
             self._create_datasets()
         except BaseException as exc:
+            error = self._os_error(exc, "creating the file") if isinstance(exc, OSError) else None
             self._cleanup()
-            if isinstance(exc, OSError):
-                raise self._os_error(exc, "creating the file") from exc
+            if error is not None:
+                raise error from exc
             raise
 
     def _create_datasets(self) -> None:
         f = self._file
         assert f is not None  # noqa: S101 - internal invariant, set by _open
+        # The format goes first and the completion record last, so that a
+        # killed writer's leftover reads as "an h5feed file, incomplete".
+        f.attrs[L.ATTR_FORMAT] = np.int64(L.FORMAT_VERSION)
         n = self.expected_rows
         for col in self._columns.values():
             kwargs: dict[str, Any] = {}
@@ -573,16 +599,25 @@ class DatasetWriter:
             if not self._contiguous:
                 self._ids_dset.resize((stop,))
             self._ids_dset[start:stop] = np.array(new_ids, dtype=object)
-        except OSError as exc:
-            raise self._os_error(exc, f"writing rows {start}..{stop - 1}") from exc
+        except (OSError, RuntimeError) as exc:
+            if not isinstance(exc, OSError) and not _is_disk_full(exc):
+                raise
+            # A failed write leaves the file in an unknown state: give up on
+            # it now, so the message's promise holds even without ``with``.
+            error = self._os_error(exc, f"writing rows {start}..{stop - 1}")
+            self._cleanup()
+            raise error from exc
         self._rows_written = stop
 
-    def _os_error(self, exc: OSError, doing: str) -> Exception:
+    def _os_error(self, exc: BaseException, doing: str) -> Exception:
         if _is_disk_full(exc):
+            size = _size_or_none(self._tmp)
+            got = f", {size:,} bytes on disk" if size is not None else ""
             return DiskFullError(
-                f"{self.path}: disk full (or file size limit reached) while {doing}; "
-                f"{self._rows_written} rows had been written. Nothing was left under the "
-                f"target name: {exc}"
+                f"{self.path}: disk full (or the file size limit reached) while {doing}: "
+                f"{self._rows_written} of {self.rows} rows had been written{got}. The temporary "
+                f"file was removed and {os.path.basename(self.path)!r} was left as it was. "
+                f"Free some space (or write elsewhere) and run again. [{_first_line(exc)}]"
             )
         return WriterError(f"{self.path}: {doing} failed: {exc}")
 
@@ -702,9 +737,15 @@ class DatasetWriter:
         try:
             self._finish()
         except BaseException as exc:
+            error = None
+            # h5py reports a failed flush or close as a RuntimeError.
+            if (isinstance(exc, OSError) or (isinstance(exc, RuntimeError) and _is_disk_full(exc))) and not isinstance(
+                exc, WriterError
+            ):
+                error = self._os_error(exc, "finishing the file")
             self._cleanup()
-            if isinstance(exc, OSError) and not isinstance(exc, DiskFullError):
-                raise self._os_error(exc, "finishing the file") from exc
+            if error is not None:
+                raise error from exc
             raise
         self._done = True
         logger.info("wrote %s (%d rows)", self.path, len(self._ids))
@@ -720,6 +761,12 @@ class DatasetWriter:
             self._hash_thread = None
 
     def _cleanup(self) -> None:
+        # A second Ctrl-C must not cut the clean-up short (NOTE [ Atomic
+        # output ]): SIGINT waits until the temporary file is gone.
+        with _sigint_deferred():
+            self._cleanup_now()
+
+    def _cleanup_now(self) -> None:
         self._done = True
         self._stop_hash_thread()
         if self._file is not None:
@@ -750,6 +797,58 @@ class DatasetWriter:
 
     def __repr__(self) -> str:
         return f"<DatasetWriter {self.path!r}: {self.rows} rows{' (closed)' if self._done else ''}>"
+
+
+def check_output_folder(path: str | os.PathLike[str]) -> str:
+    """Refuse an output path whose folder is missing or not writable.
+
+    Converters call this before they read any input, so that a typo in the
+    output path costs nothing; :class:`DatasetWriter` calls it again.
+
+    Returns:
+        The absolute path.
+
+    Raises:
+        WriterError: the folder is missing or not writable, or ``path`` is a
+            folder.
+    """
+    path = os.path.abspath(os.fspath(path))
+    folder = os.path.dirname(path)
+    if not os.path.isdir(folder):
+        raise WriterError(f"{path}: the output folder {folder!r} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise WriterError(f"{path}: the output folder {folder!r} is not writable")
+    if os.path.isdir(path):
+        raise WriterError(f"{path}: is a folder, expected a file name")
+    return path
+
+
+class _sigint_deferred:
+    """Hold SIGINT back (in the main thread, where Python handles it) for a block."""
+
+    def __enter__(self) -> None:
+        self._old = None
+        if hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread():
+            try:
+                self._old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            except (OSError, ValueError):
+                self._old = None
+
+    def __exit__(self, *exc: object) -> None:
+        if self._old is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._old)
+
+
+def _size_or_none(path: str | None) -> int | None:
+    try:
+        return os.path.getsize(path) if path else None
+    except OSError:
+        return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _optional_count(value: Any, name: str, *, minimum: int) -> int | None:
@@ -804,7 +903,14 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    # A zombie (dead, not yet reaped: common in containers whose init does
+    # not reap orphans) still answers kill(pid, 0).
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            state = fh.read().rsplit(b")", 1)[1].split()[0]
+        return state != b"Z"
+    except (OSError, IndexError):
+        return True
 
 
 def write_arrays(
@@ -877,3 +983,149 @@ def write_arrays(
         for name, items in (splits or {}).items():
             writer.add_split(name, items)
     return writer.path
+
+
+# --------------------------------------------------------------------------
+# Writing in a child process (NOTE [ Isolated writing ]).
+
+
+def run_isolated(path: str | os.PathLike[str], fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+    """Run ``fn(*args, **kwargs)`` in a child process that writes ``path``.
+
+    A crash of HDF5 in the child (as after a full disk) cannot take the
+    calling process down; see NOTE [ Isolated writing ] in this module.
+
+    Args:
+        path: the file ``fn`` writes (its folder is cleaned of the
+            temporary files of a child that died).
+        fn: a module-level function (it is pickled to the child), typically
+            one that builds a :class:`DatasetWriter` and returns its path.
+        *args, **kwargs: picklable arguments for ``fn``.
+
+    Returns:
+        What ``fn`` returned.
+
+    Raises:
+        Exception: whatever ``fn`` raised, with its type kept.
+        WriterError: the child died without answering (killed, crashed).
+        KeyboardInterrupt: after passing the interrupt on to the child and
+            waiting for it to clean up.
+
+    Example:
+        >>> import numpy as np, tempfile, os
+        >>> out = os.path.join(tempfile.mkdtemp(), "d.h5")
+        >>> run_isolated(out, write_arrays, out, ["a", "b"], np.zeros((2, 3))) == out  # doctest: +SKIP
+        True
+    """
+    target = os.path.abspath(os.fspath(path))
+    ctx = multiprocessing.get_context("spawn")
+    receiver, sender = ctx.Pipe(duplex=False)
+    child = ctx.Process(
+        target=_isolated_child,
+        args=(sender, os.getpid(), fn, args, kwargs),
+        name=f"h5feed-writer:{os.path.basename(target)}",
+        daemon=False,
+    )
+    child.start()
+    sender.close()
+    message = None
+    try:
+        while message is None:
+            if receiver.poll(0.1):
+                try:
+                    message = receiver.recv()
+                except EOFError:  # the child died before answering
+                    break
+            elif not child.is_alive():
+                if receiver.poll(0):
+                    continue
+                break
+        child.join()
+    except KeyboardInterrupt:
+        _stop_child(child)
+        _remove_stale_temporaries(os.path.dirname(target), os.path.basename(target))
+        raise
+    finally:
+        receiver.close()
+    if message is None:
+        _remove_stale_temporaries(os.path.dirname(target), os.path.basename(target))
+        code = child.exitcode
+        if code is not None and code < 0:
+            try:
+                how = f"was killed by {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"was killed by signal {-code}"
+            if -code in (signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT):
+                how += " (a crash inside HDF5; a full disk is a common cause)"
+        else:
+            how = f"exited with status {code!r} without an answer"
+        raise WriterError(
+            f"{target}: the writing process (pid {child.pid}) {how}; "
+            f"{os.path.basename(target)!r} was left as it was"
+        )
+    kind, value, text = message
+    if kind == "ok":
+        return value
+    if text:
+        logger.debug("the writing process failed:\n%s", text)
+    raise value
+
+
+def _stop_child(child: Any, grace: float = 30.0) -> None:
+    """Pass a Ctrl-C on to ``child`` and wait for it to clean up."""
+    # A Ctrl-C at a terminal reaches the child too; a second SIGINT is
+    # harmless, as the writer holds SIGINT back while it cleans up.
+    if child.is_alive():
+        try:
+            os.kill(child.pid, signal.SIGINT)
+        except ProcessLookupError:
+            pass
+    child.join(grace)
+    if child.is_alive():
+        child.kill()
+        child.join()
+
+
+def _set_parent_death_signal(sig: int) -> None:
+    """Ask Linux to send ``sig`` to this process when its parent dies."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    except Exception:  # best effort: without it a killed parent leaves us running
+        pass
+
+
+def _isolated_child(conn: Any, parent_pid: int, fn: Any, args: Any, kwargs: Any) -> None:
+    _set_parent_death_signal(signal.SIGINT)
+    status = 0
+    try:
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            raise KeyboardInterrupt
+        result = fn(*args, **kwargs)
+        message: tuple[str, Any, str] = ("ok", result, "")
+    except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent
+        message = ("error", exc, traceback.format_exc())
+        status = 1
+    try:
+        try:
+            conn.send(message)
+        except Exception as exc:  # the exception or result does not pickle
+            kind, value, text = message
+            what = f"{type(value).__name__}: {value}"
+            conn.send(("error", WriterError(f"{what} (could not be sent back: {exc})"), text))
+    except Exception:  # the parent is gone
+        status = 1
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except Exception:
+            pass
+        # Skip interpreter shutdown: HDF5's exit handlers are what crash
+        # after a full disk (NOTE [ Isolated writing ]).
+        os._exit(status)

@@ -1,0 +1,1 @@
+"""The fault suite (issue 5); see _harness.py."""

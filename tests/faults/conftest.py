@@ -1,0 +1,33 @@
+"""The fault suite's figures, printed at the end of every run that used it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _harness import STATS  # noqa: E402
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG001
+    if not STATS["faults"] and not STATS["kill_points"] and not STATS["corruptions"]:
+        return
+    tr = terminalreporter
+    tr.section("h5feed fault figures")
+    tr.write_line(
+        f"kill points tried: {STATS['kill_points']}, that lost data: {STATS['kill_lost']}"
+    )
+    tr.write_line(
+        f"corruptions read with checksums: {STATS['corruptions']}, read back silently wrong: "
+        f"{STATS['corruptions_silent']}"
+    )
+    if STATS["corruptions_unchecked"]:
+        tr.write_line(
+            f"(without checksums: {STATS['corruptions_unchecked']} corruptions, "
+            f"{STATS['corruptions_unchecked_silent']} read back silently wrong)"
+        )
+    tr.write_line(
+        f"faults surfaced as errors: {STATS['faults']}, the slowest after "
+        f"{STATS['max_surface_s']:.2f} s ({STATS['max_surface_case'][:120]})"
+    )
