@@ -13,14 +13,22 @@ reports ``workers=1, use_multiprocessing=False`` to Keras and keeps what the
 user asked in ``process_workers``.
 
 Keras's ``fit(shuffle=True)`` (its default) asks for the batch indices of an
-epoch in a random order of its own, which no prefetcher can follow. Since
-the sequence's epoch order is already a random permutation (or a block
-shuffle) drawn from ``(seed, epoch)``, a shuffled sequence with process
-workers serves the k-th distinct index asked for in an epoch with the k-th
-batch of its epoch order ("late binding"): each row is still seen exactly
-once per epoch, an index asked twice gets the same batch, the batches come in
-the same order whatever Keras's shuffle, and the workers can prefetch. An
-unshuffled sequence keeps index i = batch i; the pool then prefetches along
+epoch in a random order of its own, drawn from Python's unseeded ``random``,
+which no prefetcher can follow and which would make the same seed give a
+different sample order on every run. Since the sequence's epoch order is
+already a random permutation (or a block shuffle) drawn from ``(seed,
+epoch)``, a shuffled sequence serves the k-th distinct index asked for in an
+epoch with the k-th batch of its epoch order ("late binding"), in-process and
+with process workers alike: each row is still seen exactly once per epoch, an
+index asked twice gets the same batch, the batches reach the model in the
+seed's order whatever Keras's shuffle, and the workers can prefetch. (With
+Keras's *thread* workers the binding follows the order in which threads run,
+so the order is not reproducible there; use processes or ``fit(shuffle=False)``.)
+The binding lives in the process that built the sequence, where Keras calls
+``on_epoch_end``; a copy of the sequence in another process (pickled into a
+pool of the user's own) serves index i = batch i, so that processes that split
+the indices between them still read each row exactly once.
+An unshuffled sequence keeps index i = batch i; the pool then prefetches along
 the order of the requests and reads in-process when they jump.
 
 The pool starts at the third request of an epoch (the TensorFlow backend
@@ -223,6 +231,7 @@ class H5Sequence(keras.utils.PyDataset):
         # method in effect (multiprocessing.set_start_method).
         self._mp_context: Any = None
         self._pool_lock = threading.RLock()
+        self._owner_pid = os.getpid()  # where the late binding lives (NOTE above)
         self._epoch = 0
         self._epoch_rows = self._compute_epoch_rows(0)
 
@@ -316,7 +325,7 @@ class H5Sequence(keras.utils.PyDataset):
 
     def _content_of(self, index: int) -> int:
         """Which batch of the epoch order serves ``index`` (late binding, NOTE above)."""
-        if not self._process_workers or self.shuffle is False:
+        if self.shuffle is False or os.getpid() != self._owner_pid:
             return index
         k = self._bound.get(index)
         if k is None:
@@ -327,15 +336,21 @@ class H5Sequence(keras.utils.PyDataset):
     def batch_rows(self, index: int) -> np.ndarray:
         """The file rows of batch ``index`` in the current epoch.
 
-        With process workers and shuffling, the rows of the batch that
-        ``seq[index]`` returns (or will return) this epoch.
+        With shuffling, the rows of the batch that ``seq[index]`` returns (or
+        will return) this epoch: the first index asked for in an epoch gets
+        the first batch of the epoch order (NOTE [ Plugging own workers into
+        Keras ]).
         """
-        return self._content_rows(self._content_of(self._check_index(index)))
+        index = self._check_index(index)
+        with self._pool_lock:
+            return self._content_rows(self._content_of(index))
 
     def __getitem__(self, index: int) -> Any:
         index = self._check_index(index)
         if not self._process_workers:
-            return self._maker.make(self._content_rows(index), index)
+            with self._pool_lock:  # Keras's thread workers call in parallel
+                rows = self._content_rows(self._content_of(index))
+            return self._maker.make(rows, index)
         with self._pool_lock:
             k = self._content_of(index)
             self._requests += 1

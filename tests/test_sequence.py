@@ -190,3 +190,23 @@ def test_inputs_only_when_the_file_has_no_labels(tmp_path):
         w.extend(["a", "b", "c"], np.zeros((3, 2), np.float32))
     batch = H5Sequence(path, batch_size=2, shuffle=False)[0]
     assert isinstance(batch, tuple) and len(batch) == 1
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_requests_in_any_order_get_the_seeds_batches_in_request_order(sized_files, seed):
+    """Keras's fit(shuffle=True) asks for batches in an unseeded random order;
+    the batches must still reach the model in the seed's order, each row once."""
+    expected = _rows_of_epoch(H5Sequence(sized_files[257], batch_size=16, seed=seed))
+    seq = H5Sequence(sized_files[257], batch_size=16, seed=seed)
+    requests = np.random.default_rng(seed + 100).permutation(len(seq))
+    seen = [seq[int(i)][0].reshape(-1, 12)[:, 0].astype(np.int64) for i in requests]
+    np.testing.assert_array_equal(np.concatenate(seen), expected)
+    # Asking again for an index gives the same batch within the epoch.
+    again = seq[int(requests[3])][0].reshape(-1, 12)[:, 0]
+    np.testing.assert_array_equal(again, seen[3])
+    np.testing.assert_array_equal(seq.batch_rows(int(requests[3])), seen[3])
+
+
+def test_unshuffled_sequence_serves_index_i_as_batch_i(sized_files):
+    seq = H5Sequence(sized_files[100], batch_size=10, shuffle=False)
+    np.testing.assert_array_equal(seq[7][0].reshape(-1, 12)[:, 0], np.arange(70, 80))

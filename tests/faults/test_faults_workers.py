@@ -193,12 +193,7 @@ FIT_SETUPS = [
     # here, and tests/test_fit.py already fits under each).
     # fit(shuffle=True), Keras's default: Keras asks for the batches of each
     # epoch in an order drawn from Python's unseeded random.
-    pytest.param("fork", 0, False, True, id="no-workers-keras-shuffle", marks=pytest.mark.xfail(
-        strict=False,
-        reason="fit(shuffle=True), Keras's default, makes Keras ask for the batches in an "
-        "unseeded random order; H5Sequence serves batch i as the i-th batch of its own "
-        "seeded order in-process, so the same seed does not give the same sample order. "
-        "Pass shuffle=False to fit (H5Sequence shuffles), or serve batches by request order")),
+    pytest.param("fork", 0, False, True, id="no-workers-keras-shuffle"),
     pytest.param("fork", 4, True, True, id="4-processes-fork-keras-shuffle", marks=pytest.mark.xfail(
         not OWN_WORKERS, strict=False,
         reason="Keras's own process pool serves batches in Keras's unseeded shuffled order; "
