@@ -80,6 +80,9 @@ _COMPRESSIONS = {None: None, "none": None, "gzip": "gzip", "lzf": "lzf"}
 # Blocks at least this big are hashed beside the HDF5 write (NOTE [ Hashing
 # beside writing ]); smaller ones are not worth a thread hand-off.
 _THREAD_HASH_BYTES = 256 * 1024
+# After this many bytes written since the last sync, a helper thread syncs
+# the temporary file (NOTE [ Early writeback ]).
+_WRITEBACK_BYTES = 64 * 1024 * 1024
 
 
 def default_chunk_rows(row_nbytes: int) -> int:
@@ -299,6 +302,9 @@ class DatasetWriter:
         self._tmp: str | None = None
         self._done = False
         self._hash_thread: ThreadPoolExecutor | None = None
+        self._sync_thread: ThreadPoolExecutor | None = None
+        self._writeback: Future[None] | None = None
+        self._unsynced = 0
         self._open()
 
     # -- set-up ------------------------------------------------------------
@@ -599,6 +605,9 @@ class DatasetWriter:
             if not self._contiguous:
                 self._ids_dset.resize((stop,))
             self._ids_dset[start:stop] = np.array(new_ids, dtype=object)
+            self._unsynced += fill * sum(c.row_nbytes for c in self._columns.values())
+            if self._unsynced >= _WRITEBACK_BYTES and (self._writeback is None or self._writeback.done()):
+                self._start_writeback()
         except (OSError, RuntimeError) as exc:
             if not isinstance(exc, OSError) and not _is_disk_full(exc):
                 raise
@@ -698,6 +707,7 @@ class DatasetWriter:
         f.flush()
         f.close()
         self._file = None
+        self._stop_writeback(wait=True)
         tmp = self._tmp
         assert tmp is not None  # noqa: S101
         with open(tmp, "rb") as fh:
@@ -755,6 +765,28 @@ class DatasetWriter:
         """Discard everything written; the target is left as it was."""
         self._cleanup()
 
+    def _start_writeback(self) -> None:
+        """NOTE [ Early writeback ]: the final fsync waits until every byte
+        of the file is on disk, which for a big file takes long and does
+        nothing else. Syncing the temporary file every 64 MiB in a helper
+        thread (through its own descriptor, so HDF5's is never touched) lets
+        the disk work while the conversion goes on and leaves little for the
+        end. At most one sync runs at a time; a failed one fails the write."""
+        if self._writeback is not None:
+            self._writeback.result()  # finished: raise its error, if any
+        if self._sync_thread is None:
+            self._sync_thread = ThreadPoolExecutor(1, thread_name_prefix="h5feed-sync")
+        self._unsynced = 0
+        self._writeback = self._sync_thread.submit(_sync_file, self._tmp)
+
+    def _stop_writeback(self, *, wait: bool) -> None:
+        writeback, self._writeback = self._writeback, None
+        if self._sync_thread is not None:
+            self._sync_thread.shutdown(wait=wait, cancel_futures=True)
+            self._sync_thread = None
+        if wait and writeback is not None and not writeback.cancelled():
+            writeback.result()
+
     def _stop_hash_thread(self) -> None:
         if self._hash_thread is not None:
             self._hash_thread.shutdown(wait=True)
@@ -769,6 +801,7 @@ class DatasetWriter:
     def _cleanup_now(self) -> None:
         self._done = True
         self._stop_hash_thread()
+        self._stop_writeback(wait=False)  # its own descriptor: removal can go ahead
         if self._file is not None:
             try:
                 self._file.close()
@@ -849,6 +882,17 @@ def _size_or_none(path: str | None) -> int | None:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _sync_file(path: str | None) -> None:
+    """Sync ``path``'s data to disk through a descriptor of our own."""
+    if path is None:
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        getattr(os, "fdatasync", os.fsync)(fd)
+    finally:
+        os.close(fd)
 
 
 def _optional_count(value: Any, name: str, *, minimum: int) -> int | None:

@@ -1,10 +1,12 @@
-"""The writer's completion-record digests when blocks are hashed in a helper
-thread (NOTE [ Hashing beside writing ] in writer.py): they must equal the
-digest of the data as read back, whatever mix of append and extend filled
-the two buffers."""
+"""The writer's helper threads: blocks hashed beside the write (NOTE [ Hashing
+beside writing ]) must give the digest of the data as read back, whatever mix
+of append and extend filled the two buffers; the early writeback (NOTE
+[ Early writeback ]) syncs as it goes, and its failure fails the write."""
 
 from __future__ import annotations
 
+import errno
+import os
 import threading
 import time
 
@@ -50,3 +52,35 @@ def test_digests_match_the_data_read_back(tmp_path, monkeypatch, chunked, seed):
         assert recorded["x"] == L.dataset_sha256(f["x"])
         assert recorded["y"] == L.dataset_sha256(f["y"])
     assert verify(path).sound
+
+
+def _write_big(path, rows, **options):
+    x = np.ones((8, 1024, 512), np.float32)  # 2 MiB rows, written 8 at a time
+    with h5feed.DatasetWriter(path, sample_shape=x.shape[1:], dtype=x.dtype, target_dtype=None, **options) as w:
+        for start in range(0, rows, 8):
+            w.extend([f"r{i}" for i in range(start, start + 8)], x)
+
+
+def test_early_writeback_syncs_while_writing(tmp_path, monkeypatch):
+    import h5feed.writer as W
+
+    synced = []
+    real = W._sync_file
+    monkeypatch.setattr(W, "_sync_file", lambda path: (synced.append(path), real(path)))
+    monkeypatch.setattr(W, "_WRITEBACK_BYTES", 8 * 1024 * 1024)
+    _write_big(tmp_path / "big.h5", rows=24)
+    assert synced and all(p.endswith(".h5feed-tmp") for p in synced)
+    assert verify(tmp_path / "big.h5").sound
+
+
+def test_a_failed_writeback_fails_the_write_and_leaves_nothing(tmp_path, monkeypatch):
+    import h5feed.writer as W
+
+    def broken(path):
+        raise OSError(errno.EIO, "Input/output error", path)
+
+    monkeypatch.setattr(W, "_sync_file", broken)
+    monkeypatch.setattr(W, "_WRITEBACK_BYTES", 8 * 1024 * 1024)
+    with pytest.raises(h5feed.errors.WriterError, match="Input/output error"):
+        _write_big(tmp_path / "big.h5", rows=24)
+    assert os.listdir(tmp_path) == []
