@@ -38,7 +38,7 @@ import numpy as np
 from h5feed._plan import shard_of_keys
 from h5feed._progress import Progress
 from h5feed.errors import InvalidSampleIDError, SourceError, WorkerError, WriterError
-from h5feed.writer import DatasetWriter
+from h5feed.writer import DatasetWriter, check_output_folder
 
 __all__ = [
     "ConversionResult",
@@ -264,14 +264,7 @@ def check_output(out: str | os.PathLike[str], overwrite: bool) -> str:
         WriterError: the folder is missing or not writable, the target is a
             folder, or it exists and ``overwrite`` is False.
     """
-    path = os.path.abspath(os.fspath(out))
-    folder = os.path.dirname(path)
-    if not os.path.isdir(folder):
-        raise WriterError(f"{path}: the output folder {folder!r} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise WriterError(f"{path}: the output folder {folder!r} is not writable")
-    if os.path.isdir(path):
-        raise WriterError(f"{path}: is a folder, expected a file name")
+    path = check_output_folder(out)
     if os.path.lexists(path) and not overwrite:
         raise WriterError(f"{path}: already exists; pass overwrite=True to replace it")
     return path

@@ -10,13 +10,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
 from typing import Any
 
+from h5feed.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, int_at_least
+
 __all__ = ["COMMANDS"]
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
 
 def _size(text: str) -> tuple[int, int]:
     parts = text.lower().replace(",", "x").split("x")
@@ -27,19 +25,6 @@ def _size(text: str) -> tuple[int, int]:
     if h < 1 or w < 1:
         raise argparse.ArgumentTypeError(f"expected positive HEIGHTxWIDTH. Received: {text!r}")
     return h, w
-
-
-def _int_at_least(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}. Received: {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}. Received: {text!r}")
-        return value
-
-    return parse
 
 
 def _fraction(text: str) -> float:
@@ -74,12 +59,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("storage and run options")
     g.add_argument("--compression", choices=["none", "gzip", "lzf"], default="none",
                    help="compress the samples (chunked storage; default none)")
-    g.add_argument("--chunk-rows", type=_int_at_least(1), metavar="N",
+    g.add_argument("--chunk-rows", type=int_at_least(1), metavar="N",
                    help="rows per chunk; given, x is stored chunked instead of contiguous")
     g.add_argument("--shuffle-rows", action="store_true",
                    help="store rows in a random order (seeded by --seed), so contiguous reads are well mixed")
-    g.add_argument("--seed", type=_int_at_least(0), default=0, help="seed for --shuffle-rows and splits (default 0)")
-    g.add_argument("--workers", type=_int_at_least(1), default=1, metavar="N",
+    g.add_argument("--seed", type=int_at_least(0), default=0, help="seed for --shuffle-rows and splits (default 0)")
+    g.add_argument("--workers", type=int_at_least(1), default=1, metavar="N",
                    help="decode sources in N processes; one writer (default 1)")
     g.add_argument("--checksum", action="store_true",
                    help="store Fletcher32 checksums so that reads and `h5feed verify` detect corruption")
@@ -119,7 +104,7 @@ def _npy_args(p: argparse.ArgumentParser) -> None:
                         help="a JSON object {ID: class index} or a CSV with header id,label")
     labels.add_argument("--no-labels", action="store_true", help="unlabelled samples: every *.npy in DATA_DIR")
     _partition_arg(p)
-    p.add_argument("--classes", type=_int_at_least(1), metavar="N",
+    p.add_argument("--classes", type=int_at_least(1), metavar="N",
                    help="number of classes (default: largest label + 1)")
     _common(p)
 
@@ -178,7 +163,7 @@ def _arrays_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ids", metavar="IDS.txt", help="one sample ID per line (default: row numbers)")
     p.add_argument("--label-type", choices=["auto", "index", "value"], default="auto",
                    help="Y holds class indices or numeric targets (default: 1-D integers are classes)")
-    p.add_argument("--classes", type=_int_at_least(1), metavar="N",
+    p.add_argument("--classes", type=int_at_least(1), metavar="N",
                    help="number of classes (default: largest label + 1)")
     _partition_arg(p)
     _common(p)
