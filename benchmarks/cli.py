@@ -73,25 +73,35 @@ def _convert_rows(args: argparse.Namespace) -> list[dict[str, Any]] | None:
     except ImportError:
         print("h5feed bench: the conversion benchmark is not installed; skipping --convert", file=sys.stderr)
         return None
-    shape = (28, 28, 1)
-    n_files = 500 if args.quick else 20_000
+    # The tutorial's own sample shape (128 KiB of float32 per file).
+    shape = (32, 32, 32, 1)
+    n_files = 200 if args.quick else 2_000
     if args.dir:
-        return list(run_convert_bench(args.dir, n_files=n_files, shape=shape, quiet=args.quiet))
+        return list(run_convert_bench(args.dir, n_files=n_files, shape=shape, quiet=args.quiet, repeats=5))
     with tempfile.TemporaryDirectory(prefix="h5feed-bench-convert-") as tmp:
-        return list(run_convert_bench(tmp, n_files=n_files, shape=shape, quiet=args.quiet))
+        return list(run_convert_bench(tmp, n_files=n_files, shape=shape, quiet=args.quiet, repeats=5))
 
 
 def _format_convert(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "convert: no rows"
-    keys = list(rows[0])
-    lines = ["convert", "  " + "  ".join(f"{k:>14}" for k in keys)]
+    width = 44
+    lines = [f"{'convert':<{width}} {'samples/s':>12} {'ratio':>12} {'target':>14}"]
     for row in rows:
-        cells = []
-        for k in keys:
-            v = row.get(k, "")
-            cells.append(f"{v:>14,.1f}" if isinstance(v, float) else f"{str(v):>14}")
-        lines.append("  " + "  ".join(cells))
+        if row.get("peak_mib_over_start") is not None:
+            lines.append(
+                f"  {row['name']:<{width - 2}} +{row['peak_mib_over_start']:,.0f} MiB for "
+                f"{row['dataset_mib']:,.0f} MiB of samples (peak RSS {row['peak_mib']:,.0f} MiB)"
+            )
+            continue
+        rate = row.get("samples_per_s")
+        ratio, target = row.get("ratio"), row.get("target")
+        lines.append(
+            f"  {row['name']:<{width - 2}} {'' if rate is None else format(rate, ',.0f'):>12} "
+            f"{'' if ratio is None else format(ratio, '.2f') + 'x':>12} "
+            f"{'' if target is None else '>= ' + format(target, '.2f') + 'x':>14}"
+            + ("" if row.get("ok", True) else "  (misses its target)")
+        )
     return "\n".join(lines)
 
 
