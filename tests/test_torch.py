@@ -151,7 +151,7 @@ def test_dataset_and_sampler_pickle_without_handles(small_file):
     ds = H5Dataset(small_file, "train")
     ds[0]
     clone = pickle.loads(pickle.dumps(ds))
-    assert clone._reader._file is None and not clone._reader._maps
+    assert clone._maker.reader._file is None and not clone._maker.reader._maps
     np.testing.assert_array_equal(clone[5][0], ds[5][0])
     assert len(pickle.dumps(ds)) < 20_000
 
