@@ -99,16 +99,50 @@ COMMANDS: list[Command] = [
 ]
 
 
+# The modules that add commands, and the commands each adds.
+_OPTIONAL = {
+    "h5feed.inspect": ("info", "verify"),
+    "h5feed.convert.cli": ("convert",),
+    "h5feed.benchmarks.cli": ("bench",),
+    "h5feed.merge": ("merge",),
+}
+
+
 def _register_optional() -> None:
-    """Commands that live in other modules add themselves here."""
-    for module_name in ("h5feed.inspect", "h5feed.convert.cli", "h5feed.benchmarks.cli", "h5feed.merge"):
+    """Commands that live in other modules add themselves here.
+
+    A module that fails to import still gets its commands, which then say
+    why they cannot run: the usual cause is running from a source checkout
+    that was not installed, where ``h5feed.convert`` and
+    ``h5feed.benchmarks`` (mapped from ``converters/`` and ``benchmarks/``
+    by setup.cfg) do not exist.
+    """
+    known = {c[0] for c in COMMANDS}
+    for module_name, names in _OPTIONAL.items():
         try:
             module = __import__(module_name, fromlist=["COMMANDS"])
-        except ImportError:
-            continue
-        for command in getattr(module, "COMMANDS", []):
-            if command[0] not in {c[0] for c in COMMANDS}:
+            commands = list(getattr(module, "COMMANDS", []))
+        except ImportError as exc:
+            commands = [_unavailable(name, module_name, exc) for name in names]
+        for command in commands:
+            if command[0] not in known:
+                known.add(command[0])
                 COMMANDS.append(command)
+
+
+def _unavailable(name: str, module_name: str, exc: ImportError) -> Command:
+    def add_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+    def run(args: argparse.Namespace) -> int:
+        print(
+            f"h5feed {name}: error: cannot import {module_name} ({exc}); install h5feed "
+            "with pip (pip install -e . in a source checkout) and run it from there",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+
+    return (name, f"(unavailable: {module_name} does not import)", add_args, run)
 
 
 def build_parser() -> argparse.ArgumentParser:

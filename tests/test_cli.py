@@ -52,3 +52,13 @@ def test_demo_refuses_to_overwrite_without_flag(tmp_path, small_file, capsys):
     assert main(["demo", "-o", str(small_file), "--samples", "10", "--shape", "2"]) == 1
     assert "already exists" in capsys.readouterr().err
     assert small_file.read_bytes() == before
+
+
+def test_a_command_whose_module_cannot_import_says_why(monkeypatch, capsys):
+    from h5feed import cli
+
+    monkeypatch.setattr(cli, "_OPTIONAL", {"h5feed.no_such_module": ("frobnicate",)})
+    monkeypatch.setattr(cli, "COMMANDS", list(cli.COMMANDS))
+    assert main(["frobnicate", "anything", "--at-all"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot import h5feed.no_such_module" in err and "pip install" in err

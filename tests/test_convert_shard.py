@@ -50,6 +50,7 @@ def test_shards_converted_by_separate_processes_merge_into_the_whole(npy_source,
             [sys.executable, "-m", "h5feed", "convert", "npy", data, "--labels", labels, "--partition", partition,
              "--shard", f"{k}/3", "-o", str(part), "-q"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=tmp_path,  # not the checkout's root, whose h5feed/ lacks h5feed.convert
         )
         for k, part in enumerate(parts)
     ]

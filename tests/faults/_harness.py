@@ -42,6 +42,12 @@ def note_surfaced(case: str, seconds: float, count: int = 1) -> None:
         STATS["max_surface_case"] = case
 
 
+# Children run outside the repository root: there ``import h5feed`` would
+# find the checkout's h5feed/ folder, which lacks h5feed.convert (mapped from
+# converters/ only by installing), instead of the installed package.
+CHILD_CWD = str(FAULTS)
+
+
 def child_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -84,6 +90,7 @@ def run_case(func: str, /, *, timeout: float = 60.0, env: dict[str, str] | None 
             text=True,
             timeout=timeout,
             env=env or child_env(),
+            cwd=CHILD_CWD,
         )
     except subprocess.TimeoutExpired as exc:
         raise AssertionError(

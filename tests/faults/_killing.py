@@ -29,7 +29,7 @@ import numpy as np
 import h5feed
 from h5feed import errors, layout
 
-from _harness import FAULTS, PYTHON, child_env, leftovers
+from _harness import CHILD_CWD, FAULTS, PYTHON, child_env, leftovers
 
 sys.path.insert(0, str(FAULTS))
 import writer_script  # noqa: E402
@@ -127,7 +127,7 @@ def kill_once(
     if point is not None:
         args += [point, signame]
     start = time.perf_counter()
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(), cwd=CHILD_CWD)
     try:
         if delay is not None:
             assert proc.stdout is not None
@@ -252,7 +252,7 @@ def write_seconds(folder: Path, mode: str, cli: bool = False) -> float:
     else:
         args = [PYTHON, SCRIPT, str(target), "0", mode]
     start = time.perf_counter()
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(), cwd=CHILD_CWD)
     if not cli:
         assert proc.stdout is not None
         proc.stdout.readline()
@@ -315,7 +315,7 @@ def kill_cli_once(
         env["H5FEED_TEST_KILL_ONCE"] = str(once)
     case = f"h5feed convert v{version} {signame} at {point or f'{delay:.3f}s'}"
     start = time.perf_counter()
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=CHILD_CWD)
     try:
         if delay is not None:
             time.sleep(delay)
