@@ -18,7 +18,9 @@ from .errors import UnknownIDError
 from .layout import Layout, read_split, validate
 
 __all__ = [
+    "DEFAULT_Y",
     "ColumnSpec",
+    "resolve_columns",
     "column_names",
     "normalize_columns",
     "normalize_shard",
@@ -28,6 +30,9 @@ __all__ = [
 ]
 
 ColumnSpec = Union[str, Sequence[str], Mapping[str, str], None]
+
+# The default ``y`` of every adapter: "y" when the file has it, else none.
+DEFAULT_Y: Any = object()
 
 
 def normalize_columns(spec: Any, what: str) -> Any:
@@ -113,3 +118,38 @@ def select_rows(
         layout = validate(f, allow_virtual=allow_virtual)
         rows = read_split(f, split) if split is not None else np.arange(layout.n_rows, dtype=np.int64)
     return layout, rows
+
+
+def resolve_columns(layout: Layout, x: Any, y: Any, one_hot: bool | None) -> tuple[Any, Any, bool]:
+    """Check ``x``/``y`` against the layout; settle ``one_hot``.
+
+    Args:
+        layout: the file's validated layout.
+        x: the input spec (a name, a list of names, a dict).
+        y: the target spec, None, or :data:`DEFAULT_Y` ("y" when the file has it).
+        one_hot: True, False, or None for "when the file has ``n_classes``
+            and ``y`` is its ``"y"``".
+
+    Returns:
+        ``(x, y, one_hot)`` normalised.
+
+    Raises:
+        LayoutError: a named dataset is not in the file.
+        ValueError: no ``x``, or ``one_hot`` without class indices.
+    """
+    x = normalize_columns(x, "x")
+    if x is None:
+        raise ValueError("x must name at least one dataset")
+    if y is DEFAULT_Y:
+        y = "y" if layout.has_y else None
+    y = normalize_columns(y, "y")
+    for name in column_names(x) + column_names(y):
+        layout.column(name)  # raises LayoutError naming the dataset
+    if one_hot is None:
+        one_hot = layout.n_classes is not None and y == "y"
+    if one_hot:
+        if layout.n_classes is None:
+            raise ValueError(f"{layout.path}: one_hot=True needs the file's n_classes attribute; it has none")
+        if not isinstance(y, str):
+            raise ValueError("one_hot=True needs a single y dataset of class indices")
+    return x, y, bool(one_hot)

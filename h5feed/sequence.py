@@ -52,9 +52,10 @@ from . import _plan
 from ._batch import BatchMaker
 from ._keras import keras
 from ._select import (
+    DEFAULT_Y,
     ColumnSpec,
     column_names as _column_names,
-    normalize_columns as _normalize_columns,
+    resolve_columns as _resolve_columns,
     normalize_shard as _normalize_shard,
     positive_int as _positive_int,
     select_rows as _select_rows,
@@ -64,7 +65,6 @@ from .layout import Layout
 
 __all__ = ["H5Sequence"]
 
-_DEFAULT = object()
 _PYDATASET_KWARGS = ("workers", "use_multiprocessing", "max_queue_size")
 
 
@@ -133,7 +133,7 @@ class H5Sequence(keras.utils.PyDataset):
         seed: int | None = None,
         one_hot: bool | None = None,
         x: ColumnSpec = "x",
-        y: Any = _DEFAULT,
+        y: Any = DEFAULT_Y,
         drop_remainder: bool = False,
         transform: Callable[[Any, Any], tuple[Any, Any]] | None = None,
         block_rows: int | None = None,
@@ -201,22 +201,7 @@ class H5Sequence(keras.utils.PyDataset):
         self.layout: Layout = layout
         self._rows = rows
 
-        self.x = _normalize_columns(x, "x")
-        if self.x is None:
-            raise ValueError("x must name at least one dataset")
-        if y is _DEFAULT:
-            y = "y" if layout.has_y else None
-        self.y = _normalize_columns(y, "y")
-        for name in _column_names(self.x) + _column_names(self.y):
-            layout.column(name)  # raises LayoutError naming the dataset
-        if one_hot is None:
-            one_hot = layout.n_classes is not None and self.y == "y"
-        if one_hot:
-            if layout.n_classes is None:
-                raise ValueError(f"{self.path}: one_hot=True needs the file's n_classes attribute; it has none")
-            if not isinstance(self.y, str):
-                raise ValueError("one_hot=True needs a single y dataset of class indices")
-        self.one_hot = bool(one_hot)
+        self.x, self.y, self.one_hot = _resolve_columns(layout, x, y, one_hot)
 
         x_col = layout.column(_column_names(self.x)[0])
         if block_rows is None:

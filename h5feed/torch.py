@@ -35,9 +35,10 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from . import _plan
 from ._batch import BatchMaker
 from ._select import (
+    DEFAULT_Y,
     ColumnSpec,
     column_names,
-    normalize_columns,
+    resolve_columns,
     normalize_shard,
     positive_int,
     select_rows,
@@ -46,7 +47,6 @@ from .layout import Layout
 
 __all__ = ["BlockBatchSampler", "H5Dataset", "collate"]
 
-_DEFAULT = object()
 
 
 class _Batch(list):
@@ -96,7 +96,7 @@ class H5Dataset(Dataset):
         *,
         ids: Sequence[str] | None = None,
         x: ColumnSpec = "x",
-        y: Any = _DEFAULT,
+        y: Any = DEFAULT_Y,
         one_hot: bool = False,
         transform: Callable[[Any, Any], tuple[Any, Any]] | None = None,
         shard: tuple[int, int] | None = None,
@@ -115,21 +115,7 @@ class H5Dataset(Dataset):
         layout, rows = select_rows(self.path, split, ids, allow_virtual=self.allow_virtual)
         self.layout: Layout = layout
         self._rows = rows
-        self.x = normalize_columns(x, "x")
-        if self.x is None:
-            raise ValueError("x must name at least one dataset")
-        if y is _DEFAULT:
-            y = "y" if layout.has_y else None
-        self.y = normalize_columns(y, "y")
-        for name in column_names(self.x) + column_names(self.y):
-            layout.column(name)  # raises LayoutError naming the dataset
-        if one_hot:
-            if layout.n_classes is None or not isinstance(self.y, str):
-                raise ValueError(
-                    f"{self.path}: one_hot=True needs a single y dataset of class indices "
-                    "and the file's n_classes attribute"
-                )
-        self.one_hot = bool(one_hot)
+        self.x, self.y, self.one_hot = resolve_columns(layout, x, y, bool(one_hot))
         self._maker = BatchMaker(layout, self.x, self.y, one_hot=self.one_hot, transform=transform)
 
     @property
