@@ -21,9 +21,11 @@ epoch)``, a shuffled sequence serves the k-th distinct index asked for in an
 epoch with the k-th batch of its epoch order ("late binding"), in-process and
 with process workers alike: each row is still seen exactly once per epoch, an
 index asked twice gets the same batch, the batches reach the model in the
-seed's order whatever Keras's shuffle, and the workers can prefetch. (With
-Keras's *thread* workers the binding follows the order in which threads run,
-so the order is not reproducible there; use processes or ``fit(shuffle=False)``.)
+seed's order whatever Keras's shuffle, and the workers can prefetch. Thread
+workers (``workers=N`` without ``use_multiprocessing``) are h5feed's too, for
+the same reason: with Keras's thread pool, which request binds to which batch
+would follow the threads' timing. h5feed's threads make the batches after the
+one just served, in the epoch order, so the order stays the seed's.
 The binding lives in the process that built the sequence, where Keras calls
 ``on_epoch_end``; a copy of the sequence in another process (pickled into a
 pool of the user's own) serves index i = batch i, so that processes that split
@@ -43,6 +45,7 @@ from __future__ import annotations
 import copy
 import os
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -155,7 +158,8 @@ class H5Sequence(keras.utils.PyDataset):
         if not isinstance(multi, (bool, np.bool_)):
             raise TypeError(f"use_multiprocessing must be a bool. Received: {multi!r}")
         self._process_workers = int(workers) if multi and workers >= 1 else 0
-        if self._process_workers:
+        self._thread_workers = int(workers) if not multi and workers > 1 else 0
+        if self._process_workers or self._thread_workers:
             # Keras must not start its own pool (NOTE above).
             kwargs = dict(kwargs, workers=1, use_multiprocessing=False)
         super().__init__(**kwargs)
@@ -229,6 +233,11 @@ class H5Sequence(keras.utils.PyDataset):
         them to decide whether to start a pool of its own.
         """
         return self._process_workers
+
+    @property
+    def thread_workers(self) -> int:
+        """h5feed threads making batches ahead (``workers=N`` without processes)."""
+        return self._thread_workers
 
     @property
     def _reader(self) -> Any:
@@ -333,9 +342,12 @@ class H5Sequence(keras.utils.PyDataset):
     def __getitem__(self, index: int) -> Any:
         index = self._check_index(index)
         if not self._process_workers:
-            with self._pool_lock:  # Keras's thread workers call in parallel
-                rows = self._content_rows(self._content_of(index))
-            return self._maker.make(rows, index)
+            with self._pool_lock:
+                k = self._content_of(index)
+                pending = self._prefetch_threads(k) if self._thread_workers else None
+            if pending is not None:
+                return pending.result()
+            return self._maker.make(self._content_rows(k), index)
         with self._pool_lock:
             k = self._content_of(index)
             self._requests += 1
@@ -355,7 +367,27 @@ class H5Sequence(keras.utils.PyDataset):
 
     # -- own worker processes ----------------------------------------------
 
+    def _prefetch_threads(self, k: int) -> Future[Any] | None:
+        """Keep the batches after ``k`` in flight on h5feed's threads; ``k``'s future.
+
+        Called under the pool lock. The threads make batches of the epoch
+        order itself, so what the model sees does not depend on which thread
+        runs first (NOTE [ Plugging own workers into Keras ]).
+        """
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(self._thread_workers, thread_name_prefix="h5feed-batch")
+        pending = self._prefetched.pop(k, None)
+        depth = max(int(self.max_queue_size or 0), 2 * self._thread_workers)
+        for stale in [c for c in self._prefetched if not k < c <= k + depth]:
+            self._prefetched.pop(stale).cancel()
+        for c in range(k + 1, min(len(self), k + depth + 1)):
+            if c not in self._prefetched:
+                self._prefetched[c] = self._threads.submit(self._maker.make, self._content_rows(c), c)
+        return pending
+
     def _reset_pool_state(self) -> None:
+        self._threads: ThreadPoolExecutor | None = None
+        self._prefetched: dict[int, Future[Any]] = {}
         self._pool: BatchPool | None = None
         self._bound: dict[int, int] = {}
         self._next_content = 0
@@ -378,6 +410,8 @@ class H5Sequence(keras.utils.PyDataset):
         if lock is None:  # during __init__
             return
         with lock:
+            if self._threads is not None:
+                self._threads.shutdown(wait=True, cancel_futures=True)
             pool = self._pool
             if pool is not None:
                 pool.close()
@@ -404,6 +438,7 @@ class H5Sequence(keras.utils.PyDataset):
         clone._pool_lock = threading.RLock()
         clone._reset_pool_state()  # the parent's pool stays the parent's
         clone._process_workers = 0
+        clone._thread_workers = 0
         clone._maker = self._maker.fresh()
         clone.set_epoch(epoch)
         return clone
@@ -429,7 +464,7 @@ class H5Sequence(keras.utils.PyDataset):
         # stay numpy arrays, which pickle compactly. A worker pool belongs to
         # the process that started it.
         state = dict(self.__dict__)
-        state.update(_pool=None, _bound={}, _next_content=0, _requests=0)
+        state.update(_pool=None, _threads=None, _prefetched={}, _bound={}, _next_content=0, _requests=0)
         del state["_pool_lock"]
         return state
 

@@ -210,3 +210,32 @@ def test_requests_in_any_order_get_the_seeds_batches_in_request_order(sized_file
 def test_unshuffled_sequence_serves_index_i_as_batch_i(sized_files):
     seq = H5Sequence(sized_files[100], batch_size=10, shuffle=False)
     np.testing.assert_array_equal(seq[7][0].reshape(-1, 12)[:, 0], np.arange(70, 80))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_thread_workers_serve_the_seeds_order_whatever_the_request_order(sized_files, seed):
+    expected = _rows_of_epoch(H5Sequence(sized_files[257], batch_size=8, seed=seed))
+    seq = H5Sequence(sized_files[257], batch_size=8, seed=seed, workers=4)
+    assert (seq.thread_workers, seq.workers, seq.use_multiprocessing) == (4, 1, False)
+    requests = np.random.default_rng(seed).permutation(len(seq))
+    seen = [seq[int(i)][0].reshape(-1, 12)[:, 0].astype(np.int64) for i in requests]
+    np.testing.assert_array_equal(np.concatenate(seen), expected)
+    seq.on_epoch_end()  # stops the threads; the next epoch starts afresh
+    assert seq._threads is None
+    np.testing.assert_array_equal(np.sort(_rows_of_epoch(seq)), np.arange(257))
+    seq.close()
+
+
+def test_an_error_in_a_thread_worker_keeps_its_type_and_names_the_ids(small_file):
+    seq = H5Sequence(small_file, batch_size=8, shuffle=False, workers=2, transform=_refuse_batch_3)
+    seq[0]
+    with pytest.raises(ArithmeticError, match=r"refused.*'id-24'"):
+        for i in range(1, len(seq)):
+            seq[i]
+    seq.close()
+
+
+def _refuse_batch_3(X, Y):
+    if X.reshape(len(X), -1)[0, 0] == 24:
+        raise ArithmeticError("refused")
+    return X, Y

@@ -194,6 +194,7 @@ FIT_SETUPS = [
     # fit(shuffle=True), Keras's default: Keras asks for the batches of each
     # epoch in an order drawn from Python's unseeded random.
     pytest.param("fork", 0, False, True, id="no-workers-keras-shuffle"),
+    pytest.param("fork", 4, False, True, id="4-threads-keras-shuffle"),
     pytest.param("fork", 4, True, True, id="4-processes-fork-keras-shuffle", marks=pytest.mark.xfail(
         not OWN_WORKERS, strict=False,
         reason="Keras's own process pool serves batches in Keras's unseeded shuffled order; "
