@@ -229,11 +229,13 @@ def test_sequence_with_running_workers_pickles_without_them(small_file):
     assert not _segments()
 
 
-def test_keras_sees_one_worker_and_threads_stay_with_keras(small_file):
+def test_keras_sees_one_worker_whether_h5feed_runs_processes_or_threads(small_file):
     own = H5Sequence(small_file, workers=3, use_multiprocessing=True, max_queue_size=4)
-    assert (own.workers, own.use_multiprocessing, own.process_workers) == (1, False, 3)
+    assert (own.workers, own.use_multiprocessing, own.process_workers, own.thread_workers) == (1, False, 3, 0)
     threads = H5Sequence(small_file, workers=2, use_multiprocessing=False)
-    assert (threads.workers, threads.use_multiprocessing, threads.process_workers) == (2, False, 0)
+    assert (threads.workers, threads.use_multiprocessing, threads.process_workers, threads.thread_workers) == (
+        1, False, 0, 2,
+    )
     with pytest.raises(ValueError, match="workers must be an int >= 0"):
         H5Sequence(small_file, workers=-1)
     with pytest.raises(TypeError, match="use_multiprocessing must be a bool"):
