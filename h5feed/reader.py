@@ -196,13 +196,7 @@ class Reader:
         with self._lock:
             mapped = self._mapped(col)
             if mapped is not None:
-                # Fancy indexing, or take(mode="clip") into ``out``: rows are
-                # checked above, and take's default mode="raise" buffers the
-                # whole output through a temporary (10-20x slower).
-                if out is None:
-                    return mapped[rows]
-                np.take(mapped, rows, axis=0, out=out, mode="clip")
-                return out
+                return _gather(mapped, rows, out)
             if out is None:
                 out = np.empty((rows.size, *col.row_shape), dtype=col.dtype.newbyteorder("="))
             plan = plan_reads(rows, chunk_rows=col.chunk_rows)
@@ -218,10 +212,7 @@ class Reader:
         if self._pid == os.getpid():
             mapped = self._maps.get(name)
             if mapped is not None:
-                if out is None:
-                    return mapped[rows]
-                np.take(mapped, rows, axis=0, out=out, mode="clip")
-                return out
+                return _gather(mapped, rows, out)
         return self.read(name, rows, out)
 
     def _dataset(self, name: str) -> h5py.Dataset:
@@ -248,15 +239,30 @@ class Reader:
             pos += n
         if direct:
             return out
-        picked = buf if plan.take is None else buf[plan.take]
-        if plan.inverse is None:
-            out[...] = picked
+        # Spans -> distinct rows -> requested order, composed into one gather.
+        if plan.take is None:
+            index = plan.inverse
+        elif plan.inverse is None:
+            index = plan.take
         else:
-            np.take(picked, plan.inverse, axis=0, out=out)
-        return out
+            index = plan.take[plan.inverse]
+        return _gather(buf, index, out)
 
     def read_ids(self, rows: np.ndarray) -> list[str]:
         """The sample IDs of ``rows``, in the order given."""
         with self._lock:
             return read_ids(self._h5(), rows)
 
+
+
+def _gather(source: np.ndarray, rows: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    """``source[rows]``, into ``out`` when given; ``rows`` already checked.
+
+    ``take(mode="clip")`` writes straight into ``out``: the default
+    ``mode="raise"`` buffers the whole output through a temporary, 10-20x
+    slower for large rows.
+    """
+    if out is None:
+        return source[rows]
+    np.take(source, rows, axis=0, out=out, mode="clip")
+    return out
