@@ -59,6 +59,7 @@ from typing import Any
 
 import numpy as np
 
+from ._proc import pid_alive
 from .errors import WorkerError
 
 __all__ = ["BatchPool", "SHM_PREFIX"]
@@ -199,16 +200,6 @@ def _unpack_exception(packed: tuple[str, Any]) -> BaseException:
 # -- the worker process ---------------------------------------------------------
 
 
-def _parent_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _worker_main(
     conn: multiprocessing.connection.Connection,
     maker: Any,
@@ -225,7 +216,7 @@ def _worker_main(
         conn.send(("ready", worker_id, os.getpid()))
         while True:
             if not conn.poll(_IDLE_POLL_S):
-                if not _parent_alive(parent_pid):
+                if not pid_alive(parent_pid):
                     return
                 continue
             try:

@@ -63,6 +63,7 @@ import numpy as np
 
 from . import layout as L
 from ._files import create_h5
+from ._proc import pid_alive
 from .errors import DiskFullError, InvalidSampleIDError, SampleError, UnknownIDError, WriterError
 
 __all__ = ["DatasetWriter", "check_output_folder", "run_isolated", "write_arrays"]
@@ -931,30 +932,13 @@ def _remove_stale_temporaries(folder: str, base: str) -> None:
         if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
             continue
         pid = int(parts[1])
-        if pid == os.getpid() or _alive(pid):
+        if pid == os.getpid() or pid_alive(pid):
             continue
         try:
             os.unlink(os.path.join(folder, name))
             logger.info("removed %s, left by a writer that died", name)
         except OSError:
             pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (dead, not yet reaped: common in containers whose init does
-    # not reap orphans) still answers kill(pid, 0).
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            state = fh.read().rsplit(b")", 1)[1].split()[0]
-        return state != b"Z"
-    except (OSError, IndexError):
-        return True
 
 
 def write_arrays(

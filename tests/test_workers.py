@@ -9,6 +9,8 @@ import signal
 import time
 
 import numpy as np
+
+from h5feed._proc import pid_alive as _alive
 import pytest
 
 from h5feed import H5Sequence
@@ -27,19 +29,6 @@ def _segments() -> set[str]:
     except FileNotFoundError:  # pragma: no cover - not Linux
         return set()
     return {n for n in names if n.startswith(f"{SHM_PREFIX}{os.getpid()}_")}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie still answers kill(0): look at its state.
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 class Boom(Exception):

@@ -208,7 +208,7 @@ def judge(folder: Path, target: Path, previous: bytes | None, version: int, sign
 
 def _writers_alive(folder: Path) -> bool:
     """Whether a process that owns a temporary file in ``folder`` still runs."""
-    from h5feed.writer import _alive
+    from h5feed._proc import pid_alive as _alive
 
     for name in leftovers(folder):
         parts = name.rsplit(".", 4)  # .<base>.<host>.<pid>.<rand>.h5feed-tmp
