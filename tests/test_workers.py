@@ -9,11 +9,10 @@ import signal
 import time
 
 import numpy as np
-
-from h5feed._proc import pid_alive as _alive
 import pytest
 
 from h5feed import H5Sequence
+from h5feed._proc import pid_alive as _alive
 from h5feed._workers import SHM_PREFIX
 from h5feed.errors import WorkerError
 
