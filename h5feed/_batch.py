@@ -9,6 +9,7 @@ arrays are made and where errors get their batch and sample-ID context.
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +18,7 @@ import numpy as np
 from .errors import H5FeedError
 from .layout import Layout
 from ._parts import make_reader
+from ._select import column_names
 
 __all__ = ["BatchMaker", "with_context"]
 
@@ -53,18 +55,27 @@ class BatchMaker:
         # One-hot rows by indexing an identity matrix: one numpy call.
         self._eye = np.eye(self.n_classes, dtype=np.float32) if one_hot and self.n_classes else None
 
-    def make(self, rows: np.ndarray, index: int | str, alloc: Callable[..., np.ndarray] | None = None) -> tuple[Any, ...]:
+    def make(
+        self,
+        rows: np.ndarray,
+        index: int | str,
+        alloc: Callable[..., np.ndarray] | None = None,
+        on_read: Callable[[float], None] | None = None,
+    ) -> tuple[Any, ...]:
         """The batch of file rows ``rows`` (checked int64), batch ``index`` for messages.
 
         ``alloc(shape, dtype)``, when given, provides the arrays the rows are
         read into (a worker passes views of its shared-memory slot, so a
         batch without a transform is written once, straight into the slot).
+        ``on_read(seconds)``, when given, is told how long reading the rows
+        took, before the transform runs (for :mod:`h5feed._readahead`).
 
         Raises:
             ReadError: (or another H5FeedError/OSError) with the batch and its
                 sample IDs added to the message.
             Exception: whatever ``transform`` raised, same type, with context.
         """
+        start = time.perf_counter()
         try:
             X = self._gather(self.x, rows, alloc)
             if self.y is None:
@@ -75,6 +86,8 @@ class BatchMaker:
                     Y = self._eye[Y]
         except (H5FeedError, OSError) as exc:
             _reraise(exc, f"batch {index} of {self.path}, sample IDs {self.ids_for(rows)}")
+        if on_read is not None:
+            on_read(time.perf_counter() - start)
         if self.transform is not None:
             try:
                 X, Y = self.transform(X, Y)
@@ -115,14 +128,16 @@ class BatchMaker:
         clone.reader = make_reader(self.layout)
         return clone
 
+    def columns(self) -> list[tuple[str, int]]:
+        """``(name, row_nbytes)`` of every dataset a batch reads."""
+        names = dict.fromkeys(column_names(self.x) + column_names(self.y))
+        return [(name, self.layout.column(name).row_nbytes) for name in names]
+
     def batch_nbytes(self, batch_size: int) -> int:
         """Bytes of one batch before ``transform`` (for sizing shared memory)."""
         total = 0
         for spec, is_y in ((self.x, False), (self.y, True)):
-            if spec is None:
-                continue
-            names = [spec] if isinstance(spec, str) else list(spec.values()) if isinstance(spec, dict) else list(spec)
-            for name in names:
+            for name in column_names(spec):
                 col = self.layout.column(name)
                 total += col.row_nbytes
                 if is_y and self.one_hot:

@@ -32,6 +32,7 @@ import numpy as np
 __all__ = [
     "ReadPlan",
     "batch_bounds",
+    "advice_ranges",
     "block_permutation",
     "epoch_order",
     "num_batches",
@@ -121,6 +122,50 @@ def plan_reads(rows: np.ndarray, *, chunk_rows: int | None = None) -> ReadPlan:
         span_of_row = np.repeat(np.arange(starts.size), last - first + 1)
         take = offsets[span_of_row] + (uniq - starts[span_of_row])
     return ReadPlan(starts, stops, take, inverse)
+
+
+def advice_ranges(
+    rows: np.ndarray, *, row_nbytes: int, first_byte: int, page: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
+    """Page-aligned byte ranges that cover ``rows`` of a contiguous dataset.
+
+    For read-ahead advice (``madvise``/``posix_fadvise``): the runs of
+    consecutive rows, as byte ranges widened to whole pages, with ranges that
+    touch or overlap after widening merged into one.
+
+    Args:
+        rows: row numbers, any order, repeats allowed.
+        row_nbytes: bytes per row.
+        first_byte: where row 0 starts (the dataset's offset in the mapping).
+        page: the page size the ranges are aligned to.
+
+    Returns:
+        ``(starts, lengths)`` in bytes, ascending, non-overlapping (int64).
+
+    Example:
+        >>> s, n = advice_ranges(np.array([9, 0, 1]), row_nbytes=1000, first_byte=100)
+        >>> s.tolist(), n.tolist()
+        ([0, 8192], [4096, 4096])
+    """
+    if row_nbytes < 1 or page < 1 or first_byte < 0:
+        raise ValueError(
+            f"row_nbytes and page must be >= 1, first_byte >= 0. "
+            f"Received: {row_nbytes!r}, {page!r}, {first_byte!r}"
+        )
+    plan = plan_reads(rows)
+    if plan.n_spans == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
+    begin = first_byte + plan.starts * row_nbytes
+    end = first_byte + plan.stops * row_nbytes
+    begin -= begin % page
+    end += -end % page
+    # After widening, a range may reach into the next one's first page.
+    new = np.concatenate(([True], begin[1:] > end[:-1]))
+    first = np.flatnonzero(new)
+    last = np.concatenate((first[1:], [begin.size])) - 1
+    starts = begin[first]
+    return starts, end[last] - starts
 
 
 def _rng(seed: int, epoch: int) -> np.random.Generator:

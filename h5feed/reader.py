@@ -27,13 +27,19 @@ return the same bytes.
 
 NOTE [ Cold cache ]
 On a cold page cache a fault on the map reads the page and its neighbours
-(the kernel's read-around), which for rows of 4 KiB and more is one read per
-row, and the rows of a shuffled epoch cover the file. We measured a
-background ``POSIX_FADV_WILLNEED`` over the whole dataset (and a synchronous
-one) against plain faults on the benchmark's files: no gain on the 1 GiB
-"volume" file (the shuffled cold epoch already beat one sequential ``read``
-of the file) and a loss on the 45 MiB "small" one, so there is none.
-``h5feed bench`` keeps measuring it (the "cold" rows).
+(the kernel's read-around, 128 KiB by default). For small rows one fault
+brings in many rows, and a shuffled epoch runs near the speed of one
+sequential read. For large rows (the tutorial's 128 KiB volumes) every row
+is its own synchronous read, one at a time, and a shuffled epoch ran at
+about half the sequential rate. :meth:`Reader.advise` asks the kernel
+(``MADV_WILLNEED``) to start reading given rows without waiting for them;
+:class:`~h5feed._readahead.ReadAhead` uses it to keep the next batches'
+rows in flight while batches come from disk, which brought the shuffled cold
+epoch of "volume" from 47% to about 100% of one sequential read. It stays off
+for small rows and while the pages are cached: the advice costs a system
+call per run of rows, about a third of a warm batch's time on "volume". A
+whole-file ``WILLNEED`` (in the background or not) gained nothing on either
+benchmark file. ``h5feed bench`` keeps measuring it (the "cold" rows).
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ import numpy as np
 
 from ._damage import read_error
 from ._files import open_h5
-from ._plan import ReadPlan, plan_reads
+from ._plan import ReadPlan, advice_ranges, plan_reads
 from .errors import ReadError
 from .layout import ColumnInfo, Layout, read_ids
 
@@ -57,6 +63,8 @@ __all__ = ["Reader"]
 # Handles abandoned after a fork: referenced forever so that nothing in the
 # child ever finalises (closes) an HDF5 object that belongs to the parent.
 _ABANDONED: list[Any] = []
+
+_CAN_ADVISE = hasattr(mmap.mmap, "madvise") and hasattr(mmap, "MADV_WILLNEED")
 
 
 class Reader:
@@ -78,6 +86,7 @@ class Reader:
         self._dsets: dict[str, h5py.Dataset] = {}
         self._maps: dict[str, np.ndarray] = {}
         self._mmaps: list[mmap.mmap] = []
+        self._map_at: dict[str, tuple[mmap.mmap, int]] = {}
         self._lock_pid = os.getpid()
         self._lock_obj = threading.Lock()
 
@@ -105,6 +114,7 @@ class Reader:
         self._dsets = {}
         self._maps = {}
         self._mmaps = []
+        self._map_at = {}
 
     def _h5(self) -> h5py.File:
         self._ensure_process()
@@ -137,6 +147,7 @@ class Reader:
                 base = col.offset - col.offset % mmap.ALLOCATIONGRANULARITY
                 mm = mmap.mmap(fh.fileno(), col.offset + nbytes - base, access=mmap.ACCESS_READ, offset=base)
             self._mmaps.append(mm)
+            self._map_at[col.name] = (mm, col.offset - base)
             arr = np.frombuffer(mm, dtype=col.dtype, count=int(np.prod(col.shape)), offset=col.offset - base)
             arr = arr.reshape(col.shape)
             self._maps[col.name] = arr
@@ -147,6 +158,7 @@ class Reader:
         with self._lock:
             if self._pid == os.getpid():
                 self._maps = {}
+                self._map_at = {}
                 self._dsets = {}
                 # Arrays may still view the maps; let the GC close them then.
                 self._mmaps = []
@@ -214,6 +226,32 @@ class Reader:
             if mapped is not None:
                 return _gather(mapped, rows, out)
         return self.read(name, rows, out)
+
+    def advise(self, name: str, rows: np.ndarray) -> bool:
+        """Ask the kernel to start reading ``rows`` of ``name``; do not wait.
+
+        Only for a memory-mapped column (NOTE [ Cold cache ]) that this
+        process has already read from; rows already checked.
+
+        Returns:
+            False when there is nothing to advise (not mapped here, or no
+            ``madvise`` on this platform): the caller can stop asking.
+        """
+        if self._pid != os.getpid() or not _CAN_ADVISE:
+            return False
+        at = self._map_at.get(name)
+        if at is None:
+            return False
+        mm, first_byte = at
+        col = self.layout.column(name)
+        starts, lengths = advice_ranges(rows, row_nbytes=col.row_nbytes, first_byte=first_byte, page=mmap.PAGESIZE)
+        size = len(mm)
+        for start, length in zip(starts.tolist(), lengths.tolist()):
+            try:
+                mm.madvise(mmap.MADV_WILLNEED, start, min(length, size - start))
+            except (OSError, ValueError):  # advice only; the read will tell
+                return False
+        return True
 
     def _dataset(self, name: str) -> h5py.Dataset:
         # Kept open: HDF5 drops a dataset's chunk cache when the dataset is

@@ -53,6 +53,7 @@ import numpy as np
 
 from . import _plan
 from ._batch import BatchMaker
+from ._readahead import ReadAhead
 from ._keras import keras
 from ._select import (
     DEFAULT_Y,
@@ -107,6 +108,10 @@ class H5Sequence(keras.utils.PyDataset):
             rows of the epoch so that all shards have the same length.
         allow_virtual: accept a file whose datasets are HDF5 virtual datasets
             (made by ``h5feed merge``); its sources must lie in its folder.
+        readahead: while batches come from disk (cold page cache), ask the
+            kernel to start reading the next batches' rows (memory-mapped
+            datasets with rows of 32 KiB or more; NOTE [ Cold cache ] in
+            ``reader.py``). False never asks.
         **kwargs: ``workers``, ``use_multiprocessing``, ``max_queue_size``.
             With ``use_multiprocessing=True`` h5feed runs ``workers`` worker
             processes of its own that return batches through shared memory
@@ -143,6 +148,7 @@ class H5Sequence(keras.utils.PyDataset):
         block_window: int = 8,
         shard: tuple[int, int] | None = None,
         allow_virtual: bool = False,
+        readahead: bool = True,
         **kwargs: Any,
     ) -> None:
         unknown = sorted(set(kwargs) - set(_PYDATASET_KWARGS))
@@ -198,6 +204,8 @@ class H5Sequence(keras.utils.PyDataset):
         if not isinstance(allow_virtual, (bool, np.bool_)):
             raise TypeError(f"allow_virtual must be a bool. Received: {allow_virtual!r}")
         self.allow_virtual = bool(allow_virtual)
+        if not isinstance(readahead, (bool, np.bool_)):
+            raise TypeError(f"readahead must be a bool. Received: {readahead!r}")
 
         # Validated once, here; workers trust this layout (NOTE [ Handles
         # across processes ] in reader.py).
@@ -214,6 +222,7 @@ class H5Sequence(keras.utils.PyDataset):
         self.block_window = _positive_int(block_window, "block_window")
 
         self._maker = BatchMaker(layout, self.x, self.y, one_hot=self.one_hot, transform=transform)
+        self._ahead = ReadAhead(self._maker.reader, self._maker.columns()) if readahead else ReadAhead(None, ())
         self._reset_pool_state()
         self._slot_bytes = 0
         # The multiprocessing context of the workers; None: the start
@@ -277,6 +286,7 @@ class H5Sequence(keras.utils.PyDataset):
         if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
             raise ValueError(f"epoch must be an int >= 0. Received: {epoch!r}")
         self._close_pool()
+        self._ahead.reset()
         self._epoch = int(epoch)
         self._epoch_rows = self._compute_epoch_rows(self._epoch)
 
@@ -347,7 +357,7 @@ class H5Sequence(keras.utils.PyDataset):
                 pending = self._prefetch_threads(k) if self._thread_workers else None
             if pending is not None:
                 return pending.result()
-            return self._maker.make(self._content_rows(k), index)
+            return self._make_here(k, index)
         with self._pool_lock:
             k = self._content_of(index)
             self._requests += 1
@@ -363,7 +373,19 @@ class H5Sequence(keras.utils.PyDataset):
                     raise
                 if batch is not None:
                     return batch
-        return self._maker.make(self._content_rows(k), index)
+        return self._make_here(k, index)
+
+    def _make_here(self, k: int, index: int) -> Any:
+        """Batch ``k`` of the epoch order, read in this thread (as ``index``)."""
+        rows = self._content_rows(k)
+        ahead = self._ahead
+        if not ahead.enabled:
+            return self._maker.make(rows, index)
+
+        def read_ahead(seconds: float) -> None:
+            ahead.batch_read(k, rows.size, seconds, self._content_rows, len(self))
+
+        return self._maker.make(rows, index, on_read=read_ahead)
 
     # -- own worker processes ----------------------------------------------
 

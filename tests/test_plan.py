@@ -137,3 +137,36 @@ def test_shard_of_keys_parts_cover_the_listing_once_whatever_its_order(seed, cou
             ordered = sorted(keys)
             lo = ordered.index(min(keys[i] for i in part))
             assert sorted(keys[i] for i in part) == ordered[lo : lo + part.size]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_advice_ranges_cover_exactly_the_pages_of_the_rows(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 300))
+    row_nbytes = int(rng.choice([1, 7, 784, 4096, 5000, 131072]))
+    first_byte = int(rng.integers(0, 10_000))
+    page = int(rng.choice([512, 4096]))
+    rows = rng.integers(0, n, int(rng.integers(1, 60)))
+    starts, lengths = _plan.advice_ranges(rows, row_nbytes=row_nbytes, first_byte=first_byte, page=page)
+    assert np.all(starts % page == 0) and np.all(lengths % page == 0) and np.all(lengths > 0)
+    ends = starts + lengths
+    assert np.all(starts[1:] > ends[:-1])  # ascending, and touching ranges merged
+    wanted = set()
+    for r in np.unique(rows):
+        lo = first_byte + int(r) * row_nbytes
+        wanted.update(range(lo // page, (lo + row_nbytes - 1) // page + 1))
+    got = set()
+    for s, e in zip(starts.tolist(), ends.tolist()):
+        got.update(range(s // page, e // page))
+    # Every page of a requested row, and (merging only ranges that touch)
+    # no page outside the span of the rows' pages.
+    assert wanted <= got
+    assert got <= set(range(min(wanted), max(wanted) + 1))
+    assert len(starts) <= np.unique(rows).size
+
+
+def test_advice_ranges_of_nothing_is_empty_and_bad_sizes_are_errors():
+    starts, lengths = _plan.advice_ranges(np.array([], dtype=np.int64), row_nbytes=8, first_byte=0)
+    assert starts.size == 0 and lengths.size == 0
+    with pytest.raises(ValueError, match="row_nbytes"):
+        _plan.advice_ranges(np.array([1]), row_nbytes=0, first_byte=0)
