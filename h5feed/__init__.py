@@ -19,6 +19,7 @@ from .errors import (
     UnknownIDError as UnknownIDError,
     UnknownSplitError as UnknownSplitError,
 )
+from ._origin import original_errors as original_errors
 from .layout import FORMAT_VERSION as FORMAT_VERSION, Layout as Layout, open_and_validate
 from .reader import Reader as Reader
 from .writer import DatasetWriter as DatasetWriter, write_arrays as write_arrays
@@ -46,6 +47,7 @@ __all__ = [
     "__version__",
     "errors",
     "open_file",
+    "original_errors",
     "tf_dataset",
     "write_arrays",
 ]

@@ -55,6 +55,7 @@ from . import _plan
 from ._batch import BatchMaker
 from ._readahead import ReadAhead
 from ._keras import keras
+from ._origin import note_raised
 from ._select import (
     DEFAULT_Y,
     ColumnSpec,
@@ -350,6 +351,14 @@ class H5Sequence(keras.utils.PyDataset):
             return self._content_rows(self._content_of(index))
 
     def __getitem__(self, index: int) -> Any:
+        try:
+            return self._getitem(index)
+        except Exception as exc:
+            # For h5feed.original_errors() (NOTE [ Exceptions through tf.data ]).
+            note_raised(exc)
+            raise
+
+    def _getitem(self, index: int) -> Any:
         index = self._check_index(index)
         if not self._process_workers:
             with self._pool_lock:

@@ -3,6 +3,7 @@
 Usage: python fit_script.py FILE METHOD WORKERS MULTIPROCESSING EPOCHS FAULT [FIT_SHUFFLE]
 
 FAULT is ``none``, ``raise:ROW`` or ``kill:ROW`` (see worker_faults.py).
+With H5FEED_TEST_ORIGINAL_ERRORS set, fit runs inside h5feed.original_errors().
 FIT_SHUFFLE (default 1) is passed to ``model.fit(shuffle=...)``: Keras then
 shuffles the order in which it asks for batches, with Python's unseeded
 ``random``.
@@ -63,8 +64,14 @@ def main() -> None:
         keras.layers.Dense(5, activation="softmax"),
     ])
     model.compile("sgd", "categorical_crossentropy", run_eagerly=True)
+    import contextlib
+
+    import h5feed
+
+    wrap = h5feed.original_errors() if os.environ.get("H5FEED_TEST_ORIGINAL_ERRORS") else contextlib.nullcontext()
     try:
-        model.fit(seq, epochs=int(epochs), verbose=0, callbacks=[NewEpoch()], shuffle=fit_shuffle)
+        with wrap:
+            model.fit(seq, epochs=int(epochs), verbose=0, callbacks=[NewEpoch()], shuffle=fit_shuffle)
     except BaseException as exc:  # noqa: BLE001 - the answer is the point
         after = None
         if os.path.exists(marker):

@@ -33,13 +33,14 @@ def data_file(tmp_path_factory):
     return path
 
 
-def _fit(path, method, workers, multi, fault="none", epochs=2, timeout=120, fit_shuffle=True):
+def _fit(path, method, workers, multi, fault="none", epochs=2, timeout=120, fit_shuffle=True, original_errors=False):
     start = time.perf_counter()
+    env = child_env(**({"H5FEED_TEST_ORIGINAL_ERRORS": "1"} if original_errors else {}))
     try:
         proc = subprocess.run(
             [PYTHON, SCRIPT, str(path), method, str(workers), "1" if multi else "0", str(epochs), fault,
              "1" if fit_shuffle else "0"],
-            capture_output=True, text=True, timeout=timeout, env=child_env(),
+            capture_output=True, text=True, timeout=timeout, env=env,
         )
     except subprocess.TimeoutExpired:
         raise AssertionError(f"fit with fault {fault!r} hung for {timeout} s") from None
@@ -76,12 +77,22 @@ def test_exception_in_a_worker_reaches_fit_naming_its_type_and_sample_ids(fit_wi
     reason="on the TensorFlow backend Keras feeds a PyDataset through tf.data "
     "(from_generator), which turns every Python exception raised after the first "
     "two batches into tf.errors.UnknownError (InvalidArgumentError for ValueError); "
-    "the type survives only by name, in the message",
+    "the type survives only by name, in the message, unless fit runs inside "
+    "h5feed.original_errors() (the next test)",
 )
-def test_exception_in_a_worker_reaches_fit_with_its_type_kept(fit_with_failing_transform):
+def test_exception_in_a_worker_reaches_plain_fit_with_its_type_kept(fit_with_failing_transform):
     answer = fit_with_failing_transform
     assert answer.get("error_type") == "TransformFailed", answer["error_type"]
     assert "ArithmeticError" in answer["error_mro"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers, multi", [(0, False), (2, False), (2, True)], ids=["in-process", "threads", "processes"])
+def test_exception_in_a_worker_reaches_fit_with_its_type_kept_inside_original_errors(data_file, workers, multi):
+    answer = _fit(data_file, "fork", workers, multi, fault="raise:40", epochs=1, original_errors=True)
+    assert answer.get("error_type") == "TransformFailed", answer
+    assert "ArithmeticError" in answer["error_mro"]
+    assert "transform refused row 40" in answer["message"] and "'id-40'" in answer["message"]
 
 
 @pytest.mark.slow
