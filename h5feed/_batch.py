@@ -75,7 +75,7 @@ class BatchMaker:
                 sample IDs added to the message.
             Exception: whatever ``transform`` raised, same type, with context.
         """
-        start = time.perf_counter()
+        start = time.perf_counter() if on_read is not None else 0.0
         try:
             X = self._gather(self.x, rows, alloc)
             if self.y is None:

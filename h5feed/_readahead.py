@@ -53,6 +53,9 @@ class ReadAhead:
         if not callable(getattr(reader, "advise", None)):
             self._names = []
         self._reader = reader
+        # False when nothing can ever be advised (small rows, no mmap); a
+        # plain attribute, read on every batch.
+        self.enabled = bool(self._names)
         self.depth = depth
         self.cold_bytes_per_s = cold_bytes_per_s
         self.reset()
@@ -61,11 +64,6 @@ class ReadAhead:
         """A new epoch (or order): off, nothing advised yet."""
         self.active = False
         self._advised_to = 0  # batches below this were advised
-
-    @property
-    def enabled(self) -> bool:
-        """False when nothing can ever be advised (small rows, no mmap)."""
-        return bool(self._names)
 
     def batch_read(self, k: int, n_rows: int, seconds: float, rows_of: Callable[[int], np.ndarray], n_batches: int) -> None:
         """Batch ``k`` (``n_rows`` rows) took ``seconds`` to read; advise ahead.
@@ -85,5 +83,6 @@ class ReadAhead:
             for name in self._names:
                 if not self._reader.advise(name, rows):
                     self._names = []  # not mapped: nothing to advise, ever
+                    self.enabled = False
                     return
         self._advised_to = max(self._advised_to, stop)

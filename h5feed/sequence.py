@@ -352,21 +352,24 @@ class H5Sequence(keras.utils.PyDataset):
 
     def __getitem__(self, index: int) -> Any:
         try:
-            return self._getitem(index)
+            index = self._check_index(index)
+            if not self._process_workers:
+                with self._pool_lock:
+                    k = self._content_of(index)
+                    pending = self._prefetch_threads(k) if self._thread_workers else None
+                if pending is not None:
+                    return pending.result()
+                if self._ahead.enabled:
+                    return self._make_reading_ahead(k, index)
+                return self._maker.make(self._content_rows(k), index)
+            return self._from_pool(index)
         except Exception as exc:
             # For h5feed.original_errors() (NOTE [ Exceptions through tf.data ]).
             note_raised(exc)
             raise
 
-    def _getitem(self, index: int) -> Any:
-        index = self._check_index(index)
-        if not self._process_workers:
-            with self._pool_lock:
-                k = self._content_of(index)
-                pending = self._prefetch_threads(k) if self._thread_workers else None
-            if pending is not None:
-                return pending.result()
-            return self._make_here(k, index)
+    def _from_pool(self, index: int) -> Any:
+        """Batch ``index`` from h5feed's worker processes (started on the third request)."""
         with self._pool_lock:
             k = self._content_of(index)
             self._requests += 1
@@ -382,14 +385,12 @@ class H5Sequence(keras.utils.PyDataset):
                     raise
                 if batch is not None:
                     return batch
-        return self._make_here(k, index)
+        return self._maker.make(self._content_rows(k), index)
 
-    def _make_here(self, k: int, index: int) -> Any:
-        """Batch ``k`` of the epoch order, read in this thread (as ``index``)."""
+    def _make_reading_ahead(self, k: int, index: int) -> Any:
+        """Batch ``k`` of the epoch order (as ``index``), then read-ahead if cold."""
         rows = self._content_rows(k)
         ahead = self._ahead
-        if not ahead.enabled:
-            return self._maker.make(rows, index)
 
         def read_ahead(seconds: float) -> None:
             ahead.batch_read(k, rows.size, seconds, self._content_rows, len(self))
