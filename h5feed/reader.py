@@ -34,8 +34,9 @@ is its own synchronous read, one at a time, and a shuffled epoch ran at
 about half the sequential rate. :meth:`Reader.advise` asks the kernel
 (``MADV_WILLNEED``) to start reading given rows without waiting for them;
 :class:`~h5feed._readahead.ReadAhead` uses it to keep the next batches'
-rows in flight while batches come from disk, which brought the shuffled cold
-epoch of "volume" from 47% to about 100% of one sequential read. It stays off
+rows in flight while batches come from disk: in one benchmark run the
+shuffled cold epoch of "volume" went from 54% to 73% of one sequential read
+of the file (``h5feed bench``, "cold" rows, with and without). It stays off
 for small rows and while the pages are cached: the advice costs a system
 call per run of rows, about a third of a warm batch's time on "volume". A
 whole-file ``WILLNEED`` (in the background or not) gained nothing on either
