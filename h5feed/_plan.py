@@ -31,8 +31,8 @@ import numpy as np
 
 __all__ = [
     "ReadPlan",
-    "batch_bounds",
     "advice_ranges",
+    "batch_bounds",
     "block_permutation",
     "epoch_order",
     "num_batches",

@@ -18,8 +18,8 @@ import numpy as np
 
 __all__ = ["ReadAhead"]
 
-# Rows smaller than this come in many per fault (the kernel reads 128 KiB
-# around each one); advising them cost more than it saved on "small".
+# Rows smaller than this come in many per fault (the kernel's read-around,
+# NOTE [ Cold cache ]); advising them cost more than it saved on "small".
 MIN_ROW_BYTES = 32 << 10
 # A batch read slower than this came (partly) from disk: warm pages gather
 # at several GiB/s, a cold 128 KiB row costs a disk round trip.

@@ -27,20 +27,21 @@ return the same bytes.
 
 NOTE [ Cold cache ]
 On a cold page cache a fault on the map reads the page and its neighbours
-(the kernel's read-around, 128 KiB by default). For small rows one fault
-brings in many rows, and a shuffled epoch runs near the speed of one
-sequential read. For large rows (the tutorial's 128 KiB volumes) every row
-is its own synchronous read, one at a time, and a shuffled epoch ran at
-about half the sequential rate. :meth:`Reader.advise` asks the kernel
+(the kernel's read-around: ``read_ahead_kb``, 128 KiB by default, 8 MiB on
+this project's machines). For small rows one fault brings in many rows; for
+large rows (the tutorial's 128 KiB volumes) every row is its own synchronous
+read, one at a time, and a shuffled epoch ran at about half the rate of one
+sequential read of the file. :meth:`Reader.advise` asks the kernel
 (``MADV_WILLNEED``) to start reading given rows without waiting for them;
 :class:`~h5feed._readahead.ReadAhead` uses it to keep the next batches'
 rows in flight while batches come from disk: in one benchmark run the
 shuffled cold epoch of "volume" went from 54% to 73% of one sequential read
 of the file (``h5feed bench``, "cold" rows, with and without). It stays off
 for small rows and while the pages are cached: the advice costs a system
-call per run of rows, about a third of a warm batch's time on "volume". A
-whole-file ``WILLNEED`` (in the background or not) gained nothing on either
-benchmark file. ``h5feed bench`` keeps measuring it (the "cold" rows).
+call per run of rows, a quarter to a third of a warm batch's time on
+"volume". "small" (784-byte rows) reads a shuffled cold epoch at about half
+the sequential rate with or without advice; neither advising its rows nor a
+whole-file ``WILLNEED`` (in the background or not) gained anything there. ``h5feed bench`` keeps measuring it (the "cold" rows).
 """
 
 from __future__ import annotations

@@ -53,9 +53,9 @@ import numpy as np
 
 from . import _plan
 from ._batch import BatchMaker
-from ._readahead import ReadAhead
 from ._keras import keras
 from ._origin import note_raised
+from ._readahead import ReadAhead
 from ._select import (
     DEFAULT_Y,
     ColumnSpec,
