@@ -44,8 +44,9 @@ def main() -> None:
 
     class Record(keras.layers.Layer):
         def call(self, inputs):
-            if hasattr(inputs, "numpy"):
-                seen[-1].extend(inputs.numpy().reshape(len(inputs), -1)[:, 0].astype(int).tolist())
+            if seen and not isinstance(inputs, keras.KerasTensor):  # not while Keras builds the model
+                rows = keras.ops.convert_to_numpy(inputs)
+                seen[-1].extend(rows.reshape(len(rows), -1)[:, 0].astype(int).tolist())
             return inputs
 
     class NewEpoch(keras.callbacks.Callback):

@@ -33,9 +33,15 @@ def data_file(tmp_path_factory):
     return path
 
 
-def _fit(path, method, workers, multi, fault="none", epochs=2, timeout=120, fit_shuffle=True, original_errors=False):
+def _fit(path, method, workers, multi, fault="none", epochs=2, timeout=120, fit_shuffle=True, original_errors=False,
+         backend=None):
     start = time.perf_counter()
-    env = child_env(**({"H5FEED_TEST_ORIGINAL_ERRORS": "1"} if original_errors else {}))
+    extra = {"H5FEED_TEST_ORIGINAL_ERRORS": "1"} if original_errors else {}
+    if backend is not None:
+        if importlib.util.find_spec(backend) is None:
+            pytest.skip(f"KERAS_BACKEND={backend} needs {backend}, which is not installed: pip install 'h5feed[{backend}]'")
+        extra.update(KERAS_BACKEND=backend, JAX_PLATFORMS="cpu")
+    env = child_env(**extra)
     try:
         proc = subprocess.run(
             [PYTHON, SCRIPT, str(path), method, str(workers), "1" if multi else "0", str(epochs), fault,
@@ -84,6 +90,16 @@ def test_exception_in_a_worker_reaches_plain_fit_with_its_type_kept(fit_with_fai
     answer = fit_with_failing_transform
     assert answer.get("error_type") == "TransformFailed", answer["error_type"]
     assert "ArithmeticError" in answer["error_mro"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_exception_reaches_plain_fit_with_its_type_kept_on_other_backends(data_file, backend):
+    # Keras feeds a PyDataset to JAX and PyTorch as a Python iterator: no
+    # conversion on the way (NOTE [ Exceptions through tf.data ]).
+    answer = _fit(data_file, "spawn", 0, False, fault="raise:40", epochs=1, backend=backend)
+    assert answer.get("error_type") == "TransformFailed", answer
+    assert "transform refused row 40" in answer["message"] and "'id-40'" in answer["message"]
 
 
 @pytest.mark.slow
