@@ -311,6 +311,26 @@ def _read_json(path: str, what: str) -> Any:
         raise SourceError(f"{path}: not UTF-8 text: {exc}") from exc
 
 
+def _json_object_or_table(
+    source: str | os.PathLike[str], kind: str, what: str, shape: str
+) -> tuple[str, dict[str, Any] | None]:
+    """``(path, object)`` for a JSON ``kind`` file, ``(path, None)`` for a CSV table.
+
+    Raises:
+        SourceError: the file is missing, or its JSON is invalid, repeats a
+            key ("duplicate ``what`` ID(s)") or is not an object ``shape``.
+    """
+    where = os.fspath(source)
+    if not os.path.isfile(where):
+        raise SourceError(f"{where}: no such {kind} file")
+    if not _is_json(where):
+        return where, None
+    obj = _read_json(where, what)
+    if not isinstance(obj, dict):
+        raise SourceError(f"{where}: expected a JSON object {shape}. Received: a JSON {type(obj).__name__}")
+    return where, obj
+
+
 def _read_table(path: str, columns: tuple[str, str]) -> Iterator[tuple[int, str, str]]:
     """Yield ``(line, first, second)`` from a CSV whose header is ``columns``."""
     try:
@@ -351,15 +371,9 @@ def load_labels(labels: str | os.PathLike[str] | Mapping[str, Any]) -> tuple[str
         where = "labels"
         result = dict(labels)
     else:
-        where = os.fspath(labels)
-        if not os.path.isfile(where):
-            raise SourceError(f"{where}: no such labels file")
-        if _is_json(where):
-            result = _read_json(where, "labelled")
-            if not isinstance(result, dict):
-                raise SourceError(
-                    f"{where}: expected a JSON object {{ID: label}}. Received: a JSON {type(result).__name__}"
-                )
+        where, obj = _json_object_or_table(labels, "labels", "labelled", "{ID: label}")
+        if obj is not None:
+            result = obj
         else:
             result = {}
             dupes: list[str] = []
@@ -388,15 +402,9 @@ def load_partition(partition: str | os.PathLike[str] | Mapping[str, Any]) -> tup
         where = "partition"
         raw = dict(partition)
     else:
-        where = os.fspath(partition)
-        if not os.path.isfile(where):
-            raise SourceError(f"{where}: no such partition file")
-        if _is_json(where):
-            raw = _read_json(where, "split")
-            if not isinstance(raw, dict):
-                raise SourceError(
-                    f"{where}: expected a JSON object {{split: [IDs]}}. Received: a JSON {type(raw).__name__}"
-                )
+        where, obj = _json_object_or_table(partition, "partition", "split", "{split: [IDs]}")
+        if obj is not None:
+            raw = obj
         else:
             raw = {}
             for _, sid, split in _read_table(where, ("id", "split")):
