@@ -31,7 +31,8 @@ def test_bench_quick_prints_every_row_with_ratios(tmp_path, capsys):
             assert row["vs_baseline"] > 0 and row["vs_limit"] > 0
         assert by[("raw", shape, RAW[0])]["vs_baseline"] == pytest.approx(1.0)
         assert by[("raw", shape, RAW[-1])]["vs_limit"] == pytest.approx(1.0)
-        for name in ("sequential read of the file", "H5Sequence shuffle=True", 'H5Sequence shuffle="block"'):
+        for name in ("sequential read of the file", "H5Sequence shuffle=True", 'H5Sequence shuffle="block"',
+                     "H5Sequence shuffle=True, warm cache"):
             assert by[("cold", shape, name)]["vs_limit"] > 0
         assert by[("compressed", shape, 'lzf H5Sequence shuffle="block"')]["vs_baseline"] > 0
     for name in ("fit per-file .npy (tutorial)", "fit H5Sequence", "fit in-memory PyDataset"):
