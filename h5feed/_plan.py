@@ -125,7 +125,7 @@ def plan_reads(rows: np.ndarray, *, chunk_rows: int | None = None) -> ReadPlan:
 
 
 def advice_ranges(
-    rows: np.ndarray, *, row_nbytes: int, first_byte: int, page: int = 4096
+    rows: np.ndarray, *, row_nbytes: int, first_byte: int, page: int = 4096, most: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Page-aligned byte ranges that cover ``rows`` of a contiguous dataset.
 
@@ -138,6 +138,10 @@ def advice_ranges(
         row_nbytes: bytes per row.
         first_byte: where row 0 starts (the dataset's offset in the mapping).
         page: the page size the ranges are aligned to.
+        most: cut longer ranges into consecutive pieces of at most this
+            many bytes (a multiple of ``page``): the kernel reads at most
+            a device-dependent amount per advice call (NOTE [ Cold cache ]
+            in ``reader.py``). None: no cut.
 
     Returns:
         ``(starts, lengths)`` in bytes, ascending, non-overlapping (int64).
@@ -152,6 +156,8 @@ def advice_ranges(
             f"row_nbytes and page must be >= 1, first_byte >= 0. "
             f"Received: {row_nbytes!r}, {page!r}, {first_byte!r}"
         )
+    if most is not None and (most < page or most % page):
+        raise ValueError(f"most must be a positive multiple of page ({page}). Received: {most!r}")
     plan = plan_reads(rows)
     if plan.n_spans == 0:
         empty = np.zeros(0, dtype=np.int64)
@@ -165,7 +171,14 @@ def advice_ranges(
     first = np.flatnonzero(new)
     last = np.concatenate((first[1:], [begin.size])) - 1
     starts = begin[first]
-    return starts, end[last] - starts
+    lengths = end[last] - starts
+    if most is None or not (lengths > most).any():
+        return starts, lengths
+    pieces = -(-lengths // most)
+    offsets = np.arange(pieces.sum()) - np.repeat(np.cumsum(pieces) - pieces, pieces)
+    cut_starts = np.repeat(starts, pieces) + offsets * most
+    cut_ends = np.minimum(cut_starts + most, np.repeat(starts + lengths, pieces))
+    return cut_starts, cut_ends - cut_starts
 
 
 def _rng(seed: int, epoch: int) -> np.random.Generator:

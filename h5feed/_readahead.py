@@ -3,38 +3,61 @@
 On a cold page cache each large row of a shuffled batch is one synchronous
 read, issued one after another (NOTE [ Cold cache ] in ``reader.py``). When a
 batch was read slower than memory can deliver, :class:`ReadAhead` asks the
-reader to start reading the rows of the next ``depth`` batches of the epoch
-order, so the disk always has work queued. It switches on at the first slow
-batch of an epoch and stays on for that epoch; each new epoch starts off
-again, so a warm second epoch pays nothing.
+reader to start reading what the next batches of the epoch order need, so
+the disk always has work queued:
+
+- large rows (``min_row_bytes`` or more): the rows of the next ``depth``
+  batches, row by row;
+- small rows under ``shuffle="block"``: whole windows of blocks ahead, about
+  ``lead_bytes`` of them. One small row is not worth a system call, but a
+  block of them is one contiguous range, and a window's rows are all read
+  within a few batches. Not where the kernel's read-around (what one page
+  fault reads) is already larger than a window.
+
+It switches on at the first slow batch of an epoch and stays on for that
+epoch; each new epoch starts off again, so a warm second epoch pays nothing.
+Small rows under a full shuffle are never advised: a shuffled batch needs
+one page here and one there, which the kernel's read-around serves better
+than advice can.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
 __all__ = ["ReadAhead"]
 
-# Rows smaller than this come in many per fault (the kernel's read-around,
-# NOTE [ Cold cache ]); advising them cost more than it saved on "small".
+# Rows (or blocks of rows) smaller than this come in many per fault (the
+# kernel's read-around, NOTE [ Cold cache ]); advising single small rows cost
+# more than it saved on "small".
 MIN_ROW_BYTES = 32 << 10
+# Bytes of small-row windows kept advised ahead under a block shuffle.
+LEAD_BYTES = 8 << 20
 # A batch read slower than this came (partly) from disk: warm pages gather
 # at several GiB/s, a cold 128 KiB row costs a disk round trip.
 COLD_BYTES_PER_S = 2 << 30
+# ... and took at least this long: a warm batch of small rows takes tens of
+# microseconds, so its rate alone says nothing, while a cold one waits
+# milliseconds for the disk.
+COLD_MIN_SECONDS = 200e-6
 
 
 class ReadAhead:
-    """Advises the rows of the batches after the one just read.
+    """Advises what the batches after the one just read will need.
 
     Args:
         reader: has ``advise(name, rows) -> bool`` (:class:`~h5feed.reader.Reader`);
             a reader without it disables read-ahead.
         columns: ``(name, row_nbytes)`` of the datasets a batch reads.
-        depth: batches kept in flight ahead of the one being read.
-        min_row_bytes: columns with smaller rows are never advised.
+        batch_size: rows per batch of the epoch order.
+        block: ``(block_rows, block_window)`` when the order is a block
+            shuffle (:func:`h5feed._plan.block_permutation`), else None.
+        depth: batches of large rows kept in flight ahead of the one read.
+        lead_bytes: bytes of small-row windows kept in flight (block shuffle).
+        min_row_bytes: the smallest row (or, for small rows, block) advised.
         cold_bytes_per_s: a batch read slower than this turns read-ahead on.
     """
 
@@ -43,46 +66,108 @@ class ReadAhead:
         reader: Any,
         columns: Iterable[tuple[str, int]],
         *,
+        batch_size: int = 1,
+        block: tuple[int, int] | None = None,
         depth: int = 4,
+        lead_bytes: int = LEAD_BYTES,
         min_row_bytes: int = MIN_ROW_BYTES,
         cold_bytes_per_s: float = COLD_BYTES_PER_S,
     ) -> None:
         columns = list(columns)
         self._row_nbytes = sum(nbytes for _, nbytes in columns)
-        self._names = [name for name, nbytes in columns if nbytes >= min_row_bytes]
-        if not callable(getattr(reader, "advise", None)):
-            self._names = []
+        can_advise = callable(getattr(reader, "advise", None))
+        block_rows, block_window = block if block is not None else (0, 0)
+        self._row_names: list[str] = []
+        self._window_names: list[str] = []
+        window_row_nbytes = 0
+        for name, nbytes in columns if can_advise else ():
+            if nbytes >= min_row_bytes:
+                self._row_names.append(name)
+            elif block_rows * nbytes >= min_row_bytes:
+                self._window_names.append(name)
+                window_row_nbytes += nbytes
+        self._window_rows = block_rows * block_window
+        limits = getattr(reader, "read_ahead_limits", None)
+        if self._window_names and callable(limits) and limits()[0] >= self._window_rows * window_row_nbytes:
+            # One fault already reads around more than a window's rows; with
+            # 8 MiB of read-around, advising 50 KiB blocks measured slower.
+            self._window_names = []
         self._reader = reader
-        # False when nothing can ever be advised (small rows, no mmap); a
-        # plain attribute, read on every batch.
-        self.enabled = bool(self._names)
+        self.batch_size = batch_size
         self.depth = depth
+        self._lead_windows = (
+            -(-lead_bytes // (self._window_rows * window_row_nbytes)) if self._window_names else 0
+        )
         self.cold_bytes_per_s = cold_bytes_per_s
+        self.cold_min_seconds = COLD_MIN_SECONDS
+        self._update_enabled()
         self.reset()
+
+    def _update_enabled(self) -> None:
+        # False when nothing can ever be advised (small rows under a full
+        # shuffle, no mmap); a plain attribute, read on every batch.
+        self.enabled = bool(self._row_names or self._window_names)
 
     def reset(self) -> None:
         """A new epoch (or order): off, nothing advised yet."""
         self.active = False
         self._advised_to = 0  # batches below this were advised
+        self._windows_to = 0  # windows below this were advised
 
-    def batch_read(self, k: int, n_rows: int, seconds: float, rows_of: Callable[[int], np.ndarray], n_batches: int) -> None:
-        """Batch ``k`` (``n_rows`` rows) took ``seconds`` to read; advise ahead.
+    def prime(self, order: np.ndarray) -> None:
+        """Advise what the first batches of ``order`` need, before the first is read.
 
-        ``rows_of(c)`` gives the rows of batch ``c`` of the epoch order.
+        A cold epoch's first batch would otherwise wait for its rows one
+        fault at a time (with the kernel's read-around pulling in much
+        that no batch needs soon); on a warm epoch this costs one advice
+        call per range on cached pages, once.
         """
-        if not self._names:
+        if self.enabled and not self.active and not (self._advised_to or self._windows_to):
+            self._advance(-1, order)
+
+    def batch_read(self, k: int, seconds: float, order: np.ndarray) -> None:
+        """Batch ``k`` of the epoch order ``order`` took ``seconds`` to read; advise ahead.
+
+        ``order`` holds the epoch's file rows in the order they are served:
+        batch ``c`` is ``order[c * batch_size:(c + 1) * batch_size]``.
+        """
+        if not self.enabled:
             return
+        size = self.batch_size
+        start = k * size
         if not self.active:
-            if seconds <= 0 or n_rows * self._row_nbytes / seconds >= self.cold_bytes_per_s:
+            n_rows = max(0, min(order.size, start + size) - start)
+            if seconds <= max(self.cold_min_seconds, n_rows * self._row_nbytes / self.cold_bytes_per_s):
                 return
             self.active = True
-        start = max(self._advised_to, k + 1)
-        stop = min(n_batches, k + 1 + self.depth)
-        for c in range(start, stop):
-            rows = rows_of(c)
-            for name in self._names:
-                if not self._reader.advise(name, rows):
-                    self._names = []  # not mapped: nothing to advise, ever
-                    self.enabled = False
+        self._advance(k, order)
+
+    def _advance(self, k: int, order: np.ndarray) -> None:
+        """Advise what the batches after batch ``k`` need, not yet advised."""
+        size = self.batch_size
+        start = (k + 1) * size  # the first position not read yet
+        if self._row_names:
+            n_batches = -(-order.size // size)
+            first, stop = max(self._advised_to, k + 1), min(n_batches, k + 1 + self.depth)
+            for c in range(first, stop):
+                if not self._advise(self._row_names, order[c * size:(c + 1) * size]):
                     return
-        self._advised_to = max(self._advised_to, stop)
+            self._advised_to = max(self._advised_to, stop)
+        if self._window_names:
+            w_size = self._window_rows
+            n_windows = -(-order.size // w_size)
+            here = start // w_size if start < order.size else n_windows
+            first, stop = max(self._windows_to, here), min(n_windows, here + 1 + self._lead_windows)
+            for w in range(first, stop):
+                if not self._advise(self._window_names, order[w * w_size:(w + 1) * w_size]):
+                    return
+            self._windows_to = max(self._windows_to, stop)
+
+    def _advise(self, names: list[str], rows: np.ndarray) -> bool:
+        for name in names:
+            if not self._reader.advise(name, rows):
+                # Not mapped: nothing to advise, ever.
+                self._row_names, self._window_names = [], []
+                self._update_enabled()
+                return False
+        return True

@@ -33,15 +33,30 @@ large rows (the tutorial's 128 KiB volumes) every row is its own synchronous
 read, one at a time, and a shuffled epoch ran at about half the rate of one
 sequential read of the file. :meth:`Reader.advise` asks the kernel
 (``MADV_WILLNEED``) to start reading given rows without waiting for them;
-:class:`~h5feed._readahead.ReadAhead` uses it to keep the next batches'
-rows in flight while batches come from disk: in one benchmark run the
-shuffled cold epoch of "volume" went from 54% to 73% of one sequential read
-of the file (``h5feed bench``, "cold" rows, with and without). It stays off
-for small rows and while the pages are cached: the advice costs a system
-call per run of rows, a quarter to a third of a warm batch's time on
-"volume". "small" (784-byte rows) reads a shuffled cold epoch at about half
-the sequential rate with or without advice; neither advising its rows nor a
-whole-file ``WILLNEED`` (in the background or not) gained anything there. ``h5feed bench`` keeps measuring it (the "cold" rows).
+:class:`~h5feed._readahead.ReadAhead` uses it to keep what the next batches
+need in flight while batches come from disk: the rows of the next batches
+when rows are large, whole windows of blocks when small rows are read in
+``shuffle="block"`` order. It starts with the first batches of each epoch
+and stays on only while batches are slow.
+
+What it was worth, measured here (``h5feed bench``, "cold" rows, with and
+without): the shuffled cold epoch of "volume" went from 54% to 73% of one
+sequential read of the file. For "small" (784-byte rows) under a block
+shuffle, with ``read_ahead_kb`` set to the kernel's default 128 KiB, whole
+windows ahead took a cold epoch from 814,000 to 914,000 samples/s (best of 5
+each, old and new code alternating); with this machine's 8 MiB read-around
+the same advice made it about 10% slower (a fault already reads in a sixth
+of the 45 MiB file), so windows are advised only where the read-around is
+smaller than a window. Small rows under a full shuffle are never advised: a
+shuffled batch needs a page here and a page there, and neither advising them
+nor a whole-file ``WILLNEED`` (in the background or not) gained anything.
+While the pages are cached it costs nothing measurable (best of 12 warm
+epochs, both shapes, both orders, old and new code alternating).
+
+One advice call reads at most ``max(read_ahead_kb, max_sectors_kb)`` of the
+device (``force_page_cache_ra`` in the kernel's ``mm/readahead.c``; measured
+here with ``mincore``: a 64 MiB ``WILLNEED`` brought in 8 MiB), so longer
+ranges are cut into pieces of that size (:meth:`Reader.read_ahead_limits`).
 """
 
 from __future__ import annotations
@@ -67,6 +82,32 @@ __all__ = ["Reader"]
 _ABANDONED: list[Any] = []
 
 _CAN_ADVISE = hasattr(mmap.mmap, "madvise") and hasattr(mmap, "MADV_WILLNEED")
+# The kernel's default read_ahead_kb: assumed where the device's is unknown.
+_DEFAULT_READ_AHEAD = 128 << 10
+
+
+def _read_ahead_limits(fd: int) -> tuple[int, int]:
+    """``(read_ahead, max_request)`` bytes of the block device holding ``fd``.
+
+    ``read_ahead`` is what a page fault reads around itself; one advice call
+    reads at most ``max(read_ahead, max_request)`` (NOTE [ Cold cache ]).
+    The kernel's defaults where sysfs does not say (other OS, network file
+    systems, containers).
+    """
+    try:
+        dev = os.fstat(fd).st_dev
+        base = f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}"
+        # A partition's limits are its disk's.
+        for queue in (f"{base}/queue", f"{base}/../queue"):
+            if os.path.isdir(queue):
+                kib = []
+                for name in ("read_ahead_kb", "max_sectors_kb"):
+                    with open(f"{queue}/{name}") as fh:
+                        kib.append(max(0, int(fh.read())))
+                return kib[0] << 10, kib[1] << 10
+    except (OSError, ValueError):  # no sysfs, odd values
+        pass
+    return _DEFAULT_READ_AHEAD, _DEFAULT_READ_AHEAD
 
 
 class Reader:
@@ -89,6 +130,7 @@ class Reader:
         self._maps: dict[str, np.ndarray] = {}
         self._mmaps: list[mmap.mmap] = []
         self._map_at: dict[str, tuple[mmap.mmap, int]] = {}
+        self._limits: tuple[int, int] | None = None  # _read_ahead_limits of the file
         self._lock_pid = os.getpid()
         self._lock_obj = threading.Lock()
 
@@ -229,24 +271,43 @@ class Reader:
                 return _gather(mapped, rows, out)
         return self.read(name, rows, out)
 
+    def read_ahead_limits(self) -> tuple[int, int]:
+        """``(read_ahead, max_request)`` bytes of the device holding the file.
+
+        What a page fault reads around itself, and the largest request; one
+        advice call reads at most the larger (NOTE [ Cold cache ]).
+        """
+        if self._limits is None:
+            try:
+                fd = os.open(self.layout.path, os.O_RDONLY)
+            except OSError:
+                return _DEFAULT_READ_AHEAD, _DEFAULT_READ_AHEAD
+            try:
+                self._limits = _read_ahead_limits(fd)
+            finally:
+                os.close(fd)
+        return self._limits
+
     def advise(self, name: str, rows: np.ndarray) -> bool:
         """Ask the kernel to start reading ``rows`` of ``name``; do not wait.
 
-        Only for a memory-mapped column (NOTE [ Cold cache ]) that this
-        process has already read from; rows already checked.
+        Only for a column that can be memory-mapped (NOTE [ Cold cache ]);
+        rows already checked.
 
         Returns:
-            False when there is nothing to advise (not mapped here, or no
+            False when there is nothing to advise (not memory-mapped, or no
             ``madvise`` on this platform): the caller can stop asking.
         """
-        if self._pid != os.getpid() or not _CAN_ADVISE:
+        if not _CAN_ADVISE:
             return False
-        at = self._map_at.get(name)
-        if at is None:
-            return False
-        mm, first_byte = at
         col = self.layout.column(name)
-        starts, lengths = advice_ranges(rows, row_nbytes=col.row_nbytes, first_byte=first_byte, page=mmap.PAGESIZE)
+        with self._lock:
+            if self._mapped(col) is None:
+                return False
+            mm, first_byte = self._map_at[name]
+        most = max(self.read_ahead_limits())
+        most = max(mmap.PAGESIZE, most - most % mmap.PAGESIZE)
+        starts, lengths = advice_ranges(rows, row_nbytes=col.row_nbytes, first_byte=first_byte, page=mmap.PAGESIZE, most=most)
         size = len(mm)
         for start, length in zip(starts.tolist(), lengths.tolist()):
             try:

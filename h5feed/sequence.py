@@ -223,7 +223,12 @@ class H5Sequence(keras.utils.PyDataset):
         self.block_window = _positive_int(block_window, "block_window")
 
         self._maker = BatchMaker(layout, self.x, self.y, one_hot=self.one_hot, transform=transform)
-        self._ahead = ReadAhead(self._maker.reader, self._maker.columns()) if readahead else ReadAhead(None, ())
+        self._ahead = ReadAhead(
+            self._maker.reader if readahead else None,
+            self._maker.columns(),
+            batch_size=self.batch_size,
+            block=(self.block_rows, self.block_window) if self.shuffle == "block" else None,
+        )
         self._reset_pool_state()
         self._slot_bytes = 0
         # The multiprocessing context of the workers; None: the start
@@ -390,10 +395,13 @@ class H5Sequence(keras.utils.PyDataset):
     def _make_reading_ahead(self, k: int, index: int) -> Any:
         """Batch ``k`` of the epoch order (as ``index``), then read-ahead if cold."""
         rows = self._content_rows(k)
-        ahead = self._ahead
+        ahead, order = self._ahead, self._epoch_rows
 
         def read_ahead(seconds: float) -> None:
-            ahead.batch_read(k, rows.size, seconds, self._content_rows, len(self))
+            ahead.batch_read(k, seconds, order)
+
+        if k == 0:
+            ahead.prime(order)
 
         return self._maker.make(rows, index, on_read=read_ahead)
 

@@ -165,8 +165,32 @@ def test_advice_ranges_cover_exactly_the_pages_of_the_rows(seed):
     assert len(starts) <= np.unique(rows).size
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_advice_ranges_cut_to_most_cover_the_same_pages(seed):
+    # One advice call reads at most a device-dependent amount: the cut
+    # pieces must cover exactly the pages the uncut ranges cover.
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 300))
+    row_nbytes = int(rng.choice([7, 784, 4096, 5000, 131072]))
+    first_byte = int(rng.integers(0, 10_000))
+    page = 4096
+    most = page * int(rng.choice([1, 2, 3, 32]))
+    rows = rng.integers(0, n, int(rng.integers(1, 120)))
+    whole = _plan.advice_ranges(rows, row_nbytes=row_nbytes, first_byte=first_byte, page=page)
+    starts, lengths = _plan.advice_ranges(rows, row_nbytes=row_nbytes, first_byte=first_byte, page=page, most=most)
+
+    def pages(starts, lengths):
+        return [p for s, n in zip(starts.tolist(), lengths.tolist()) for p in range(s // page, (s + n) // page)]
+
+    assert pages(starts, lengths) == pages(*whole)  # same pages, ascending, none twice
+    assert np.all(lengths > 0) and np.all(lengths <= most) and np.all(starts % page == 0)
+    assert len(starts) == int(np.sum(-(-whole[1] // most)))  # no more pieces than needed
+
+
 def test_advice_ranges_of_nothing_is_empty_and_bad_sizes_are_errors():
     starts, lengths = _plan.advice_ranges(np.array([], dtype=np.int64), row_nbytes=8, first_byte=0)
     assert starts.size == 0 and lengths.size == 0
     with pytest.raises(ValueError, match="row_nbytes"):
         _plan.advice_ranges(np.array([1]), row_nbytes=0, first_byte=0)
+    with pytest.raises(ValueError, match="most must be a positive multiple of page"):
+        _plan.advice_ranges(np.array([1]), row_nbytes=8, first_byte=0, most=5000)

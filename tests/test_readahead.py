@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
+import h5py
 import numpy as np
 import pytest
 
 import h5feed
-from h5feed._readahead import ReadAhead
+from h5feed import _plan
+from h5feed._readahead import COLD_MIN_SECONDS, ReadAhead
 from h5feed.reader import Reader
 
 BIG = 64 << 10  # bytes per row: above the read-ahead's minimum
 N_BATCHES = 10
-
-
-def _rows_of(c: int) -> np.ndarray:
-    return np.arange(4 * c, 4 * c + 4)
+ORDER = np.arange(4 * N_BATCHES)  # batch c is rows 4c .. 4c+3
 
 
 class _Recorder:
@@ -36,9 +35,9 @@ FAST, SLOW = 1e-9, 10.0  # seconds for a 4-row batch: warm and cold
 
 def test_warm_batches_advise_nothing():
     rec = _Recorder()
-    ahead = ReadAhead(rec, [("x", BIG)], depth=3)
+    ahead = ReadAhead(rec, [("x", BIG)], batch_size=4, depth=3)
     for k in range(N_BATCHES):
-        ahead.batch_read(k, 4, FAST, _rows_of, N_BATCHES)
+        ahead.batch_read(k, FAST, ORDER)
     assert rec.calls == [] and not ahead.active
 
 
@@ -46,72 +45,155 @@ def test_warm_batches_advise_nothing():
 @pytest.mark.parametrize("first_slow", [0, 4])
 def test_a_slow_batch_keeps_the_next_batches_advised_each_once(depth, first_slow):
     rec = _Recorder()
-    ahead = ReadAhead(rec, [("x", BIG), ("y", 8)], depth=depth)
+    ahead = ReadAhead(rec, [("x", BIG), ("y", 8)], batch_size=4, depth=depth)
     for k in range(N_BATCHES):
-        ahead.batch_read(k, 4, SLOW if k == first_slow else FAST, _rows_of, N_BATCHES)
+        ahead.batch_read(k, SLOW if k == first_slow else FAST, ORDER)
         # Once cold, the `depth` batches after k have been asked for.
         if k >= first_slow:
             assert set(range(k + 1, min(N_BATCHES, k + 1 + depth))) <= set(_advised_batches(rec))
     batches = _advised_batches(rec)
     assert batches == list(range(first_slow + 1, N_BATCHES))  # in order, once, never past the end
+    assert all(rows == ORDER[4 * c:4 * c + 4].tolist() for c, (_, rows) in zip(batches, rec.calls))
     assert {name for name, _ in rec.calls} == {"x"}  # small rows are never advised
 
 
 def test_a_new_epoch_starts_off_again():
     rec = _Recorder()
-    ahead = ReadAhead(rec, [("x", BIG)], depth=2)
-    ahead.batch_read(0, 4, SLOW, _rows_of, N_BATCHES)
+    ahead = ReadAhead(rec, [("x", BIG)], batch_size=4, depth=2)
+    ahead.batch_read(0, SLOW, ORDER)
     assert ahead.active
     ahead.reset()
     rec.calls.clear()
-    ahead.batch_read(0, 4, FAST, _rows_of, N_BATCHES)
+    ahead.batch_read(0, FAST, ORDER)
     assert not ahead.active and rec.calls == []
 
 
 def test_nothing_to_advise_disables_it():
-    assert not ReadAhead(_Recorder(), [("x", 784)]).enabled  # small rows
-    assert not ReadAhead(object(), [("x", BIG)]).enabled  # a reader without advise
+    assert not ReadAhead(_Recorder(), [("x", 784)], batch_size=4).enabled  # small rows, full shuffle
+    assert not ReadAhead(_Recorder(), [("x", 784)], batch_size=4, block=(8, 4)).enabled  # blocks too small
+    assert not ReadAhead(object(), [("x", BIG)], batch_size=4).enabled  # a reader without advise
+    assert not ReadAhead(None, [("x", 784)], batch_size=4, block=(64, 8)).enabled  # readahead=False
     rec = _Recorder(answer=False)  # not memory-mapped: the reader says so
-    ahead = ReadAhead(rec, [("x", BIG)], depth=2)
-    ahead.batch_read(0, 4, SLOW, _rows_of, N_BATCHES)
-    ahead.batch_read(1, 4, SLOW, _rows_of, N_BATCHES)
+    ahead = ReadAhead(rec, [("x", BIG)], batch_size=4, depth=2)
+    ahead.batch_read(0, SLOW, ORDER)
+    ahead.batch_read(1, SLOW, ORDER)
     assert len(rec.calls) == 1 and not ahead.enabled
+
+
+def test_a_fast_batch_of_small_rows_is_not_cold():
+    # 4 rows of 784 bytes in 100 us is far below 2 GiB/s, yet warm: a cold
+    # batch waits milliseconds for the disk.
+    rec = _Recorder()
+    ahead = ReadAhead(rec, [("x", 784)], batch_size=4, block=(64, 8))
+    ahead.batch_read(0, COLD_MIN_SECONDS / 2, ORDER)
+    assert not ahead.active and rec.calls == []
+    ahead.batch_read(1, 10 * COLD_MIN_SECONDS, ORDER)
+    assert ahead.active and rec.calls
+
+
+def test_priming_advises_the_first_batches_before_any_is_read():
+    rec = _Recorder()
+    ahead = ReadAhead(rec, [("x", BIG)], batch_size=4, depth=3)
+    ahead.prime(ORDER)
+    assert _advised_batches(rec) == [0, 1, 2] and not ahead.active
+    ahead.batch_read(0, SLOW, ORDER)  # cold after all: on, without asking twice
+    assert _advised_batches(rec) == [0, 1, 2, 3] and ahead.active
+    ahead.prime(ORDER)  # once per epoch
+    assert len(rec.calls) == 4
+
+
+def test_small_rows_are_left_to_a_read_around_larger_than_a_window():
+    class WideReadAround(_Recorder):
+        def read_ahead_limits(self):
+            return 8 << 20, 4 << 20
+
+    window_bytes = 64 * 8 * 784
+    assert not ReadAhead(WideReadAround(), [("x", 784)], batch_size=32, block=(64, 8)).enabled
+    narrow = type("Narrow", (_Recorder,), {"read_ahead_limits": lambda self: (window_bytes - 4096, 0)})
+    assert ReadAhead(narrow(), [("x", 784)], batch_size=32, block=(64, 8)).enabled
+
+
+@pytest.mark.parametrize("first_slow", [0, 3, 5, 37])
+@pytest.mark.parametrize("lead_bytes", [1, 3 * 8 * 784, 10**9])
+def test_small_rows_in_block_order_advise_whole_windows_ahead_each_once(first_slow, lead_bytes):
+    # Blocks of 8 rows of 784 bytes, 2 blocks a window: 16 rows, 4 batches.
+    block_rows, window, size = 8, 2, 4
+    order = _plan.block_permutation(300, block=block_rows, window=window, seed=1, epoch=0)
+    n_batches = -(-order.size // size)
+    rec = _Recorder()
+    ahead = ReadAhead(rec, [("x", 784 * 8), ("y", 8)], batch_size=size, block=(block_rows, window),
+                      lead_bytes=lead_bytes, min_row_bytes=784 * 8 * 8)
+    assert ahead.enabled
+    lead_windows = -(-lead_bytes // (16 * 784 * 8))
+    for k in range(n_batches):
+        ahead.batch_read(k, SLOW if k == first_slow else FAST, order)
+        here = (k + 1) * size // 16  # the window of the next row to read
+        if k >= first_slow:
+            # That window and `lead_windows` after it are asked for.
+            wanted = set(range(here, min(here + 1 + lead_windows, -(-order.size // 16))))
+            asked = {order.tolist().index(rows[0]) // 16 for _, rows in rec.calls}
+            assert wanted <= asked
+    windows = [order.tolist().index(rows[0]) // 16 for _, rows in rec.calls]
+    assert windows == list(range((first_slow + 1) * size // 16, -(-order.size // 16)))  # in order, once
+    for w, (name, rows) in zip(windows, rec.calls):
+        assert name == "x" and rows == order[16 * w:16 * (w + 1)].tolist()  # whole windows
+
+
+def _rows_file(path, n, row_shape):
+    x = np.random.default_rng(0).standard_normal((n, *row_shape)).astype(np.float32)
+    x.reshape(n, -1)[:, 0] = np.arange(n)
+    h5feed.write_arrays(path, [f"s{i}" for i in range(n)], x, np.arange(n) % 3, n_classes=3)
+    return path
 
 
 @pytest.fixture
 def big_rows_file(tmp_path):
     """Rows of 64 KiB, contiguous: the memory-mapped path read-ahead serves."""
-    n = 40
-    x = np.random.default_rng(0).standard_normal((n, 16, 32, 32)).astype(np.float32)
-    x.reshape(n, -1)[:, 0] = np.arange(n)
-    path = tmp_path / "big.h5"
-    h5feed.write_arrays(path, [f"s{i}" for i in range(n)], x, np.arange(n) % 3, n_classes=3)
-    return path
+    return _rows_file(tmp_path / "big.h5", 40, (16, 32, 32))
+
+
+@pytest.fixture
+def small_rows_file(tmp_path):
+    """Rows of 1 KiB: read ahead by whole windows under a block shuffle only."""
+    return _rows_file(tmp_path / "small.h5", 700, (16, 16))
 
 
 def test_reader_advises_mapped_rows_only(big_rows_file, any_layout_file):
     reader = Reader(h5feed.open_file(big_rows_file))
-    assert not reader.advise("x", np.array([1, 2]))  # nothing mapped yet in this process
-    reader.read("x", np.array([0]))
+    assert reader.advise("x", np.array([1, 2]))  # maps the column if nothing read yet
     assert reader.advise("x", np.array([39, 3, 4, 5]))
+    with h5py.File(big_rows_file, "r") as f:
+        np.testing.assert_array_equal(reader.read("x", np.array([39, 3])), f["x"][[3, 39]][::-1])
     other = Reader(h5feed.open_file(any_layout_file))
-    other.read("x", np.array([0]))
     assert other.advise("x", np.array([1])) == bool(other._maps)  # chunked data: no
     reader.close()
     other.close()
 
 
+def test_read_ahead_limits_come_from_the_device_or_the_kernel_default(big_rows_file):
+    read_ahead, max_request = Reader(h5feed.open_file(big_rows_file)).read_ahead_limits()
+    assert read_ahead >= 0 and max_request >= 0 and max(read_ahead, max_request) > 0
+
+
+@pytest.mark.parametrize("rows", ["big", "small"])
 @pytest.mark.parametrize("shuffle", [True, "block"])
-def test_read_ahead_changes_no_batch(big_rows_file, shuffle):
-    plain = h5feed.H5Sequence(big_rows_file, batch_size=4, seed=5, shuffle=shuffle, readahead=False)
-    ahead = h5feed.H5Sequence(big_rows_file, batch_size=4, seed=5, shuffle=shuffle)
-    ahead._ahead.cold_bytes_per_s = float("inf")  # every batch counts as cold
+def test_read_ahead_changes_no_batch(request, monkeypatch, rows, shuffle):
+    path = request.getfixturevalue(f"{rows}_rows_file")
+    # The kernel's default read-around, whatever this machine's disk says.
+    monkeypatch.setattr(h5feed.reader, "_read_ahead_limits", lambda fd: (128 << 10, 128 << 10))
+    plain = h5feed.H5Sequence(path, batch_size=4, seed=5, shuffle=shuffle, readahead=False)
+    ahead = h5feed.H5Sequence(path, batch_size=4, seed=5, shuffle=shuffle)
+    # Small rows are read ahead only as blocks: under a block shuffle.
+    assert ahead._ahead.enabled == (rows == "big" or shuffle == "block")
+    assert not plain._ahead.enabled
+    ahead._ahead.cold_bytes_per_s = float("inf")  # every batch counts as cold...
+    ahead._ahead.cold_min_seconds = 0.0  # ...however fast
     for epoch in range(2):
         for i in range(len(plain)):
             a, b = ahead[i], plain[i]
             np.testing.assert_array_equal(a[0], b[0])
             np.testing.assert_array_equal(a[1], b[1])
-        assert ahead._ahead.active
+        assert ahead._ahead.active == ahead._ahead.enabled
         ahead.on_epoch_end()
         plain.on_epoch_end()
         assert not ahead._ahead.active  # each epoch starts off
