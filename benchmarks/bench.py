@@ -561,8 +561,13 @@ def _per_file_dataset(data: Data, **kwargs: Any) -> Any:
     return PerFile()
 
 
-def fit_rows(data: Data, *, quiet: bool, max_steps: int | None) -> list[Row]:
-    """End-to-end ``model.fit``: per-file, H5Sequence, in-memory."""
+def fit_rows(data: Data, *, quiet: bool, max_steps: int | None, rounds: int = 2) -> list[Row]:
+    """End-to-end ``model.fit``: per-file, H5Sequence, in-memory.
+
+    Best of ``rounds`` that go round the cases: one timed epoch of each swung
+    by 2x between full runs on a shared machine (the in-memory PyDataset once
+    measured at half its usual rate).
+    """
     from h5feed import H5Sequence
 
     shape = data.shape
@@ -572,9 +577,16 @@ def fit_rows(data: Data, *, quiet: bool, max_steps: int | None) -> list[Row]:
         ("fit H5Sequence", lambda: H5Sequence(data.h5, batch_size=BATCH, seed=6)),
         ("fit in-memory PyDataset", lambda: _in_memory_dataset(data)),
     ]
-    for name, make in cases:
-        samples, seconds = _fit_rate(make(), shape, max_steps=max_steps)
-        rows.append(Row("fit", shape.name, name, samples / seconds, seconds, samples))
+    best: dict[str, tuple[int, float]] = {}
+    for _ in range(rounds):
+        for name, make in cases:
+            samples, seconds = _fit_rate(make(), shape, max_steps=max_steps)
+            if name not in best or samples / seconds > best[name][0] / best[name][1]:
+                best[name] = (samples, seconds)
+    for name, _ in cases:
+        samples, seconds = best[name]
+        note = f"best of {rounds}" if rounds > 1 else ""
+        rows.append(Row("fit", shape.name, name, samples / seconds, seconds, samples, note=note))
         _progress(f"{shape.name} {name}: {samples / seconds:,.0f} samples/s", quiet)
     base, limit = rows[0].samples_per_s, rows[-1].samples_per_s
     for row in rows:
@@ -765,7 +777,7 @@ def run_bench(
             rows = []
             # The issue's fit rows are on "small"; "volume" alone gets them too.
             if "fit" in sections and (name == "small" or "small" not in shapes):
-                rows += fit_rows(data, quiet=quiet, max_steps=steps)
+                rows += fit_rows(data, quiet=quiet, max_steps=steps, rounds=1 if quick else 2)
             if "workers" in sections and name == "volume":
                 rows += worker_rows(data, quiet=quiet, max_steps=steps)
             out["rows"].extend(asdict(r) for r in rows)
