@@ -8,7 +8,7 @@ HDF5 state must never cross a ``fork``: a child that uses (or even closes) a
 handle its parent opened shares the parent's library state and caches. Keras
 reads batches 0 and 1 in the parent on the TensorFlow backend and then forks
 a new worker pool every epoch, so a handle opened in the parent *will* be
-inherited. The reader therefore keys its handles by ``os.getpid()``: in a new
+inherited. The reader therefore keys its handles by the process id (``_proc.this_pid``): in a new
 process it abandons the inherited objects without touching them (they are
 kept referenced, so their finalisers never run in the child) and opens fresh
 ones. Pickling drops handles entirely, which covers ``spawn`` and
@@ -71,6 +71,7 @@ import numpy as np
 
 from ._damage import read_error
 from ._files import open_h5
+from ._proc import this_pid
 from ._plan import ReadPlan, advice_ranges, plan_reads
 from .errors import ReadError
 from .layout import ColumnInfo, Layout, read_ids
@@ -131,14 +132,14 @@ class Reader:
         self._mmaps: list[mmap.mmap] = []
         self._map_at: dict[str, tuple[mmap.mmap, int]] = {}
         self._limits: tuple[int, int] | None = None  # _read_ahead_limits of the file
-        self._lock_pid = os.getpid()
+        self._lock_pid = this_pid()
         self._lock_obj = threading.Lock()
 
     @property
     def _lock(self) -> threading.Lock:
         # A lock held by another thread at fork time stays held forever in
         # the child, so each process gets its own.
-        pid = os.getpid()
+        pid = this_pid()
         if self._lock_pid != pid:
             self._lock_pid = pid
             self._lock_obj = threading.Lock()
@@ -147,7 +148,7 @@ class Reader:
     # -- lifecycle ---------------------------------------------------------
 
     def _ensure_process(self) -> None:
-        pid = os.getpid()
+        pid = this_pid()
         if self._pid == pid:
             return
         if self._pid is not None:
@@ -168,7 +169,7 @@ class Reader:
 
     def _mapped(self, col: ColumnInfo) -> np.ndarray | None:
         """The column as a read-only array over the file's pages, or None."""
-        if self._pid == os.getpid():
+        if self._pid == this_pid():
             arr = self._maps.get(col.name)
             if arr is not None:
                 return arr
@@ -200,7 +201,7 @@ class Reader:
     def close(self) -> None:
         """Release this process's handles. Safe to call twice; reopens lazily."""
         with self._lock:
-            if self._pid == os.getpid():
+            if self._pid == this_pid():
                 self._maps = {}
                 self._map_at = {}
                 self._dsets = {}
@@ -265,10 +266,10 @@ class Reader:
         checked once when it was built: skips the argument checks, which cost
         as much as gathering a small batch.
         """
-        if self._pid == os.getpid():
+        if self._pid == this_pid():
             mapped = self._maps.get(name)
             if mapped is not None:
-                return _gather(mapped, rows, out)
+                return mapped[rows] if out is None else _gather(mapped, rows, out)
         return self.read(name, rows, out)
 
     def read_ahead_limits(self) -> tuple[int, int]:

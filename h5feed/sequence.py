@@ -55,6 +55,7 @@ from . import _plan
 from ._batch import BatchMaker
 from ._keras import keras
 from ._origin import note_raised
+from ._proc import this_pid
 from ._readahead import ReadAhead
 from ._select import (
     DEFAULT_Y,
@@ -110,9 +111,10 @@ class H5Sequence(keras.utils.PyDataset):
         allow_virtual: accept a file whose datasets are HDF5 virtual datasets
             (made by ``h5feed merge``); its sources must lie in its folder.
         readahead: while batches come from disk (cold page cache), ask the
-            kernel to start reading the next batches' rows (memory-mapped
-            datasets with rows of 32 KiB or more; NOTE [ Cold cache ] in
-            ``reader.py``). False never asks.
+            kernel to start reading what the next batches need (memory-mapped
+            datasets: rows of 32 KiB or more, or blocks of smaller rows under
+            ``shuffle="block"``; NOTE [ Cold cache ] in ``reader.py``). False
+            never asks.
         **kwargs: ``workers``, ``use_multiprocessing``, ``max_queue_size``.
             With ``use_multiprocessing=True`` h5feed runs ``workers`` worker
             processes of its own that return batches through shared memory
@@ -235,9 +237,11 @@ class H5Sequence(keras.utils.PyDataset):
         # method in effect (multiprocessing.set_start_method).
         self._mp_context: Any = None
         self._pool_lock = threading.RLock()
-        self._owner_pid = os.getpid()  # where the late binding lives (NOTE above)
+        self._owner_pid = this_pid()  # where the late binding lives (NOTE above)
         self._epoch = 0
         self._epoch_rows = self._compute_epoch_rows(0)
+        # Every epoch has as many rows (a permutation of the same ones).
+        self._n_batches = _plan.num_batches(self._epoch_rows.size, self.batch_size, drop_remainder=self.drop_remainder)
 
     @property
     def process_workers(self) -> int:
@@ -313,7 +317,7 @@ class H5Sequence(keras.utils.PyDataset):
     # -- the PyDataset protocol --------------------------------------------
 
     def __len__(self) -> int:
-        return _plan.num_batches(self._epoch_rows.size, self.batch_size, drop_remainder=self.drop_remainder)
+        return self._n_batches
 
     @property
     def num_batches(self) -> int:
@@ -335,7 +339,7 @@ class H5Sequence(keras.utils.PyDataset):
 
     def _content_of(self, index: int) -> int:
         """Which batch of the epoch order serves ``index`` (late binding, NOTE above)."""
-        if self.shuffle is False or os.getpid() != self._owner_pid:
+        if self.shuffle is False or this_pid() != self._owner_pid:
             return index
         k = self._bound.get(index)
         if k is None:
@@ -357,7 +361,10 @@ class H5Sequence(keras.utils.PyDataset):
 
     def __getitem__(self, index: int) -> Any:
         try:
-            index = self._check_index(index)
+            # The per-batch path: a plain int in range skips the checks (a
+            # warm batch of "small" takes about 10 us in all).
+            if type(index) is not int or not 0 <= index < self._n_batches:
+                index = self._check_index(index)
             if not self._process_workers:
                 with self._pool_lock:
                     k = self._content_of(index)
@@ -366,7 +373,8 @@ class H5Sequence(keras.utils.PyDataset):
                     return pending.result()
                 if self._ahead.enabled:
                     return self._make_reading_ahead(k, index)
-                return self._maker.make(self._content_rows(k), index)
+                start = k * self.batch_size
+                return self._maker.make(self._epoch_rows[start:start + self.batch_size], index)
             return self._from_pool(index)
         except Exception as exc:
             # For h5feed.original_errors() (NOTE [ Exceptions through tf.data ]).
