@@ -40,8 +40,8 @@ when rows are large, whole windows of blocks when small rows are read in
 and stays on only while batches are slow.
 
 What it was worth, measured here (``h5feed bench``, "cold" rows, with and
-without): the shuffled cold epoch of "volume" went from 54% to 73% of one
-sequential read of the file. For "small" (784-byte rows) under a block
+without, in one run): the cold epoch of "volume" went from 51% to 85% of one
+sequential read of the file shuffled, from 62% to 81% block-shuffled. For "small" (784-byte rows) under a block
 shuffle, with ``read_ahead_kb`` set to the kernel's default 128 KiB, whole
 windows ahead took a cold epoch from 814,000 to 914,000 samples/s (best of 5
 each, old and new code alternating); with this machine's 8 MiB read-around
