@@ -303,7 +303,10 @@ class Reader:
             return False
         col = self.layout.column(name)
         with self._lock:
-            if self._mapped(col) is None:
+            try:
+                if self._mapped(col) is None:
+                    return False
+            except (OSError, ReadError):  # advice only: the read says what is wrong, with context
                 return False
             mm, first_byte = self._map_at[name]
         most = max(self.read_ahead_limits())

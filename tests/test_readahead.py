@@ -202,3 +202,16 @@ def test_read_ahead_changes_no_batch(request, monkeypatch, rows, shuffle):
 def test_readahead_must_be_a_bool(small_file):
     with pytest.raises(TypeError, match="readahead must be a bool"):
         h5feed.H5Sequence(small_file, readahead="yes")
+
+
+def test_a_file_truncated_after_open_fails_in_the_read_with_its_batch_named(big_rows_file):
+    # Read-ahead is advice: when the data cannot be mapped, the read itself
+    # raises, with the batch and its sample IDs in the message.
+    seq = h5feed.H5Sequence(big_rows_file, batch_size=4, seed=5)
+    assert seq._ahead.enabled
+    size = big_rows_file.stat().st_size
+    with open(big_rows_file, "r+b") as fh:
+        fh.truncate(size - 200_000)
+    with pytest.raises(h5feed.errors.ReadError, match=r"truncated.*batch 0 of .*sample IDs"):
+        seq[0]
+    seq.close()
