@@ -13,7 +13,8 @@ compare like with like on a shared, noisy machine:
 - ``cold``: the page cache is emptied first (``POSIX_FADV_DONTNEED``); one
   sequential read of the file (advised ``POSIX_FADV_SEQUENTIAL``, as ``cat``
   reads) is the reference for a fully shuffled and a ``shuffle="block"``
-  epoch, each with and without ``readahead``; the same epochs from a warm
+  epoch, each with and without ``readahead``, and for large rows a shuffled
+  epoch read by two worker processes; the same epochs from a warm
   cache show the ceiling.
 - ``compressed``: LZF-compressed chunked file, full shuffle against
   ``shuffle="block"``.
@@ -396,6 +397,9 @@ def _sequential_read_seconds(path: str) -> float:
     return time.perf_counter() - start
 
 
+PROCESSES = {"workers": 2, "use_multiprocessing": True}
+
+
 def cold_rows(data: Data, *, quiet: bool, repeats: int = 3) -> list[Row]:
     """A cold sequential read of the file against cold shuffled epochs."""
     from h5feed import H5Sequence
@@ -408,9 +412,9 @@ def cold_rows(data: Data, *, quiet: bool, repeats: int = 3) -> list[Row]:
     def sequential() -> tuple[int, float]:
         return shape.n, _sequential_read_seconds(data.h5)
 
-    def epoch(shuffle: bool | str, readahead: bool = True) -> Callable[[], tuple[int, float]]:
+    def epoch(shuffle: bool | str, readahead: bool = True, **kwargs: Any) -> Callable[[], tuple[int, float]]:
         def run() -> tuple[int, float]:
-            seq = H5Sequence(data.h5, batch_size=BATCH, seed=2, shuffle=shuffle, readahead=readahead)
+            seq = H5Sequence(data.h5, batch_size=BATCH, seed=2, shuffle=shuffle, readahead=readahead, **kwargs)
             try:
                 return _seq_epoch(seq)
             finally:
@@ -432,6 +436,14 @@ def cold_rows(data: Data, *, quiet: bool, repeats: int = 3) -> list[Row]:
         ("H5Sequence shuffle=True readahead=False", epoch(True, False), True),
         ('H5Sequence shuffle="block" readahead=False', epoch("block", False), True),
     ]
+    if shape.row_nbytes >= 32 << 10:
+        # Worker processes read; this process advises for them (the page
+        # cache is shared). Not on small rows, whose whole cold epoch takes
+        # less than starting the processes.
+        cases += [
+            ("2 processes shuffle=True", epoch(True, **PROCESSES), True),
+            ("2 processes shuffle=True readahead=False", epoch(True, False, **PROCESSES), True),
+        ]
     # Best of `repeats`: one cold epoch of a small file lasts tens of
     # milliseconds, well inside the noise of a shared machine. The repeats
     # go round the cases, so that a slow spell of the disk (or the host's

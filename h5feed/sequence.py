@@ -45,6 +45,7 @@ from __future__ import annotations
 import copy
 import os
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -68,6 +69,10 @@ from ._select import (
 )
 from ._workers import BatchPool
 from .layout import Layout
+
+# Batches of large rows kept advised ahead of the one being read, past those
+# that h5feed's worker threads or processes already make.
+READ_AHEAD_DEPTH = 4
 
 __all__ = ["H5Sequence"]
 
@@ -229,6 +234,7 @@ class H5Sequence(keras.utils.PyDataset):
             self._maker.reader if readahead else None,
             self._maker.columns(),
             batch_size=self.batch_size,
+            depth=READ_AHEAD_DEPTH,
             block=(self.block_rows, self.block_window) if self.shuffle == "block" else None,
         )
         self._reset_pool_state()
@@ -370,7 +376,9 @@ class H5Sequence(keras.utils.PyDataset):
                     k = self._content_of(index)
                     pending = self._prefetch_threads(k) if self._thread_workers else None
                 if pending is not None:
-                    return pending.result()
+                    if not self._ahead.enabled:
+                        return pending.result()
+                    return self._read_ahead_of(k, pending.result)
                 if self._ahead.enabled:
                     return self._make_reading_ahead(k, index)
                 start = k * self.batch_size
@@ -389,8 +397,9 @@ class H5Sequence(keras.utils.PyDataset):
             if self._pool is None and self._requests > 2:
                 self._pool = self._start_pool()
             if self._pool is not None:
+                pool = self._pool
                 try:
-                    batch = self._pool.get(k, len(self), self._content_rows, index)
+                    batch = self._read_ahead_of(k, lambda: pool.get(k, len(self), self._content_rows, index))
                 except BaseException:
                     # The pool closed itself before raising; the epoch's
                     # binding stays, so a retry still sees each row once.
@@ -398,7 +407,25 @@ class H5Sequence(keras.utils.PyDataset):
                     raise
                 if batch is not None:
                     return batch
+        if self._ahead.enabled:
+            return self._make_reading_ahead(k, index)
         return self._maker.make(self._content_rows(k), index)
+
+    def _read_ahead_of(self, k: int, wait: Callable[[], Any]) -> Any:
+        """``wait()`` for batch ``k`` made by a worker, then read ahead from here if cold.
+
+        The page cache is shared, so advice given in this process serves
+        the workers' reads. How long this process waited stands in for the
+        read time the worker saw: a warm pipeline has the batch ready.
+        """
+        ahead = self._ahead
+        if not ahead.enabled:
+            return wait()
+        start = time.perf_counter()
+        batch = wait()
+        if batch is not None:
+            ahead.batch_read(k, time.perf_counter() - start, self._epoch_rows)
+        return batch
 
     def _make_reading_ahead(self, k: int, index: int) -> Any:
         """Batch ``k`` of the epoch order (as ``index``), then read-ahead if cold."""
@@ -426,6 +453,8 @@ class H5Sequence(keras.utils.PyDataset):
             self._threads = ThreadPoolExecutor(self._thread_workers, thread_name_prefix="h5feed-batch")
         pending = self._prefetched.pop(k, None)
         depth = max(int(self.max_queue_size or 0), 2 * self._thread_workers)
+        # Read-ahead reaches past the batches the threads already make.
+        self._ahead.depth = READ_AHEAD_DEPTH + depth
         for stale in [c for c in self._prefetched if not k < c <= k + depth]:
             self._prefetched.pop(stale).cancel()
         for c in range(k + 1, min(len(self), k + depth + 1)):
@@ -444,6 +473,8 @@ class H5Sequence(keras.utils.PyDataset):
     def _start_pool(self) -> BatchPool:
         slot_bytes = max(self._slot_bytes, self._maker.batch_nbytes(self.batch_size) + 4096)
         slots = max(int(self.max_queue_size or 0), 2 * self._process_workers)
+        # Read-ahead reaches past the batches the workers already make.
+        self._ahead.depth = READ_AHEAD_DEPTH + slots
         return BatchPool(
             self._maker,
             workers=self._process_workers,

@@ -215,3 +215,35 @@ def test_a_file_truncated_after_open_fails_in_the_read_with_its_batch_named(big_
     with pytest.raises(h5feed.errors.ReadError, match=r"truncated.*batch 0 of .*sample IDs"):
         seq[0]
     seq.close()
+
+
+@pytest.mark.parametrize("workers", [
+    {"workers": 2},  # h5feed's threads
+    pytest.param({"workers": 2, "use_multiprocessing": True}, marks=pytest.mark.slow),  # its processes
+])
+def test_with_workers_this_process_reads_ahead_for_them(big_rows_file, workers):
+    # The page cache is shared: advice given here serves the workers' reads.
+    # It must reach past the batches they already make, and change no batch.
+    plain = h5feed.H5Sequence(big_rows_file, batch_size=4, seed=5, readahead=False)
+    seq = h5feed.H5Sequence(big_rows_file, batch_size=4, seed=5, **workers)
+    seq._ahead.cold_bytes_per_s = float("inf")  # every batch counts as cold...
+    seq._ahead.cold_min_seconds = 0.0  # ...however fast
+    advised = []
+    advise = seq._maker.reader.advise
+    seq._maker.reader.advise = lambda name, rows: advised.append(rows.tolist()) or advise(name, rows)
+    try:
+        for _ in range(2):
+            for i in range(len(seq)):
+                a, b = seq[i], plain[i]
+                np.testing.assert_array_equal(a[0], b[0])
+                np.testing.assert_array_equal(a[1], b[1])
+            assert seq._ahead.active and seq._ahead.depth > 4
+            # Every batch was advised, here, once, in epoch order (the first
+            # before it was read).
+            assert advised == [seq._epoch_rows[4 * c:4 * c + 4].tolist() for c in range(len(seq))]
+            advised.clear()
+            seq.on_epoch_end()
+            plain.on_epoch_end()
+    finally:
+        seq.close()
+        plain.close()
