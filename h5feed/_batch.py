@@ -18,6 +18,7 @@ import numpy as np
 from .errors import H5FeedError
 from .layout import Layout
 from ._parts import make_reader
+from ._readahead import major_faults
 from ._select import column_names
 
 __all__ = ["BatchMaker", "with_context"]
@@ -69,15 +70,19 @@ class BatchMaker:
         ``alloc(shape, dtype)``, when given, provides the arrays the rows are
         read into (a worker passes views of its shared-memory slot, so a
         batch without a transform is written once, straight into the slot).
-        ``on_read(seconds)``, when given, is told how long reading the rows
-        took, before the transform runs (for :mod:`h5feed._readahead`).
+        ``on_read((seconds, major_faults))``, when given, is told how long
+        reading the rows took and how many page faults of this thread waited
+        for the disk meanwhile (None where unknown), before the transform
+        runs (for :mod:`h5feed._readahead`).
 
         Raises:
             ReadError: (or another H5FeedError/OSError) with the batch and its
                 sample IDs added to the message.
             Exception: whatever ``transform`` raised, same type, with context.
         """
-        start = time.perf_counter() if on_read is not None else 0.0
+        if on_read is not None:
+            faults = major_faults()
+            start = time.perf_counter()
         try:
             # One dataset each, read straight (a warm batch of "small" is
             # about 10 us; each call saved is a few percent of it).
@@ -97,7 +102,9 @@ class BatchMaker:
         except (H5FeedError, OSError) as exc:
             _reraise(exc, f"batch {index} of {self.path}, sample IDs {self.ids_for(rows)}")
         if on_read is not None:
-            on_read(time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            after = major_faults()
+            on_read((seconds, None if faults is None or after is None else after - faults))
         if self.transform is not None:
             try:
                 X, Y = self.transform(X, Y)

@@ -228,23 +228,27 @@ def _worker_main(
             key, slot, rows, index = msg
             base = slot * slot_bytes
             alloc = _SlotAlloc(buf, base, slot_bytes)
+            # (seconds, major faults) of reading the rows, before any
+            # transform: the parent reads ahead for the workers when they
+            # needed the disk.
+            read: list[tuple[float, int | None]] = [(0.0, None)]
             try:
                 batch = None
                 if getattr(maker, "transform", None) is None:
                     # Read straight into the slot: one copy, not two.
                     try:
-                        batch = maker.make(rows, index, alloc)
+                        batch = maker.make(rows, index, alloc, on_read=read.append)
                     except _TooBig:
                         alloc = _SlotAlloc(buf, base, slot_bytes)
                 if batch is None:
-                    batch = maker.make(rows, index)
+                    batch = maker.make(rows, index, on_read=read.append)
                 try:
                     skel = _encode(batch, buf, base, slot_bytes, alloc.pos, alloc.placed)
-                    reply: tuple[Any, ...] = ("ok", key, slot, skel)
+                    reply: tuple[Any, ...] = ("ok", key, slot, skel, read[-1])
                 except _TooBig:
-                    reply = ("pickled", key, slot, batch, _needed_bytes(batch))
+                    reply = ("pickled", key, slot, batch, _needed_bytes(batch), read[-1])
             except BaseException as exc:  # sent back; the parent re-raises
-                reply = ("err", key, slot, _pack_exception(exc), traceback.format_exc())
+                reply = ("err", key, slot, _pack_exception(exc), traceback.format_exc(), read[-1])
             alloc.release()
             del batch
             try:
@@ -329,8 +333,9 @@ class BatchPool:
     """``workers`` processes making batches into shared-memory slots.
 
     Args:
-        maker: a picklable object with ``make(rows, index) -> batch`` and
-            ``close()`` (:class:`~h5feed._batch.BatchMaker`).
+        maker: a picklable object with ``make(rows, index, alloc=None,
+            on_read=None) -> batch`` and ``close()``
+            (:class:`~h5feed._batch.BatchMaker`).
         workers: number of processes.
         slots: batches in flight at most (one shared-memory slot each).
         slot_bytes: bytes per slot.
@@ -358,6 +363,8 @@ class BatchPool:
         self.slot_bytes = -(-max(slot_bytes, _ALIGN) // _ALIGN) * _ALIGN
         self.n_slots = slots
         self.max_needed = 0  # the largest batch that did not fit a slot
+        # (seconds, major faults) of the worker's read of the last batch get() returned.
+        self.last_read: tuple[float, int | None] = (0.0, None)
         self._lock = threading.Lock()
         self._state = _State()
         self._finalizer = weakref.finalize(self, _shutdown, self._state)
@@ -451,6 +458,8 @@ class BatchPool:
                 while key not in self._ready:
                     self._wait(key)
                 reply = self._ready.pop(key)
+                # (..., (seconds, major faults), worker id): _worker_main, _handle.
+                self.last_read = reply[-2]
                 try:
                     batch = self._unpack(reply)
                 finally:

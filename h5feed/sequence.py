@@ -43,9 +43,9 @@ no process or shared memory outlives ``fit``.
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import threading
-import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -378,7 +378,7 @@ class H5Sequence(keras.utils.PyDataset):
                 if pending is not None:
                     if not self._ahead.enabled:
                         return pending.result()
-                    return self._read_ahead_of(k, pending.result)
+                    return self._read_ahead_of(k, pending.result, lambda: self._read_times.pop(k, None))
                 if self._ahead.enabled:
                     return self._make_reading_ahead(k, index)
                 start = k * self.batch_size
@@ -399,7 +399,9 @@ class H5Sequence(keras.utils.PyDataset):
             if self._pool is not None:
                 pool = self._pool
                 try:
-                    batch = self._read_ahead_of(k, lambda: pool.get(k, len(self), self._content_rows, index))
+                    batch = self._read_ahead_of(
+                        k, lambda: pool.get(k, len(self), self._content_rows, index), lambda: pool.last_read
+                    )
                 except BaseException:
                     # The pool closed itself before raising; the epoch's
                     # binding stays, so a retry still sees each row once.
@@ -411,20 +413,21 @@ class H5Sequence(keras.utils.PyDataset):
             return self._make_reading_ahead(k, index)
         return self._maker.make(self._content_rows(k), index)
 
-    def _read_ahead_of(self, k: int, wait: Callable[[], Any]) -> Any:
-        """``wait()`` for batch ``k`` made by a worker, then read ahead from here if cold.
+    def _read_ahead_of(
+        self, k: int, wait: Callable[[], Any], read_of: Callable[[], tuple[float, int | None] | None]
+    ) -> Any:
+        """``wait()`` for batch ``k`` made by a worker, then read ahead from here if it was cold.
 
         The page cache is shared, so advice given in this process serves
-        the workers' reads. How long this process waited stands in for the
-        read time the worker saw: a warm pipeline has the batch ready.
+        the workers' reads. ``read_of()`` is ``(seconds, major faults)`` of
+        the worker's read of the batch's rows (before any transform), or None.
         """
-        ahead = self._ahead
-        if not ahead.enabled:
-            return wait()
-        start = time.perf_counter()
         batch = wait()
-        if batch is not None:
-            ahead.batch_read(k, time.perf_counter() - start, self._epoch_rows)
+        ahead = self._ahead
+        if batch is not None and ahead.enabled:
+            read = read_of()
+            if read is not None:
+                ahead.batch_read(k, read, self._epoch_rows, by_worker=True)
         return batch
 
     def _make_reading_ahead(self, k: int, index: int) -> Any:
@@ -432,8 +435,8 @@ class H5Sequence(keras.utils.PyDataset):
         rows = self._content_rows(k)
         ahead, order = self._ahead, self._epoch_rows
 
-        def read_ahead(seconds: float) -> None:
-            ahead.batch_read(k, seconds, order)
+        def read_ahead(read: tuple[float, int | None]) -> None:
+            ahead.batch_read(k, read, order)
 
         if k == 0:
             ahead.prime(order)
@@ -459,12 +462,16 @@ class H5Sequence(keras.utils.PyDataset):
             self._prefetched.pop(stale).cancel()
         for c in range(k + 1, min(len(self), k + depth + 1)):
             if c not in self._prefetched:
-                self._prefetched[c] = self._threads.submit(self._maker.make, self._content_rows(c), c)
+                # Each thread notes how long its read took, for read-ahead.
+                on_read = functools.partial(self._read_times.__setitem__, c)
+                self._prefetched[c] = self._threads.submit(self._maker.make, self._content_rows(c), c, on_read=on_read)
         return pending
 
     def _reset_pool_state(self) -> None:
         self._threads: ThreadPoolExecutor | None = None
         self._prefetched: dict[int, Future[Any]] = {}
+        # batch -> (seconds, major faults) of its thread's read
+        self._read_times: dict[int, tuple[float, int | None]] = {}
         self._pool: BatchPool | None = None
         self._bound: dict[int, int] = {}
         self._next_content = 0
@@ -543,7 +550,9 @@ class H5Sequence(keras.utils.PyDataset):
         # stay numpy arrays, which pickle compactly. A worker pool belongs to
         # the process that started it.
         state = dict(self.__dict__)
-        state.update(_pool=None, _threads=None, _prefetched={}, _bound={}, _next_content=0, _requests=0)
+        state.update(
+            _pool=None, _threads=None, _prefetched={}, _read_times={}, _bound={}, _next_content=0, _requests=0
+        )
         del state["_pool_lock"]
         return state
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import h5feed
-from h5feed import _plan
+from h5feed import _plan, _readahead
 from h5feed._readahead import COLD_MIN_SECONDS, ReadAhead
 from h5feed.reader import Reader
 
@@ -30,7 +30,9 @@ def _advised_batches(rec: _Recorder) -> list[int]:
     return [rows[0] // 4 for _, rows in rec.calls]
 
 
-FAST, SLOW = 1e-9, 10.0  # seconds for a 4-row batch: warm and cold
+# (seconds, major faults) of reading a 4-row batch, where faults are not
+# counted: judged by time.
+FAST, SLOW = (1e-9, None), (10.0, None)
 
 
 def test_warm_batches_advise_nothing():
@@ -85,10 +87,48 @@ def test_a_fast_batch_of_small_rows_is_not_cold():
     # batch waits milliseconds for the disk.
     rec = _Recorder()
     ahead = ReadAhead(rec, [("x", 784)], batch_size=4, block=(64, 8))
-    ahead.batch_read(0, COLD_MIN_SECONDS / 2, ORDER)
+    ahead.batch_read(0, (COLD_MIN_SECONDS / 2, None), ORDER)
     assert not ahead.active and rec.calls == []
-    ahead.batch_read(1, 10 * COLD_MIN_SECONDS, ORDER)
+    ahead.batch_read(1, (10 * COLD_MIN_SECONDS, None), ORDER)
     assert ahead.active and rec.calls
+
+
+def test_major_faults_decide_where_they_are_counted():
+    # A slow batch without a major fault was not waiting for the disk (a
+    # busy machine, pages new to this process); one with a fault was.
+    rec = _Recorder()
+    ahead = ReadAhead(rec, [("x", BIG)], batch_size=4)
+    ahead.batch_read(0, (10.0, 0), ORDER)
+    assert not ahead.active and rec.calls == []
+    ahead.batch_read(1, (1e-9, 1), ORDER)
+    assert ahead.active and _advised_batches(rec) == [2, 3, 4, 5]
+    ahead.reset()
+    ahead.count_faults = False  # time alone
+    ahead.batch_read(0, (10.0, 0), ORDER)
+    assert ahead.active
+
+
+def test_a_worker_batch_counts_as_slow_only_with_most_of_the_last_few():
+    # Timed in a busy worker, a warm batch is now and then slow.
+    rec = _Recorder()
+    ahead = ReadAhead(rec, [("x", BIG)], batch_size=4)
+    for k in range(N_BATCHES):
+        ahead.batch_read(k, SLOW if k % 2 else FAST, ORDER, by_worker=True)
+    assert not ahead.active  # half slow
+    ahead.reset()
+    for k in range(5):
+        ahead.batch_read(k, SLOW, ORDER, by_worker=True)
+    assert ahead.active and _advised_batches(rec) == [5, 6, 7, 8]
+
+
+def test_reading_a_batch_reports_its_major_faults(small_rows_file):
+    seq = h5feed.H5Sequence(small_rows_file, batch_size=4, readahead=False)
+    reads = []
+    seq._maker.make(seq._epoch_rows[:4], 0, on_read=reads.append)
+    (seconds, faults), = reads
+    assert seconds >= 0
+    assert faults is None if _readahead.major_faults() is None else faults >= 0
+    seq.close()
 
 
 def test_priming_advises_the_first_batches_before_any_is_read():
@@ -186,6 +226,7 @@ def test_read_ahead_changes_no_batch(request, monkeypatch, rows, shuffle):
     # Small rows are read ahead only as blocks: under a block shuffle.
     assert ahead._ahead.enabled == (rows == "big" or shuffle == "block")
     assert not plain._ahead.enabled
+    ahead._ahead.count_faults = False
     ahead._ahead.cold_bytes_per_s = float("inf")  # every batch counts as cold...
     ahead._ahead.cold_min_seconds = 0.0  # ...however fast
     for epoch in range(2):
@@ -226,6 +267,7 @@ def test_with_workers_this_process_reads_ahead_for_them(big_rows_file, workers):
     # It must reach past the batches they already make, and change no batch.
     plain = h5feed.H5Sequence(big_rows_file, batch_size=4, seed=5, readahead=False)
     seq = h5feed.H5Sequence(big_rows_file, batch_size=4, seed=5, **workers)
+    seq._ahead.count_faults = False
     seq._ahead.cold_bytes_per_s = float("inf")  # every batch counts as cold...
     seq._ahead.cold_min_seconds = 0.0  # ...however fast
     advised = []
