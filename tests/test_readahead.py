@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import h5py
 import numpy as np
 import pytest
@@ -103,9 +105,51 @@ def test_major_faults_decide_where_they_are_counted():
     ahead.batch_read(1, (1e-9, 1), ORDER)
     assert ahead.active and _advised_batches(rec) == [2, 3, 4, 5]
     ahead.reset()
-    ahead.count_faults = False  # time alone
+    ahead.ask_kernel = False  # time alone
     ahead.batch_read(0, (10.0, 0), ORDER)
     assert ahead.active
+
+
+def test_a_slow_advised_batch_is_cold_without_a_major_fault():
+    # Waiting for pages already advised (in flight) takes no major fault;
+    # for those batches time decides.
+    rec = _Recorder()
+    ahead = ReadAhead(rec, [("x", BIG)], batch_size=4, depth=2)
+    ahead.prime(ORDER)
+    ahead.batch_read(0, (1e-9, 0), ORDER)  # advised, fast: warm
+    assert not ahead.active
+    ahead.batch_read(1, (10.0, 0), ORDER)  # advised, slow: the disk
+    assert ahead.active and _advised_batches(rec) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("cached", [True, False, None])
+def test_priming_asks_whether_the_first_batch_is_cached(cached):
+    class Probed(_Recorder):
+        def cached(self, name, rows):
+            self.probed = (name, rows.tolist())
+            return cached
+
+    rec = Probed()
+    ahead = ReadAhead(rec, [("x", BIG)], batch_size=4, depth=2)
+    ahead.prime(ORDER)
+    assert rec.probed == ("x", ORDER[:4].tolist())
+    # Cached: nothing to do. Not cached: on, from the first batch. Unknown:
+    # the first batches advised, the reads then decide.
+    assert ahead.active == (cached is False)
+    assert _advised_batches(rec) == ([] if cached else [0, 1])
+
+
+def test_reader_tells_whether_rows_are_cached(big_rows_file, any_layout_file):
+    path = big_rows_file
+    with open(path, "rb") as fh:
+        fh.read()  # in the page cache now
+    reader = Reader(h5feed.open_file(path))
+    assert reader.cached("x", np.array([0, 39])) in (True, None)  # None: no RWF_NOWAIT here
+    other = Reader(h5feed.open_file(any_layout_file))
+    if other.layout.column("x").offset is None:  # chunked: cannot tell
+        assert other.cached("x", np.array([0])) is None
+    reader.close()
+    other.close()
 
 
 def test_a_worker_batch_counts_as_slow_only_with_most_of_the_last_few():
@@ -226,7 +270,7 @@ def test_read_ahead_changes_no_batch(request, monkeypatch, rows, shuffle):
     # Small rows are read ahead only as blocks: under a block shuffle.
     assert ahead._ahead.enabled == (rows == "big" or shuffle == "block")
     assert not plain._ahead.enabled
-    ahead._ahead.count_faults = False
+    ahead._ahead.ask_kernel = False
     ahead._ahead.cold_bytes_per_s = float("inf")  # every batch counts as cold...
     ahead._ahead.cold_min_seconds = 0.0  # ...however fast
     for epoch in range(2):
@@ -267,7 +311,7 @@ def test_with_workers_this_process_reads_ahead_for_them(big_rows_file, workers):
     # It must reach past the batches they already make, and change no batch.
     plain = h5feed.H5Sequence(big_rows_file, batch_size=4, seed=5, readahead=False)
     seq = h5feed.H5Sequence(big_rows_file, batch_size=4, seed=5, **workers)
-    seq._ahead.count_faults = False
+    seq._ahead.ask_kernel = False
     seq._ahead.cold_bytes_per_s = float("inf")  # every batch counts as cold...
     seq._ahead.cold_min_seconds = 0.0  # ...however fast
     advised = []
@@ -289,3 +333,21 @@ def test_with_workers_this_process_reads_ahead_for_them(big_rows_file, workers):
     finally:
         seq.close()
         plain.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise") or not hasattr(os, "RWF_NOWAIT"), reason="Linux only")
+def test_a_cold_first_batch_turns_read_ahead_on_before_it_is_read(big_rows_file):
+    fd = os.open(big_rows_file, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    seq = h5feed.H5Sequence(big_rows_file, batch_size=4, seed=5)
+    cold = seq._maker.reader.cached("x", seq._epoch_rows[:4])
+    if cold is not False:
+        seq.close()
+        pytest.skip("the page cache cannot be emptied here (a tmpfs, say)")
+    seq[0]
+    assert seq._ahead.active and seq._ahead._advised_to == 1 + 4  # batch 0 and the 4 after it
+    seq.close()
