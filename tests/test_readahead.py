@@ -337,12 +337,9 @@ def test_with_workers_this_process_reads_ahead_for_them(big_rows_file, workers):
 
 @pytest.mark.skipif(not hasattr(os, "posix_fadvise") or not hasattr(os, "RWF_NOWAIT"), reason="Linux only")
 def test_a_cold_first_batch_turns_read_ahead_on_before_it_is_read(big_rows_file):
-    fd = os.open(big_rows_file, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
+    from h5feed.benchmarks.bench import evict
+
+    evict(str(big_rows_file))
     seq = h5feed.H5Sequence(big_rows_file, batch_size=4, seed=5)
     cold = seq._maker.reader.cached("x", seq._epoch_rows[:4])
     if cold is not False:
