@@ -1,10 +1,10 @@
 """Read-ahead while batches come from disk: the next batches' rows in flight.
 
 On a cold page cache each large row of a shuffled batch is one synchronous
-read, issued one after another (NOTE [ Cold cache ] in ``reader.py``). When a
-batch was read slower than memory can deliver, :class:`ReadAhead` asks the
-reader to start reading what the next batches of the epoch order need, so
-the disk always has work queued:
+read, issued one after another (NOTE [ Cold cache ] in ``reader.py``). While
+batches come from disk, :class:`ReadAhead` asks the reader to start reading
+what the next batches of the epoch order need, so the disk always has work
+queued:
 
 - large rows (``min_row_bytes`` or more): the rows of the next ``depth``
   batches, row by row;
@@ -14,11 +14,12 @@ the disk always has work queued:
   within a few batches. Not where the kernel's read-around (what one page
   fault reads) is already larger than a window.
 
-It advises the first batches of each epoch before they are read, switches
-on at the first batch of an epoch that needed the disk (a major page fault
-while reading it; where those are not counted, a slow batch) and stays on
-for that epoch; each new epoch starts off again, so a warm second epoch pays
-nothing.
+It switches on before the first batch of an epoch whose rows are not in
+the page cache, or at the first batch that needed the disk (a major page
+fault while reading it; where those are not counted, a slow batch), and
+stays on for that epoch; each new epoch starts off again, so a warm second
+epoch pays nothing.
+
 Small rows under a full shuffle are never advised: a shuffled batch needs
 one page here and one there, which the kernel's read-around serves better
 than advice can.
@@ -52,6 +53,7 @@ def major_faults() -> int | None:
     if _RUSAGE_THREAD is None:
         return None
     return resource.getrusage(_RUSAGE_THREAD).ru_majflt
+
 
 # Rows (or blocks of rows) smaller than this come in many per fault (the
 # kernel's read-around, NOTE [ Cold cache ]); advising single small rows cost
