@@ -74,8 +74,10 @@ COLD_MIN_SECONDS = 200e-6
 # 0.85 ms at the median but 2.4-4.3 ms at the 90th percentile (13 ms at
 # worst), against 8.5 ms for a cold one. So a worker's batch counts as slow
 # below half the rate, and read-ahead turns on only when most of the last
-# few were slow: advising on warm data cost the owning process a fifth of
-# its throughput with two workers.
+# few worker batches were slow (or faulted: a fresh worker's first batch
+# took one major fault on warm data): advising on warm data cost the owning
+# process a fifth of its throughput with two workers. The first batches of
+# an epoch are read here, and a cold start is caught by `prime`.
 WORKER_RATE_FACTOR = 0.5
 WORKER_WINDOW, WORKER_SLOW = 8, 5
 
@@ -192,22 +194,25 @@ class ReadAhead:
             seconds, faults = read
             size = self.batch_size
             counted = faults is not None and self.ask_kernel
-            # A read that waits for pages already advised (and in flight)
-            # takes no major fault: for those batches time decides too.
-            advised = k < self._advised_to or (
-                bool(self._window_names) and k * size // self._window_rows < self._windows_to
-            )
-            if counted and (faults or not advised):
-                slow = faults > 0
+            n_rows = max(0, min(order.size, (k + 1) * size) - k * size)
+            rate = self.cold_bytes_per_s * (WORKER_RATE_FACTOR if by_worker else 1.0)
+            timed_slow = seconds > max(self.cold_min_seconds, n_rows * self._row_nbytes / rate)
+            if by_worker:
+                # Among busy workers a slow read may be CPU contention, and a
+                # major fault a retried one (two workers faulting one page
+                # count it as major); a cold read is both, in most of the
+                # last few batches.
+                recent = self._worker_slow
+                recent.append(timed_slow and (faults > 0 if counted else True))
+                del recent[:-WORKER_WINDOW]
+                slow = sum(recent) >= WORKER_SLOW
             else:
-                n_rows = max(0, min(order.size, (k + 1) * size) - k * size)
-                rate = self.cold_bytes_per_s * (WORKER_RATE_FACTOR if by_worker else 1.0)
-                slow = seconds > max(self.cold_min_seconds, n_rows * self._row_nbytes / rate)
-                if by_worker:
-                    recent = self._worker_slow
-                    recent.append(slow)
-                    del recent[:-WORKER_WINDOW]
-                    slow = sum(recent) >= WORKER_SLOW
+                # A read that waits for pages already advised (and in
+                # flight) takes no major fault: for those time decides too.
+                advised = k < self._advised_to or (
+                    bool(self._window_names) and k * size // self._window_rows < self._windows_to
+                )
+                slow = faults > 0 if counted and (faults or not advised) else timed_slow
             if not slow:
                 return
             self.active = True

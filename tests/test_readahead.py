@@ -163,6 +163,21 @@ def test_a_worker_batch_counts_as_slow_only_with_most_of_the_last_few():
     for k in range(5):
         ahead.batch_read(k, SLOW, ORDER, by_worker=True)
     assert ahead.active and _advised_batches(rec) == [5, 6, 7, 8]
+    # Where faults are counted, a cold worker batch is slow and faulted: slow
+    # without a fault is contention, a fault in a fast read a retried one
+    # (two workers on one page); one stray cold-looking batch is not enough.
+    ahead.reset()
+    ahead.batch_read(0, (10.0, 1), ORDER, by_worker=True)
+    for k in range(1, 5):
+        ahead.batch_read(k, (10.0, 0), ORDER, by_worker=True)
+    for k in range(5, 9):
+        ahead.batch_read(k, (1e-9, 3), ORDER, by_worker=True)
+    assert not ahead.active
+    for k in range(9, 13):
+        ahead.batch_read(k, (10.0, 3), ORDER, by_worker=True)
+    assert not ahead.active  # 4 of the last 8
+    ahead.batch_read(13, (10.0, 3), ORDER, by_worker=True)
+    assert ahead.active  # 5 of the last 8
 
 
 def test_reading_a_batch_reports_its_major_faults(small_rows_file):
