@@ -281,6 +281,25 @@ def _best(run: Callable[[int], tuple[int, float]], min_seconds: float = 1.0, mos
     return best[0], best[1], epochs  # type: ignore[index]
 
 
+def _best_in_rounds(
+    cases: list[tuple[str, Callable[[], tuple[int, float]]]], rounds: int
+) -> dict[str, tuple[int, float]]:
+    """The best ``(samples, seconds)`` of each case over ``rounds`` rounds.
+
+    The rounds go round all the cases, so that a slow spell of the machine
+    (or of the disk, or of the host's cache on a virtual machine) does not
+    land on one case only.
+    """
+    best: dict[str, tuple[int, float]] = {}
+    for _ in range(rounds):
+        for name, run in cases:
+            gc.collect()
+            samples, seconds = run()
+            if name not in best or samples / seconds > best[name][0] / best[name][1]:
+                best[name] = (samples, seconds)
+    return best
+
+
 def raw_rows(data: Data, *, max_seconds: float, quiet: bool) -> list[Row]:
     """The five ways of reading shuffled batches, warm cache, one process."""
     import h5py
@@ -403,6 +422,7 @@ PROCESSES = {"workers": 2, "use_multiprocessing": True}
 def cold_rows(data: Data, *, quiet: bool, repeats: int = 3) -> list[Row]:
     """A cold sequential read of the file against cold shuffled epochs."""
     from h5feed import H5Sequence
+    from h5feed._readahead import MIN_ROW_BYTES
 
     shape = data.shape
     if not hasattr(os, "posix_fadvise"):
@@ -422,42 +442,39 @@ def cold_rows(data: Data, *, quiet: bool, repeats: int = 3) -> list[Row]:
 
         return run
 
-    # (name, run, cold): the sequential read leaves the file in the page
-    # cache, so the warm cases follow it; each cold case evicts first.
+    def cold(run: Callable[[], tuple[int, float]]) -> Callable[[], tuple[int, float]]:
+        def evicted_first() -> tuple[int, float]:
+            evict(data.h5)
+            return run()
+
+        return evicted_first
+
+    # The sequential read leaves the file in the page cache, so the warm
+    # cases follow it; each cold case evicts first.
     cases = [
-        ("sequential read of the file", sequential, True),
+        ("sequential read of the file", cold(sequential)),
         # The ceiling: a cold epoch cannot beat the same epoch from memory.
         # On "small" it lies near the sequential rate itself.
-        ("H5Sequence shuffle=True, warm cache", epoch(True), False),
-        ('H5Sequence shuffle="block", warm cache', epoch("block"), False),
-        ("H5Sequence shuffle=True", epoch(True), True),
-        ('H5Sequence shuffle="block"', epoch("block"), True),
+        ("H5Sequence shuffle=True, warm cache", epoch(True)),
+        ('H5Sequence shuffle="block", warm cache', epoch("block")),
+        ("H5Sequence shuffle=True", cold(epoch(True))),
+        ('H5Sequence shuffle="block"', cold(epoch("block"))),
         # What the read-ahead (NOTE [ Cold cache ] in reader.py) is worth.
-        ("H5Sequence shuffle=True readahead=False", epoch(True, False), True),
-        ('H5Sequence shuffle="block" readahead=False', epoch("block", False), True),
+        ("H5Sequence shuffle=True readahead=False", cold(epoch(True, False))),
+        ('H5Sequence shuffle="block" readahead=False', cold(epoch("block", False))),
     ]
-    if shape.row_nbytes >= 32 << 10:
+    if shape.row_nbytes >= MIN_ROW_BYTES:
         # Worker processes read; this process advises for them (the page
-        # cache is shared). Not on small rows, whose whole cold epoch takes
-        # less than starting the processes.
+        # cache is shared). Not on rows too small to be read ahead one by
+        # one, whose whole cold epoch takes less than starting the processes.
         cases += [
-            ("2 processes shuffle=True", epoch(True, **PROCESSES), True),
-            ("2 processes shuffle=True readahead=False", epoch(True, False, **PROCESSES), True),
+            ("2 processes shuffle=True", cold(epoch(True, **PROCESSES))),
+            ("2 processes shuffle=True readahead=False", cold(epoch(True, False, **PROCESSES))),
         ]
     # Best of `repeats`: one cold epoch of a small file lasts tens of
-    # milliseconds, well inside the noise of a shared machine. The repeats
-    # go round the cases, so that a slow spell of the disk (or the host's
-    # cache, on a virtual machine) does not land on one case only.
-    best: dict[str, tuple[int, float]] = {}
-    for _ in range(repeats):
-        for name, run, cold in cases:
-            gc.collect()
-            if cold:
-                evict(data.h5)
-            samples, seconds = run()
-            if name not in best or seconds < best[name][1]:
-                best[name] = (samples, seconds)
-    for name, _, _ in cases:
+    # milliseconds, well inside the noise of a shared machine.
+    best = _best_in_rounds(cases, repeats)
+    for name, _ in cases:
         samples, seconds = best[name]
         rows.append(Row("cold", shape.name, name, samples / seconds, seconds, samples, note=f"best of {repeats}"))
     ref = rows[0].samples_per_s
@@ -589,12 +606,9 @@ def fit_rows(data: Data, *, quiet: bool, max_steps: int | None, rounds: int = 2)
         ("fit H5Sequence", lambda: H5Sequence(data.h5, batch_size=BATCH, seed=6)),
         ("fit in-memory PyDataset", lambda: _in_memory_dataset(data)),
     ]
-    best: dict[str, tuple[int, float]] = {}
-    for _ in range(rounds):
-        for name, make in cases:
-            samples, seconds = _fit_rate(make(), shape, max_steps=max_steps)
-            if name not in best or samples / seconds > best[name][0] / best[name][1]:
-                best[name] = (samples, seconds)
+    best = _best_in_rounds(
+        [(name, lambda make=make: _fit_rate(make(), shape, max_steps=max_steps)) for name, make in cases], rounds
+    )
     for name, _ in cases:
         samples, seconds = best[name]
         note = f"best of {rounds}" if rounds > 1 else ""

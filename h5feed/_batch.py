@@ -63,7 +63,7 @@ class BatchMaker:
         rows: np.ndarray,
         index: int | str,
         alloc: Callable[..., np.ndarray] | None = None,
-        on_read: Callable[[float], None] | None = None,
+        on_read: Callable[[tuple[float, int | None]], None] | None = None,
     ) -> tuple[Any, ...]:
         """The batch of file rows ``rows`` (checked int64), batch ``index`` for messages.
 

@@ -8,8 +8,8 @@ HDF5 state must never cross a ``fork``: a child that uses (or even closes) a
 handle its parent opened shares the parent's library state and caches. Keras
 reads batches 0 and 1 in the parent on the TensorFlow backend and then forks
 a new worker pool every epoch, so a handle opened in the parent *will* be
-inherited. The reader therefore keys its handles by the process id (``_proc.this_pid``): in a new
-process it abandons the inherited objects without touching them (they are
+inherited. The reader therefore keys its handles by the process id
+(``_proc.this_pid``): in a new process it abandons the inherited objects without touching them (they are
 kept referenced, so their finalisers never run in the child) and opens fresh
 ones. Pickling drops handles entirely, which covers ``spawn`` and
 ``forkserver``.
@@ -46,8 +46,8 @@ memory speed.
 
 What it was worth, measured here (``h5feed bench``, "cold" rows, with and
 without, in one run): the cold epoch of "volume" went from 51% to 85% of one
-sequential read of the file shuffled, from 62% to 81% block-shuffled. For "small" (784-byte rows) under a block
-shuffle, with ``read_ahead_kb`` set to the kernel's default 128 KiB, whole
+sequential read of the file shuffled, from 62% to 81% block-shuffled. For
+"small" (784-byte rows) under a block shuffle, with ``read_ahead_kb`` set to the kernel's default 128 KiB, whole
 windows ahead took a cold epoch from 814,000 to 914,000 samples/s (best of 5
 each, old and new code alternating); with this machine's 8 MiB read-around
 the same advice made it about 10% slower (a fault already reads in a sixth
@@ -76,8 +76,8 @@ import numpy as np
 
 from ._damage import read_error
 from ._files import open_h5
-from ._proc import this_pid
 from ._plan import ReadPlan, advice_ranges, plan_reads
+from ._proc import this_pid
 from .errors import ReadError
 from .layout import ColumnInfo, Layout, read_ids
 
@@ -92,8 +92,8 @@ _CAN_ADVISE = hasattr(mmap.mmap, "madvise") and hasattr(mmap, "MADV_WILLNEED")
 _DEFAULT_READ_AHEAD = 128 << 10
 
 
-def _read_ahead_limits(fd: int) -> tuple[int, int]:
-    """``(read_ahead, max_request)`` bytes of the block device holding ``fd``.
+def _read_ahead_limits(path: str) -> tuple[int, int]:
+    """``(read_ahead, max_request)`` bytes of the block device holding ``path``.
 
     ``read_ahead`` is what a page fault reads around itself; one advice call
     reads at most ``max(read_ahead, max_request)`` (NOTE [ Cold cache ]).
@@ -101,7 +101,7 @@ def _read_ahead_limits(fd: int) -> tuple[int, int]:
     systems, containers).
     """
     try:
-        dev = os.fstat(fd).st_dev
+        dev = os.stat(path).st_dev
         base = f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}"
         # A partition's limits are its disk's.
         for queue in (f"{base}/queue", f"{base}/../queue"):
@@ -137,6 +137,7 @@ class Reader:
         self._mmaps: list[mmap.mmap] = []
         self._map_at: dict[str, tuple[mmap.mmap, int]] = {}
         self._limits: tuple[int, int] | None = None  # _read_ahead_limits of the file
+        self._advice_most: int | None = None  # bytes per advice call, whole pages
         self._lock_pid = this_pid()
         self._lock_obj = threading.Lock()
 
@@ -284,14 +285,7 @@ class Reader:
         advice call reads at most the larger (NOTE [ Cold cache ]).
         """
         if self._limits is None:
-            try:
-                fd = os.open(self.layout.path, os.O_RDONLY)
-            except OSError:
-                return _DEFAULT_READ_AHEAD, _DEFAULT_READ_AHEAD
-            try:
-                self._limits = _read_ahead_limits(fd)
-            finally:
-                os.close(fd)
+            self._limits = _read_ahead_limits(self.layout.path)
         return self._limits
 
     def cached(self, name: str, rows: np.ndarray) -> bool | None:
@@ -344,9 +338,12 @@ class Reader:
             except (OSError, ReadError):  # advice only: the read says what is wrong, with context
                 return False
             mm, first_byte = self._map_at[name]
-        most = max(self.read_ahead_limits())
-        most = max(mmap.PAGESIZE, most - most % mmap.PAGESIZE)
-        starts, lengths = advice_ranges(rows, row_nbytes=col.row_nbytes, first_byte=first_byte, page=mmap.PAGESIZE, most=most)
+        if self._advice_most is None:
+            most = max(self.read_ahead_limits())
+            self._advice_most = max(mmap.PAGESIZE, most - most % mmap.PAGESIZE)
+        starts, lengths = advice_ranges(
+            rows, row_nbytes=col.row_nbytes, first_byte=first_byte, page=mmap.PAGESIZE, most=self._advice_most
+        )
         size = len(mm)
         for start, length in zip(starts.tolist(), lengths.tolist()):
             try:
@@ -392,7 +389,6 @@ class Reader:
         """The sample IDs of ``rows``, in the order given."""
         with self._lock:
             return read_ids(self._h5(), rows)
-
 
 
 def _gather(source: np.ndarray, rows: np.ndarray, out: np.ndarray | None) -> np.ndarray:

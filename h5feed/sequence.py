@@ -460,10 +460,11 @@ class H5Sequence(keras.utils.PyDataset):
         self._ahead.depth = READ_AHEAD_DEPTH + depth
         for stale in [c for c in self._prefetched if not k < c <= k + depth]:
             self._prefetched.pop(stale).cancel()
+            self._read_times.pop(stale, None)
         for c in range(k + 1, min(len(self), k + depth + 1)):
             if c not in self._prefetched:
-                # Each thread notes how long its read took, for read-ahead.
-                on_read = functools.partial(self._read_times.__setitem__, c)
+                # Each thread notes how its read went, for read-ahead.
+                on_read = functools.partial(self._read_times.__setitem__, c) if self._ahead.enabled else None
                 self._prefetched[c] = self._threads.submit(self._maker.make, self._content_rows(c), c, on_read=on_read)
         return pending
 

@@ -279,7 +279,7 @@ def test_read_ahead_limits_come_from_the_device_or_the_kernel_default(big_rows_f
 def test_read_ahead_changes_no_batch(request, monkeypatch, rows, shuffle):
     path = request.getfixturevalue(f"{rows}_rows_file")
     # The kernel's default read-around, whatever this machine's disk says.
-    monkeypatch.setattr(h5feed.reader, "_read_ahead_limits", lambda fd: (128 << 10, 128 << 10))
+    monkeypatch.setattr(h5feed.reader, "_read_ahead_limits", lambda path: (128 << 10, 128 << 10))
     plain = h5feed.H5Sequence(path, batch_size=4, seed=5, shuffle=shuffle, readahead=False)
     ahead = h5feed.H5Sequence(path, batch_size=4, seed=5, shuffle=shuffle)
     # Small rows are read ahead only as blocks: under a block shuffle.
