@@ -39,6 +39,7 @@ __all__ = [
     "plan_reads",
     "shard_bounds",
     "shard_of_keys",
+    "span_advice_ranges",
 ]
 
 Shuffle = Union[bool, Literal["block"]]
@@ -151,6 +152,31 @@ def advice_ranges(
         >>> s.tolist(), n.tolist()
         ([0, 8192], [4096, 4096])
     """
+    plan = plan_reads(rows)
+    return span_advice_ranges(
+        plan.starts, plan.stops, row_nbytes=row_nbytes, first_byte=first_byte, page=page, most=most
+    )
+
+
+def span_advice_ranges(
+    starts: np.ndarray,
+    stops: np.ndarray,
+    *,
+    row_nbytes: int,
+    first_byte: int,
+    page: int = 4096,
+    most: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`advice_ranges` of the rows ``starts[i] <= row < stops[i]``.
+
+    The spans ascending and not overlapping (as :func:`plan_reads` gives
+    them); empty spans are dropped.
+
+    Example:
+        >>> s, n = span_advice_ranges(np.array([0, 9]), np.array([2, 10]), row_nbytes=1000, first_byte=100)
+        >>> s.tolist(), n.tolist()
+        ([0, 8192], [4096, 4096])
+    """
     if row_nbytes < 1 or page < 1 or first_byte < 0:
         raise ValueError(
             f"row_nbytes and page must be >= 1, first_byte >= 0. "
@@ -158,12 +184,16 @@ def advice_ranges(
         )
     if most is not None and (most < page or most % page):
         raise ValueError(f"most must be a positive multiple of page ({page}). Received: {most!r}")
-    plan = plan_reads(rows)
-    if plan.n_spans == 0:
+    starts = np.asarray(starts, dtype=np.int64)
+    stops = np.asarray(stops, dtype=np.int64)
+    keep = stops > starts
+    if not keep.all():
+        starts, stops = starts[keep], stops[keep]
+    if starts.size == 0:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty
-    begin = first_byte + plan.starts * row_nbytes
-    end = first_byte + plan.stops * row_nbytes
+    begin = first_byte + starts * row_nbytes
+    end = first_byte + stops * row_nbytes
     begin -= begin % page
     end += -end % page
     # After widening, a range may reach into the next one's first page.

@@ -8,25 +8,24 @@ queued:
 
 - large rows (``min_row_bytes`` or more): the rows of the next ``depth``
   batches, row by row;
-- small rows under ``shuffle="block"``: whole windows of blocks ahead, about
-  ``lead_bytes`` of them. One small row is not worth a system call, but a
-  block of them is one contiguous range, and a window's rows are all read
-  within a few batches. Not where the kernel's read-around (what one page
-  fault reads) is already larger than a window.
+- small rows: the pieces of the file that hold them, each as soon as a
+  position ahead first needs it, a few MiB beyond the next batches. One small
+  row is not worth a system call, and a cold epoch of small rows reads the
+  whole column anyway (each fault pulls in the kernel's read-around), so it
+  is read in pieces no larger than one fault's read-around or one device
+  request (:func:`piece_nbytes`): never more than the faults would read,
+  but queued ahead instead of one synchronous fault at a time.
 
 It switches on before the first batch of an epoch whose rows are not in
-the page cache, or at the first batch that needed the disk (a major page
-fault while reading it; where those are not counted, a slow batch), and
-stays on for that epoch; each new epoch starts off again, so a warm second
-epoch pays nothing.
-
-Small rows under a full shuffle are never advised: a shuffled batch needs
-one page here and one there, which the kernel's read-around serves better
-than advice can.
+the page cache, or (large rows only) at the first batch that needed the
+disk (a major page fault while reading it; where those are not counted, a
+slow batch), and stays on for that epoch; each new epoch starts off again,
+so a warm second epoch pays nothing.
 """
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterable
 from typing import Any
 
@@ -37,7 +36,7 @@ try:
 except ImportError:  # pragma: no cover - not Unix
     resource = None  # type: ignore[assignment]
 
-__all__ = ["ReadAhead", "major_faults"]
+__all__ = ["ReadAhead", "major_faults", "piece_nbytes"]
 
 _RUSAGE_THREAD = getattr(resource, "RUSAGE_THREAD", None)
 
@@ -59,8 +58,10 @@ def major_faults() -> int | None:
 # kernel's read-around, NOTE [ Cold cache ]); advising single small rows cost
 # more than it saved on "small".
 MIN_ROW_BYTES = 32 << 10
-# Bytes of small-row windows kept advised ahead under a block shuffle.
-LEAD_BYTES = 8 << 20
+# Bytes of small-row pieces kept in flight beyond the next `depth` batches.
+LEAD_BYTES = 16 << 20
+# The smallest piece of small rows advised in one call.
+MIN_PIECE_BYTES = 128 << 10
 # A batch read slower than this came (partly) from disk: warm pages gather
 # at several GiB/s, a cold 128 KiB row costs a disk round trip.
 COLD_BYTES_PER_S = 2 << 30
@@ -82,19 +83,35 @@ WORKER_RATE_FACTOR = 0.5
 WORKER_WINDOW, WORKER_SLOW = 8, 5
 
 
+def piece_nbytes(read_ahead: int, max_request: int) -> int:
+    """Bytes of the pieces small rows are advised in, for a device's limits.
+
+    No more than one page fault would read around itself (``read_ahead``),
+    so that read-ahead never reads more than the faults it saves, and no
+    more than one device request (``max_request``); at least
+    ``MIN_PIECE_BYTES`` (a device with read-around turned off).
+
+    Example:
+        >>> piece_nbytes(8 << 20, 4 << 20) >> 20
+        4
+    """
+    return max(MIN_PIECE_BYTES, min(read_ahead, max_request))
+
+
 class ReadAhead:
     """Advises what the batches after the one just read will need.
 
     Args:
-        reader: has ``advise(name, rows) -> bool`` (:class:`~h5feed.reader.Reader`);
-            a reader without it disables read-ahead.
+        reader: has ``advise(name, rows=None, *, spans=None) -> bool``
+            (:class:`~h5feed.reader.Reader`); a reader without it disables
+            read-ahead.
         columns: ``(name, row_nbytes)`` of the datasets a batch reads.
         batch_size: rows per batch of the epoch order.
-        block: ``(block_rows, block_window)`` when the order is a block
-            shuffle (:func:`h5feed._plan.block_permutation`), else None.
-        depth: batches of large rows kept in flight ahead of the one read.
-        lead_bytes: bytes of small-row windows kept in flight (block shuffle).
-        min_row_bytes: the smallest row (or, for small rows, block) advised.
+        depth: batches kept in flight ahead of the one read.
+        lead_bytes: bytes of small-row pieces kept in flight beyond those
+            ``depth`` batches.
+        min_row_bytes: rows this large are advised row by row; smaller ones
+            as the pieces that hold them.
         cold_bytes_per_s: where major faults are not counted, a batch read
             slower than this turns read-ahead on.
     """
@@ -105,7 +122,6 @@ class ReadAhead:
         columns: Iterable[tuple[str, int]],
         *,
         batch_size: int = 1,
-        block: tuple[int, int] | None = None,
         depth: int = 4,
         lead_bytes: int = LEAD_BYTES,
         min_row_bytes: int = MIN_ROW_BYTES,
@@ -114,47 +130,45 @@ class ReadAhead:
         columns = list(columns)
         self._row_nbytes = sum(nbytes for _, nbytes in columns)
         can_advise = callable(getattr(reader, "advise", None))
-        block_rows, block_window = block if block is not None else (0, 0)
+        limits = getattr(reader, "read_ahead_limits", None)
+        piece_bytes = piece_nbytes(*limits()) if callable(limits) else MIN_PIECE_BYTES
         self._row_names: list[str] = []
-        self._window_names: list[str] = []
-        window_row_nbytes = 0
+        # Small-row columns: (name, rows per piece, bytes per piece).
+        self._pieces: list[tuple[str, int, int]] = []
         for name, nbytes in columns if can_advise else ():
             if nbytes >= min_row_bytes:
                 self._row_names.append(name)
-            elif block_rows * nbytes >= min_row_bytes:
-                self._window_names.append(name)
-                window_row_nbytes += nbytes
-        self._window_rows = block_rows * block_window
-        limits = getattr(reader, "read_ahead_limits", None)
-        if self._window_names and callable(limits) and limits()[0] >= self._window_rows * window_row_nbytes:
-            # One fault already reads around more than a window's rows; with
-            # 8 MiB of read-around, advising 50 KiB blocks measured slower.
-            self._window_names = []
+            elif nbytes > 0:
+                rows = max(1, piece_bytes // nbytes)
+                self._pieces.append((name, rows, rows * nbytes))
         self._reader = reader
         self.batch_size = batch_size
         self.depth = depth
-        self._lead_windows = (
-            -(-lead_bytes // (self._window_rows * window_row_nbytes)) if self._window_names else 0
-        )
+        self.lead_bytes = lead_bytes
         self.cold_bytes_per_s = cold_bytes_per_s
         self.cold_min_seconds = COLD_MIN_SECONDS
         # Ask the kernel whether reads need the disk (page-cache probes,
         # major-fault counts) where it tells; False: judge by time alone.
         self.ask_kernel = True
-        self._update_enabled()
         self.reset()
 
-    def _update_enabled(self) -> None:
-        # False when nothing can ever be advised (small rows under a full
-        # shuffle, no mmap); a plain attribute, read on every batch.
-        self.enabled = bool(self._row_names or self._window_names)
+    def _can_advise(self) -> bool:
+        return bool(self._row_names or self._pieces)
 
     def reset(self) -> None:
         """A new epoch (or order): off, nothing advised yet."""
+        # Whether batches need watching this epoch: a plain attribute, read
+        # on every batch. False when nothing can ever be advised (no mmap),
+        # or when only small rows are read and the epoch began cached.
+        self.enabled = self._can_advise()
         self.active = False
         self._worker_slow: list[bool] = []  # the last WORKER_WINDOW worker batches: slow?
-        self._advised_to = 0  # batches below this were advised
-        self._windows_to = 0  # windows below this were advised
+        self._advised_to = 0  # batches below this were advised (large rows)
+        self._scanned_to = 0  # order positions below this had their pieces advised
+        self._piece_marks: list[np.ndarray] | None = None  # per piece column: advised?
+        self._pieces_left = 0
+        self._lead: collections.deque[tuple[int, int]] = collections.deque()  # (position, bytes advised)
+        self._lead_bytes = 0
 
     def prime(self, order: np.ndarray) -> None:
         """Before the first batch of ``order`` is read: read ahead from it if it is not cached.
@@ -165,13 +179,17 @@ class ReadAhead:
         against 3 ms advised). Where the reader cannot tell whether the rows
         are cached, the first batches are advised anyway (one call per range
         on cached pages, once an epoch), without turning read-ahead on.
+        Small rows are judged here only: an epoch of them that starts cached
+        is not watched (a warm batch of "small" takes 10 us, and timing it
+        would cost a fifth of that).
         """
-        if not self.enabled or self.active or self._advised_to or self._windows_to:
+        if not self.enabled or self.active or self._advised_to or self._scanned_to:
             return
-        names = self._row_names or self._window_names
+        name = self._row_names[0] if self._row_names else self._pieces[0][0]
         probe = getattr(self._reader, "cached", None) if self.ask_kernel else None
-        cached = probe(names[0], order[: min(self.batch_size, 8)]) if callable(probe) else None
+        cached = probe(name, order[: min(self.batch_size, 8)]) if callable(probe) else None
         if cached is True:
+            self.enabled = bool(self._row_names)
             return
         if cached is False:
             self.active = True
@@ -209,9 +227,7 @@ class ReadAhead:
             else:
                 # A read that waits for pages already advised (and in
                 # flight) takes no major fault: for those time decides too.
-                advised = k < self._advised_to or (
-                    bool(self._window_names) and k * size // self._window_rows < self._windows_to
-                )
+                advised = k < self._advised_to or (k + 1) * size <= self._scanned_to
                 slow = faults > 0 if counted and (faults or not advised) else timed_slow
             if not slow:
                 return
@@ -229,21 +245,59 @@ class ReadAhead:
                 if not self._advise(self._row_names, order[c * size:(c + 1) * size]):
                     return
             self._advised_to = max(self._advised_to, stop)
-        if self._window_names:
-            w_size = self._window_rows
-            n_windows = -(-order.size // w_size)
-            here = start // w_size if start < order.size else n_windows
-            first, stop = max(self._windows_to, here), min(n_windows, here + 1 + self._lead_windows)
-            for w in range(first, stop):
-                if not self._advise(self._window_names, order[w * w_size:(w + 1) * w_size]):
+        if self._pieces:
+            self._advance_pieces(start, order)
+
+    def _advance_pieces(self, start: int, order: np.ndarray) -> None:
+        """Advise the pieces of small rows that positions ``start`` on need first.
+
+        Scans the order ahead of ``start`` a batch at a time and advises
+        each piece the first time a position needs it, until the next
+        ``depth`` batches are covered and ``lead_bytes`` of pieces are in
+        flight beyond ``start``.
+        """
+        if self._piece_marks is None:
+            top = int(order.max()) + 1 if order.size else 0
+            self._piece_marks = [np.zeros(-(-top // rows), dtype=bool) for _, rows, _ in self._pieces]
+            self._pieces_left = sum(marks.size for marks in self._piece_marks)
+        lead = self._lead
+        while lead and lead[0][0] < start:
+            self._lead_bytes -= lead.popleft()[1]
+        size = self.batch_size
+        scan = max(self._scanned_to, start)
+        cover = min(order.size, start + self.depth * size)
+        while self._pieces_left and scan < order.size and (scan < cover or self._lead_bytes < self.lead_bytes):
+            chunk = order[scan:scan + size]
+            nbytes = 0
+            for (name, rows, piece_bytes), marks in zip(self._pieces, self._piece_marks):
+                ids = chunk // rows
+                new = np.unique(ids[~marks[ids]])
+                if new.size == 0:
+                    continue
+                marks[new] = True
+                self._pieces_left -= new.size
+                # Consecutive pieces as one span.
+                breaks = np.flatnonzero(np.diff(new) != 1) + 1
+                firsts = new[np.concatenate(([0], breaks))]
+                lasts = new[np.concatenate((breaks - 1, [new.size - 1]))]
+                if not self._reader.advise(name, spans=(firsts * rows, (lasts + 1) * rows)):
+                    self._stop_advising()
                     return
-            self._windows_to = max(self._windows_to, stop)
+                nbytes += new.size * piece_bytes
+            if nbytes:
+                lead.append((scan, nbytes))
+                self._lead_bytes += nbytes
+            scan += chunk.size
+        self._scanned_to = scan
 
     def _advise(self, names: list[str], rows: np.ndarray) -> bool:
         for name in names:
             if not self._reader.advise(name, rows):
-                # Not mapped: nothing to advise, ever.
-                self._row_names, self._window_names = [], []
-                self._update_enabled()
+                self._stop_advising()
                 return False
         return True
+
+    def _stop_advising(self) -> None:
+        # Not mapped: nothing to advise, ever.
+        self._row_names, self._pieces = [], []
+        self.enabled = False

@@ -35,28 +35,29 @@ sequential read of the file. :meth:`Reader.advise` asks the kernel
 (``MADV_WILLNEED``) to start reading given rows without waiting for them;
 :class:`~h5feed._readahead.ReadAhead` uses it to keep what the next batches
 need in flight while batches come from disk: the rows of the next batches
-when rows are large, whole windows of blocks when small rows are read in
-``shuffle="block"`` order. It goes on for the epoch when the first batch's
-rows are not cached (:meth:`Reader.cached`, before reading them: a cold
-first batch read without advice took 200 ms here, each fault pulling in
-8 MiB around it) or once reading a batch took a major page fault (waited
-for the disk; pages cached but new to the process, as in a fresh worker,
-fault as minor faults), where the OS counts those, or else ran slower than
-memory speed.
+when rows are large; when rows are small, the pieces of the file that hold
+them (as large as one fault's read-around or one device request, whichever
+is smaller), each as soon as a batch ahead first needs it. It goes on for
+the epoch when the first batch's rows are not cached (:meth:`Reader.cached`,
+before reading them: a cold first batch read without advice took 200 ms
+here, each fault pulling in 8 MiB around it) or, for large rows, once
+reading a batch took a major page fault (waited for the disk; pages cached
+but new to the process, as in a fresh worker, fault as minor faults), where
+the OS counts those, or else ran slower than memory speed.
 
 What it was worth, measured here (``h5feed bench``, "cold" rows, with and
 without, in one run): the cold epoch of "volume" went from 51% to 85% of one
 sequential read of the file shuffled, from 62% to 81% block-shuffled. For
-"small" (784-byte rows) under a block shuffle, with ``read_ahead_kb`` set to the kernel's default 128 KiB, whole
-windows ahead took a cold epoch from 814,000 to 914,000 samples/s (best of 5
-each, old and new code alternating); with this machine's 8 MiB read-around
-the same advice made it about 10% slower (a fault already reads in a sixth
-of the 45 MiB file), so windows are advised only where the read-around is
-smaller than a window. Small rows under a full shuffle are never advised: a
-shuffled batch needs a page here and a page there, and neither advising them
-nor a whole-file ``WILLNEED`` (in the background or not) gained anything.
-While the pages are cached it costs nothing measurable (best of 12 warm
-epochs, both shapes, both orders, old and new code alternating).
+"small" (784-byte rows), with ``read_ahead_kb`` set to the kernel's default
+128 KiB, pieces took a cold epoch from 590,000 to 935,000 samples/s
+shuffled and from 810,000 to 1,040,000 block-shuffled (medians of 4, against
+the code before, which advised nothing shuffled and whole windows of blocks
+block-shuffled). With this machine's 8 MiB read-around they change
+nothing measurable (about 950,000 either way, median of 6): a fault already
+reads a sixth of the 45 MiB file. An epoch of small rows that starts cached
+is not watched at all, and for large rows the watching costs nothing
+measurable while the pages are cached (best of 12 warm epochs, both shapes,
+both orders, old and new code alternating).
 
 One advice call reads at most ``max(read_ahead_kb, max_sectors_kb)`` of the
 device (``force_page_cache_ra`` in the kernel's ``mm/readahead.c``; measured
@@ -76,7 +77,7 @@ import numpy as np
 
 from ._damage import read_error
 from ._files import open_h5
-from ._plan import ReadPlan, advice_ranges, plan_reads
+from ._plan import ReadPlan, advice_ranges, plan_reads, span_advice_ranges
 from ._proc import this_pid
 from .errors import ReadError
 from .layout import ColumnInfo, Layout, read_ids
@@ -318,11 +319,13 @@ class Reader:
             os.close(fd)
         return True
 
-    def advise(self, name: str, rows: np.ndarray) -> bool:
+    def advise(self, name: str, rows: np.ndarray | None = None, *, spans: tuple[Any, Any] | None = None) -> bool:
         """Ask the kernel to start reading ``rows`` of ``name``; do not wait.
 
         Only for a column that can be memory-mapped (NOTE [ Cold cache ]);
-        rows already checked.
+        rows already checked. ``spans=(starts, stops)`` instead of ``rows``:
+        the rows ``starts[i] <= row < stops[i]`` (ascending, not
+        overlapping; clipped to the column).
 
         Returns:
             False when there is nothing to advise (not memory-mapped, or no
@@ -341,9 +344,12 @@ class Reader:
         if self._advice_most is None:
             most = max(self.read_ahead_limits())
             self._advice_most = max(mmap.PAGESIZE, most - most % mmap.PAGESIZE)
-        starts, lengths = advice_ranges(
-            rows, row_nbytes=col.row_nbytes, first_byte=first_byte, page=mmap.PAGESIZE, most=self._advice_most
-        )
+        where = {"row_nbytes": col.row_nbytes, "first_byte": first_byte, "page": mmap.PAGESIZE, "most": self._advice_most}
+        if spans is None:
+            starts, lengths = advice_ranges(rows, **where)
+        else:
+            n = col.shape[0]
+            starts, lengths = span_advice_ranges(np.minimum(spans[0], n), np.minimum(spans[1], n), **where)
         size = len(mm)
         for start, length in zip(starts.tolist(), lengths.tolist()):
             try:

@@ -235,7 +235,6 @@ class H5Sequence(keras.utils.PyDataset):
             self._maker.columns(),
             batch_size=self.batch_size,
             depth=READ_AHEAD_DEPTH,
-            block=(self.block_rows, self.block_window) if self.shuffle == "block" else None,
         )
         self._reset_pool_state()
         self._slot_bytes = 0

@@ -187,6 +187,21 @@ def test_advice_ranges_cut_to_most_cover_the_same_pages(seed):
     assert len(starts) == int(np.sum(-(-whole[1] // most)))  # no more pieces than needed
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_span_advice_ranges_are_the_advice_ranges_of_the_spans_rows(seed):
+    rng = np.random.default_rng(seed)
+    bounds = np.sort(rng.choice(2000, 2 * int(rng.integers(1, 12)), replace=False))
+    starts, stops = bounds[0::2], bounds[1::2]
+    stops[rng.random(stops.size) < 0.2] = starts[0]  # some empty (or reversed) spans, dropped
+    rows = np.concatenate([np.arange(a, b) for a, b in zip(starts, stops)] + [np.zeros(0, np.int64)])
+    where = {"row_nbytes": int(rng.choice([8, 784, 5000])), "first_byte": int(rng.integers(0, 10_000))}
+    for most in (None, 8192):
+        got = _plan.span_advice_ranges(starts, stops, **where, most=most)
+        want = _plan.advice_ranges(rows, **where, most=most)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+
+
 def test_advice_ranges_of_nothing_is_empty_and_bad_sizes_are_errors():
     starts, lengths = _plan.advice_ranges(np.array([], dtype=np.int64), row_nbytes=8, first_byte=0)
     assert starts.size == 0 and lengths.size == 0
@@ -194,3 +209,5 @@ def test_advice_ranges_of_nothing_is_empty_and_bad_sizes_are_errors():
         _plan.advice_ranges(np.array([1]), row_nbytes=0, first_byte=0)
     with pytest.raises(ValueError, match="most must be a positive multiple of page"):
         _plan.advice_ranges(np.array([1]), row_nbytes=8, first_byte=0, most=5000)
+    with pytest.raises(ValueError, match="row_nbytes"):
+        _plan.span_advice_ranges(np.array([0]), np.array([1]), row_nbytes=0, first_byte=0)

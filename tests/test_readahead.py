@@ -20,11 +20,15 @@ ORDER = np.arange(4 * N_BATCHES)  # batch c is rows 4c .. 4c+3
 
 class _Recorder:
     def __init__(self, answer: bool = True) -> None:
-        self.calls: list[tuple[str, list[int]]] = []
+        self.calls: list[tuple[str, list[int]]] = []  # rows advised
+        self.span_calls: list[tuple[str, list[int], list[int]]] = []  # spans advised
         self.answer = answer
 
-    def advise(self, name: str, rows: np.ndarray) -> bool:
-        self.calls.append((name, rows.tolist()))
+    def advise(self, name: str, rows: np.ndarray | None = None, *, spans=None) -> bool:
+        if spans is None:
+            self.calls.append((name, rows.tolist()))
+        else:
+            self.span_calls.append((name, spans[0].tolist(), spans[1].tolist()))
         return self.answer
 
 
@@ -58,7 +62,8 @@ def test_a_slow_batch_keeps_the_next_batches_advised_each_once(depth, first_slow
     batches = _advised_batches(rec)
     assert batches == list(range(first_slow + 1, N_BATCHES))  # in order, once, never past the end
     assert all(rows == ORDER[4 * c:4 * c + 4].tolist() for c, (_, rows) in zip(batches, rec.calls))
-    assert {name for name, _ in rec.calls} == {"x"}  # small rows are never advised
+    assert {name for name, _ in rec.calls} == {"x"}  # small rows are advised as pieces:
+    assert rec.span_calls == [("y", [0], [(128 << 10) // 8])]  # ... y's one, once
 
 
 def test_a_new_epoch_starts_off_again():
@@ -73,10 +78,9 @@ def test_a_new_epoch_starts_off_again():
 
 
 def test_nothing_to_advise_disables_it():
-    assert not ReadAhead(_Recorder(), [("x", 784)], batch_size=4).enabled  # small rows, full shuffle
-    assert not ReadAhead(_Recorder(), [("x", 784)], batch_size=4, block=(8, 4)).enabled  # blocks too small
+    assert ReadAhead(_Recorder(), [("x", 784)], batch_size=4).enabled  # small rows: as pieces
     assert not ReadAhead(object(), [("x", BIG)], batch_size=4).enabled  # a reader without advise
-    assert not ReadAhead(None, [("x", 784)], batch_size=4, block=(64, 8)).enabled  # readahead=False
+    assert not ReadAhead(None, [("x", 784)], batch_size=4).enabled  # readahead=False
     rec = _Recorder(answer=False)  # not memory-mapped: the reader says so
     ahead = ReadAhead(rec, [("x", BIG)], batch_size=4, depth=2)
     ahead.batch_read(0, SLOW, ORDER)
@@ -88,11 +92,11 @@ def test_a_fast_batch_of_small_rows_is_not_cold():
     # 4 rows of 784 bytes in 100 us is far below 2 GiB/s, yet warm: a cold
     # batch waits milliseconds for the disk.
     rec = _Recorder()
-    ahead = ReadAhead(rec, [("x", 784)], batch_size=4, block=(64, 8))
+    ahead = ReadAhead(rec, [("x", 784)], batch_size=4)
     ahead.batch_read(0, (COLD_MIN_SECONDS / 2, None), ORDER)
-    assert not ahead.active and rec.calls == []
+    assert not ahead.active and rec.span_calls == []
     ahead.batch_read(1, (10 * COLD_MIN_SECONDS, None), ORDER)
-    assert ahead.active and rec.calls
+    assert ahead.active and rec.span_calls
 
 
 def test_major_faults_decide_where_they_are_counted():
@@ -201,41 +205,87 @@ def test_priming_advises_the_first_batches_before_any_is_read():
     assert len(rec.calls) == 4
 
 
-def test_small_rows_are_left_to_a_read_around_larger_than_a_window():
-    class WideReadAround(_Recorder):
+@pytest.mark.parametrize("read_ahead", [0, 128 << 10, 8 << 20])
+@pytest.mark.parametrize("max_request", [64 << 10, 4 << 20])
+def test_pieces_read_no_more_than_a_fault_or_a_request(read_ahead, max_request):
+    piece = _readahead.piece_nbytes(read_ahead, max_request)
+    assert piece == max(_readahead.MIN_PIECE_BYTES, min(read_ahead, max_request))
+    assert piece <= max(_readahead.MIN_PIECE_BYTES, read_ahead)
+
+
+def _first_need(order: np.ndarray, rows_per_piece: int) -> dict[int, int]:
+    """piece -> the first position of `order` whose row lies in it."""
+    need: dict[int, int] = {}
+    for pos, row in enumerate(order.tolist()):
+        need.setdefault(row // rows_per_piece, pos)
+    return need
+
+
+@pytest.mark.parametrize("kind", ["shuffle", "block", "sequential", "subset"])
+@pytest.mark.parametrize("cache", ["cold", "cached", "unknown, slow at batch 7"])
+@pytest.mark.parametrize("lead_bytes", [1, 1 << 20, 1 << 40])
+@pytest.mark.parametrize("depth", [1, 6])
+def test_small_rows_are_advised_as_whole_pieces_each_once_before_they_are_needed(kind, cache, lead_bytes, depth):
+    # 784-byte rows in pieces of 128 KiB: 167 rows a piece, 30 pieces.
+    n, size, row_nbytes = 5000, 32, 784
+    rng = np.random.default_rng(3)
+    order = {
+        "shuffle": rng.permutation(n),
+        "block": _plan.block_permutation(n, block=64, window=8, seed=3, epoch=0),
+        "sequential": np.arange(n),
+        "subset": np.sort(rng.choice(n, 2000, replace=False))[rng.permutation(2000)],
+    }[kind]
+    per_piece = (128 << 10) // row_nbytes
+
+    class Probed(_Recorder):
         def read_ahead_limits(self):
-            return 8 << 20, 4 << 20
+            return 128 << 10, 128 << 10
 
-    window_bytes = 64 * 8 * 784
-    assert not ReadAhead(WideReadAround(), [("x", 784)], batch_size=32, block=(64, 8)).enabled
-    narrow = type("Narrow", (_Recorder,), {"read_ahead_limits": lambda self: (window_bytes - 4096, 0)})
-    assert ReadAhead(narrow(), [("x", 784)], batch_size=32, block=(64, 8)).enabled
+        def cached(self, name, rows):
+            return {"cold": False, "cached": True}.get(cache)
+
+    rec = Probed()
+    ahead = ReadAhead(rec, [("x", row_nbytes)], batch_size=size, depth=depth, lead_bytes=lead_bytes)
+    need = _first_need(order, per_piece)
+    pieces: list[int] = []
+    for k in range(-(-order.size // size)):
+        if k == 0:
+            ahead.prime(order)
+        advised = [(s, e) for _, starts, stops in rec.span_calls for s, e in zip(starts, stops)]
+        pieces = [p for s, e in advised for p in range(s // per_piece, -(-e // per_piece))]
+        # Whole pieces, each once, only pieces the epoch needs.
+        assert all(s % per_piece == 0 and e % per_piece == 0 for s, e in advised)
+        assert len(pieces) == len(set(pieces)) and set(pieces) <= set(need)
+        # Beyond the next `depth` batches, about `lead_bytes` more (one
+        # batch's pieces over) at most.
+        cover = min(order.size, (k + depth) * size)
+        beyond = sum(1 for p in pieces if need[p] >= cover) * per_piece * row_nbytes
+        assert beyond < lead_bytes + size * per_piece * row_nbytes
+        if cache == "cached":
+            assert not ahead.enabled and pieces == []  # cached at the start: not watched
+            continue
+        if ahead.active:
+            # Every piece the next `depth` batches need (from batch k on) is in flight.
+            assert {p for p, pos in need.items() if k * size <= pos < cover} <= set(pieces)
+        assert ahead.active == (cache == "cold" or k > 7)
+        ahead.batch_read(k, SLOW if k == 7 else FAST, order)
+    if cache != "cached":
+        assert sorted(pieces) == sorted(need)  # the whole epoch's pieces, in the end
 
 
-@pytest.mark.parametrize("first_slow", [0, 3, 5, 37])
-@pytest.mark.parametrize("lead_bytes", [1, 3 * 8 * 784, 10**9])
-def test_small_rows_in_block_order_advise_whole_windows_ahead_each_once(first_slow, lead_bytes):
-    # Blocks of 8 rows of 784 bytes, 2 blocks a window: 16 rows, 4 batches.
-    block_rows, window, size = 8, 2, 4
-    order = _plan.block_permutation(300, block=block_rows, window=window, seed=1, epoch=0)
-    n_batches = -(-order.size // size)
-    rec = _Recorder()
-    ahead = ReadAhead(rec, [("x", 784 * 8), ("y", 8)], batch_size=size, block=(block_rows, window),
-                      lead_bytes=lead_bytes, min_row_bytes=784 * 8 * 8)
-    assert ahead.enabled
-    lead_windows = -(-lead_bytes // (16 * 784 * 8))
-    for k in range(n_batches):
-        ahead.batch_read(k, SLOW if k == first_slow else FAST, order)
-        here = (k + 1) * size // 16  # the window of the next row to read
-        if k >= first_slow:
-            # That window and `lead_windows` after it are asked for.
-            wanted = set(range(here, min(here + 1 + lead_windows, -(-order.size // 16))))
-            asked = {order.tolist().index(rows[0]) // 16 for _, rows in rec.calls}
-            assert wanted <= asked
-    windows = [order.tolist().index(rows[0]) // 16 for _, rows in rec.calls]
-    assert windows == list(range((first_slow + 1) * size // 16, -(-order.size // 16)))  # in order, once
-    for w, (name, rows) in zip(windows, rec.calls):
-        assert name == "x" and rows == order[16 * w:16 * (w + 1)].tolist()  # whole windows
+def test_an_epoch_of_small_rows_that_starts_cached_is_not_watched():
+    class Cached(_Recorder):
+        def cached(self, name, rows):
+            return True
+
+    ahead = ReadAhead(Cached(), [("x", 784), ("y", 8)], batch_size=4)
+    ahead.prime(ORDER)
+    assert not ahead.enabled  # warm batches of small rows pay nothing
+    ahead.reset()
+    assert ahead.enabled  # each epoch is asked again
+    both = ReadAhead(Cached(), [("x", BIG), ("y", 8)], batch_size=4)
+    both.prime(ORDER)
+    assert both.enabled  # large rows are watched batch by batch
 
 
 def _rows_file(path, n, row_shape):
@@ -253,7 +303,7 @@ def big_rows_file(tmp_path):
 
 @pytest.fixture
 def small_rows_file(tmp_path):
-    """Rows of 1 KiB: read ahead by whole windows under a block shuffle only."""
+    """Rows of 1 KiB: read ahead as the pieces that hold them."""
     return _rows_file(tmp_path / "small.h5", 700, (16, 16))
 
 
@@ -261,6 +311,7 @@ def test_reader_advises_mapped_rows_only(big_rows_file, any_layout_file):
     reader = Reader(h5feed.open_file(big_rows_file))
     assert reader.advise("x", np.array([1, 2]))  # maps the column if nothing read yet
     assert reader.advise("x", np.array([39, 3, 4, 5]))
+    assert reader.advise("x", spans=(np.array([0, 30]), np.array([10, 10**6])))  # clipped to the column
     with h5py.File(big_rows_file, "r") as f:
         np.testing.assert_array_equal(reader.read("x", np.array([39, 3])), f["x"][[3, 39]][::-1])
     other = Reader(h5feed.open_file(any_layout_file))
@@ -282,8 +333,7 @@ def test_read_ahead_changes_no_batch(request, monkeypatch, rows, shuffle):
     monkeypatch.setattr(h5feed.reader, "_read_ahead_limits", lambda path: (128 << 10, 128 << 10))
     plain = h5feed.H5Sequence(path, batch_size=4, seed=5, shuffle=shuffle, readahead=False)
     ahead = h5feed.H5Sequence(path, batch_size=4, seed=5, shuffle=shuffle)
-    # Small rows are read ahead only as blocks: under a block shuffle.
-    assert ahead._ahead.enabled == (rows == "big" or shuffle == "block")
+    assert ahead._ahead.enabled
     assert not plain._ahead.enabled
     ahead._ahead.ask_kernel = False
     ahead._ahead.cold_bytes_per_s = float("inf")  # every batch counts as cold...
@@ -293,7 +343,7 @@ def test_read_ahead_changes_no_batch(request, monkeypatch, rows, shuffle):
             a, b = ahead[i], plain[i]
             np.testing.assert_array_equal(a[0], b[0])
             np.testing.assert_array_equal(a[1], b[1])
-        assert ahead._ahead.active == ahead._ahead.enabled
+        assert ahead._ahead.active
         ahead.on_epoch_end()
         plain.on_epoch_end()
         assert not ahead._ahead.active  # each epoch starts off
@@ -331,7 +381,13 @@ def test_with_workers_this_process_reads_ahead_for_them(big_rows_file, workers):
     seq._ahead.cold_min_seconds = 0.0  # ...however fast
     advised = []
     advise = seq._maker.reader.advise
-    seq._maker.reader.advise = lambda name, rows: advised.append(rows.tolist()) or advise(name, rows)
+
+    def advise_rows(name, rows=None, *, spans=None):
+        if spans is None:  # large rows (y's one piece is advised as spans)
+            advised.append(rows.tolist())
+        return advise(name, rows, spans=spans)
+
+    seq._maker.reader.advise = advise_rows
     try:
         for _ in range(2):
             for i in range(len(seq)):
