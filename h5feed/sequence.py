@@ -34,10 +34,12 @@ An unshuffled sequence keeps index i = batch i; the pool then prefetches along
 the order of the requests and reads in-process when they jump.
 
 The pool starts at the third request of an epoch (the TensorFlow backend
-peeks at batches 0 and 1 before training, in another epoch, and a pool
-started for them would be stopped again at once) and is closed at every
-epoch end, on ``close()``, on garbage collection and at interpreter exit, so
-no process or shared memory outlives ``fit``.
+peeks at batches 0 and 1 before training, and a pool is not worth starting
+for them) and serves the following epochs too (:meth:`BatchPool.restart`:
+a new process each epoch would map the file's pages again, one fault at a
+time). It stops on ``close()``, on garbage collection and at interpreter
+exit, and when a worker fails; its shared memory never shows in
+``/dev/shm`` after the workers have started.
 """
 
 from __future__ import annotations
@@ -300,10 +302,11 @@ class H5Sequence(keras.utils.PyDataset):
         """Jump to ``epoch`` (to resume training): its order is recomputed."""
         if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
             raise ValueError(f"epoch must be an int >= 0. Received: {epoch!r}")
-        self._close_pool()
         self._ahead.reset()
         self._epoch = int(epoch)
         self._epoch_rows = self._compute_epoch_rows(self._epoch)
+        # Last: a worker that died meanwhile raises here, the epoch set.
+        self._new_epoch_workers()
 
     def on_epoch_end(self) -> None:
         """Called by Keras after each epoch: draw the next epoch's order."""
@@ -490,6 +493,19 @@ class H5Sequence(keras.utils.PyDataset):
             context=self._mp_context,
             description=self.path,
         )
+
+    def _new_epoch_workers(self) -> None:
+        """Between epochs: worker processes stay (NOTE [ Plugging own workers into Keras ]); all else starts over."""
+        with self._pool_lock:
+            pool = self._pool
+            # A batch that outgrew its slot: a new pool, with bigger slots.
+            keep = pool is not None and not pool.closed and pool.max_needed <= pool.slot_bytes
+            if keep:
+                self._pool = None  # kept from _close_pool
+            self._close_pool()
+            if keep:
+                pool.restart()
+                self._pool = pool
 
     def _close_pool(self) -> None:
         lock = getattr(self, "_pool_lock", None)

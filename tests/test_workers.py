@@ -13,7 +13,7 @@ import pytest
 
 from h5feed import H5Sequence
 from h5feed._proc import pid_alive as _alive
-from h5feed._workers import SHM_PREFIX
+from h5feed._workers import SHM_PREFIX, BatchPool
 from h5feed.errors import WorkerError
 
 pytestmark = pytest.mark.slow
@@ -67,6 +67,7 @@ def _with_context(seq: H5Sequence, ctx) -> H5Sequence:
 def test_shuffled_epoch_in_any_request_order_sees_every_row_once(small_file, method):
     seq = _with_context(H5Sequence(small_file, "train", batch_size=8, seed=3, workers=2, use_multiprocessing=True), method)
     assert (seq.workers, seq.use_multiprocessing, seq.process_workers) == (1, False, 2)
+    pids = None
     for epoch in range(2):
         order = np.random.default_rng(epoch).permutation(len(seq))
         got = {}
@@ -81,8 +82,57 @@ def test_shuffled_epoch_in_any_request_order_sees_every_row_once(small_file, met
         rows = sorted(r for b in got.values() for r in _rows_of(b))
         assert rows == list(range(70))
         seq.on_epoch_end()
-        assert seq._pool is None and not _segments()
+        # The same processes serve the next epoch; no segment is visible.
+        assert seq._pool.pids == (pids or seq._pool.pids) and not _segments()
+        pids = seq._pool.pids
     seq.close()
+    assert not any(_alive(p) for p in pids)
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+@pytest.mark.parametrize("served", [0, 3, 8])
+def test_an_epoch_ended_with_batches_in_flight_drops_them(small_file, start_method, served):
+    # The workers are ahead of the epoch when it ends; the next epoch's
+    # batches have the same numbers. Each must be the new epoch's.
+    seq = _with_context(
+        H5Sequence(small_file, "train", batch_size=8, seed=3, workers=2, use_multiprocessing=True, max_queue_size=6),
+        mp.get_context(start_method),
+    )
+    for i in range(served):
+        seq[i]
+    for epoch in range(1, 3):
+        seq.on_epoch_end()
+        got = [_rows_of(seq[i]) for i in range(len(seq))]
+        assert got == [seq.batch_rows(i).tolist() for i in range(len(seq))]
+        assert sorted(r for rows in got for r in rows) == list(range(70))
+    seq.close()
+    assert not _segments()
+
+
+def test_a_restarted_pool_never_serves_a_batch_of_the_old_order(small_file):
+    seq = H5Sequence(small_file, "train", batch_size=8, shuffle=False)
+    maker = seq._maker
+
+    def old(k):
+        return np.arange(8 * k, 8 * k + 8)
+
+    def new(k):
+        return np.arange(8 * k, 8 * k + 8)[::-1] + 1
+
+    pool = BatchPool(maker, workers=2, slots=6, slot_bytes=maker.batch_nbytes(8) + 4096,
+                     context=mp.get_context("fork"))
+    try:
+        assert pool.get(0, 8, old, 0) is None  # the first request starts the stream
+        assert _rows_of(pool.get(1, 8, old, 1)) == old(1).tolist()  # 2..7 now in flight
+        pool.restart()
+        # Batch 3 of the old order is in flight: not served for the new one
+        # (the caller reads it); the pool follows the new order from there.
+        assert pool.get(3, 8, new, 3) is None
+        for k in (4, 5, 6, 7):
+            assert _rows_of(pool.get(k, 8, new, k)) == new(k).tolist()
+    finally:
+        pool.close()
+        seq.close()
 
 
 def test_worker_batches_equal_in_process_batches_unshuffled(any_layout_file):
@@ -158,7 +208,27 @@ def test_killed_worker_raises_worker_error_instead_of_hanging(small_file, method
     seq.close()
 
 
-def test_close_gc_and_epoch_end_stop_processes_and_free_memory(small_file):
+def test_a_worker_killed_between_epochs_is_reported_and_replaced(small_file, method):
+    seq = _with_context(
+        H5Sequence(small_file, "train", batch_size=4, seed=2, workers=2, use_multiprocessing=True),
+        method,
+    )
+    seq[0], seq[1], seq[2]  # the pool starts; later batches in flight
+    pids = list(seq._pool.pids)
+    os.kill(pids[1], signal.SIGKILL)
+    start = time.monotonic()
+    with pytest.raises(WorkerError, match=r"worker 1 \(pid \d+\) reading .*small.h5 was killed by SIGKILL"):
+        seq.on_epoch_end()  # waits for the batches in flight...
+        for i in range(len(seq)):  # ... or the next epoch finds it dead
+            seq[i]
+    assert time.monotonic() - start < 30
+    assert not any(_alive(p) for p in pids)
+    rows = sorted(r for i in range(len(seq)) for r in _rows_of(seq[i]))
+    assert rows == list(range(70)) and seq._pool is not None and seq._pool.pids != pids
+    seq.close()
+
+
+def test_close_and_gc_stop_processes_and_free_memory(small_file):
     seq = _with_context(
         H5Sequence(small_file, "train", batch_size=4, workers=2, use_multiprocessing=True),
         mp.get_context("fork"),
@@ -166,7 +236,10 @@ def test_close_gc_and_epoch_end_stop_processes_and_free_memory(small_file):
     for i in range(4):
         seq[i]
     pids = list(seq._pool.pids)
-    assert len(_segments()) == 1 and all(_alive(p) for p in pids)
+    # Unlinked once every worker mapped it: nothing to leak even if killed.
+    assert not _segments() and all(_alive(p) for p in pids)
+    seq.on_epoch_end()
+    assert all(_alive(p) for p in pids)  # kept for the next epoch
     seq.close()
     assert not _segments() and not any(_alive(p) for p in pids)
     seq.close()  # twice is safe
@@ -188,7 +261,10 @@ def test_fit_ends_and_fails_without_leaking_shared_memory(small_file):
 
     seq = H5Sequence(small_file, "train", batch_size=8, seed=1, workers=2, use_multiprocessing=True)
     model_for(seq).fit(seq, epochs=2, verbose=0)
-    assert not _segments() and seq._pool is None
+    pids = list(seq._pool.pids)
+    assert not _segments() and all(_alive(p) for p in pids)  # kept until close
+    seq.close()
+    assert not any(_alive(p) for p in pids)
 
     bad = H5Sequence(small_file, "train", batch_size=8, seed=1, transform=boom_on_row_45,
                      workers=2, use_multiprocessing=True)
