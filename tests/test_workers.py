@@ -135,6 +135,55 @@ def test_a_restarted_pool_never_serves_a_batch_of_the_old_order(small_file):
         seq.close()
 
 
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_batches_held_by_the_caller_are_never_overwritten(small_file, start_method):
+    # Batches are lent as views of their shared-memory slot; a slot is used
+    # again only once its batch is gone. Holding every batch of two epochs
+    # (far more than there are slots) must leave each one intact.
+    plain = H5Sequence(small_file, "train", batch_size=4, seed=9, transform=scale)
+    seq = _with_context(
+        H5Sequence(small_file, "train", batch_size=4, seed=9, transform=scale, workers=2, use_multiprocessing=True),
+        mp.get_context(start_method),
+    )
+    held, want = [], []
+    for _ in range(2):
+        for i in range(len(seq)):
+            held.append(seq[i])
+            want.append(plain[i])
+        pool = seq._pool
+        assert 0 < len(pool._lent) <= pool.n_slots // 2  # some lent, never more than half
+        seq.on_epoch_end()
+        plain.on_epoch_end()
+    for (X, Y), (Xp, Yp) in zip(held, want):
+        np.testing.assert_array_equal(X, Xp)
+        np.testing.assert_array_equal(Y, Yp)
+    lent_before = len(pool._lent)
+    del held, X, Y
+    gc.collect()
+    for i in range(len(seq)):
+        seq[i]
+    assert len(pool._lent) < lent_before  # dropped batches gave their slots back
+    seq.close()
+
+
+def test_a_lent_batch_outlives_the_pool_intact(small_file):
+    seq = _with_context(
+        H5Sequence(small_file, "train", batch_size=4, shuffle=False, workers=2, use_multiprocessing=True),
+        mp.get_context("fork"),
+    )
+    seq[0], seq[1], seq[2]  # in-process; the pool starts
+    X, Y = seq[3]  # made by a worker, lent
+    assert seq._pool._lent
+    expected = H5Sequence(small_file, "train", batch_size=4, shuffle=False)[3]
+    seq.close()
+    assert not _segments()
+    np.testing.assert_array_equal(X, expected[0])
+    X[...] = 7  # still its own memory, writable
+    assert (X == 7).all()
+    del X, Y
+    gc.collect()
+
+
 def test_worker_batches_equal_in_process_batches_unshuffled(any_layout_file):
     ctx = mp.get_context("fork")
     plain = H5Sequence(any_layout_file, "train", batch_size=6, shuffle=False, transform=scale)
