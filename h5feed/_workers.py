@@ -7,8 +7,8 @@ the pickling costs more than reading it (the issue measured 0.2x of one
 process). :class:`BatchPool` instead starts ``workers`` processes that each
 attach one shared-memory segment cut into ``slots`` fixed-size slots. The
 parent sends a worker ``(ticket, slot, rows, index)``; the worker makes the
-batch (read, one-hot, transform) and writes its arrays straight into the slot, then sends
-back only a small description (dtypes, shapes, offsets). The parent hands
+batch (read, one-hot, transform) and writes its arrays straight into the
+slot, then sends back only a small description (dtypes, shapes, offsets). The parent hands
 the batch out as arrays that view the slot (no copy: copying a 4 MiB batch
 out took the parent 570 us, twice what reading it in-process takes), and the
 slot is used again only once every one of those arrays is gone: they all
@@ -188,7 +188,7 @@ def _decode(skel: Any, array: Callable[[np.dtype, tuple[int, ...], int], np.ndar
     return skel[1]
 
 
-def _copy_from(buf: memoryview, base: int, dtype: np.dtype, shape: tuple[int, ...], start: int) -> np.ndarray:
+def _copy_from(buf: Any, base: int, dtype: np.dtype, shape: tuple[int, ...], start: int) -> np.ndarray:
     out = np.empty(shape, dtype=dtype)
     if out.nbytes:
         src = np.frombuffer(buf, dtype=dtype, count=out.size, offset=base + start).reshape(shape)
@@ -693,14 +693,15 @@ class BatchPool:
                 raise WorkerError(f"the worker pool for {self.description} is closed")
             base = reply[2] * self.slot_bytes
             if not lend:
-                return _decode(reply[3], functools.partial(_copy_from, shm.buf, base))
-            # The slot as an array whose base is the mapping itself, so that
-            # every array of the batch refers to it (numpy collapses a view's
-            # base to the first array that is not a view of another array):
-            # the slot returns once the last of them is gone.
-            slot = np.frombuffer(self._mapping, dtype=np.uint8, count=self.slot_bytes, offset=base)
-            weakref.finalize(slot, self._returned.append, reply[2])
-            return _decode(reply[3], functools.partial(_view_in, slot))
+                buf = shm.buf if self._mapping is None else self._mapping
+                return _decode(reply[3], functools.partial(_copy_from, buf, base))
+            # The slot as an array over the mapping itself: numpy makes every
+            # view of it refer to it (a view's base collapses only through
+            # arrays that view other arrays), so it lives as long as the
+            # batch's arrays do, and the slot returns when it goes.
+            whole = np.frombuffer(self._mapping, dtype=np.uint8, count=self.slot_bytes, offset=base)
+            weakref.finalize(whole, self._returned.append, reply[2])
+            return _decode(reply[3], functools.partial(_view_in, whole))
         if kind == "pickled":
             return reply[3]
         exc = _unpack_exception(reply[3])
