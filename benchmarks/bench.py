@@ -621,41 +621,89 @@ def fit_rows(data: Data, *, quiet: bool, max_steps: int | None, rounds: int = 2)
     return rows
 
 
+TRANSFORMS = {"": None, " + transform": heavy_transform}
+
+
+def _batches_rate(path: str, label: str, workers: int, max_seconds: float) -> tuple[int, float]:
+    """The batches alone: one consumer reads epochs in order; the best of a few."""
+    from h5feed import H5Sequence
+
+    seq = H5Sequence(
+        path, batch_size=BATCH, seed=7, transform=TRANSFORMS[label],
+        workers=workers, use_multiprocessing=workers > 1,
+    )
+    try:
+        def epoch(e: int) -> tuple[int, float]:
+            seq.set_epoch(e)
+            seq[0], seq[1]  # as Keras's TF backend peeks, before the pool starts
+            return _seq_epoch(seq, max_seconds)
+
+        # The pool serves every epoch, as in fit; the best of a few
+        # epochs, as for the raw rows.
+        samples, seconds, _ = _best(epoch, min_seconds=2.0, most=3)
+    finally:
+        seq.close()
+    return samples, seconds
+
+
+_BATCHES_CHILD = r"""
+import importlib, json, os, sys
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+bench = importlib.import_module(sys.argv[1])
+path, max_seconds = sys.argv[2], float(sys.argv[3])
+print(json.dumps([[label, workers, *bench._batches_rate(path, label, workers, max_seconds)]
+                  for label in bench.TRANSFORMS for workers in (1, 2)]))
+"""
+
+
+def _batches_rates_fresh(path: str, max_seconds: float) -> list[tuple[str, int, int, float]]:
+    """:func:`_batches_rate` for each case, in a fresh process that has trained nothing.
+
+    After ``fit`` has run in a process, TensorFlow's threads slow the
+    in-process reader there (one run measured 18,700 samples/s for
+    ``workers=1`` after the fit rows, against about 105,000 in a fresh
+    process), which flattered the ratio of two worker processes to one.
+    """
+    proc = subprocess.run(
+        [sys.executable, "-c", _BATCHES_CHILD, __name__, path, repr(max_seconds)],
+        capture_output=True, text=True, check=False,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"workers measurement failed: {proc.stderr[-2000:]}")
+    return [tuple(case) for case in json.loads(proc.stdout.strip().splitlines()[-1])]
+
+
 def worker_rows(data: Data, *, quiet: bool, max_steps: int | None) -> list[Row]:
     """``workers=2, use_multiprocessing=True`` against ``workers=1``.
 
-    Twice: the batches alone, read in order by one consumer (what the
-    workers themselves deliver), and end to end in ``fit``, where TensorFlow
-    already makes batches in a prefetch thread beside training, so a second
-    process only helps when a core is idle.
+    Twice: the batches alone, read in order by one consumer in a fresh
+    process (what the workers themselves deliver), and end to end in
+    ``fit``, where TensorFlow already makes batches in a prefetch thread
+    beside training, so a second process only helps when a core is idle.
     """
     from h5feed import H5Sequence
 
     shape = data.shape
     rows: list[Row] = []
     max_seconds = 3.0 if max_steps is not None else 20.0
+    rates = {(label, workers): (samples, seconds)
+             for label, workers, samples, seconds in _batches_rates_fresh(data.h5, max_seconds)}
     for mode in ("batches", "fit"):
-        for transform, label in ((None, ""), (heavy_transform, " + transform")):
+        for label in TRANSFORMS:
             pair = []
             for workers in (1, 2):
-                seq = H5Sequence(
-                    data.h5, batch_size=BATCH, seed=7, transform=transform,
-                    workers=workers, use_multiprocessing=workers > 1,
-                )
-                try:
-                    if mode == "fit":
+                if mode == "batches":
+                    samples, seconds = rates[label, workers]
+                else:
+                    seq = H5Sequence(
+                        data.h5, batch_size=BATCH, seed=7, transform=TRANSFORMS[label],
+                        workers=workers, use_multiprocessing=workers > 1,
+                    )
+                    try:
                         samples, seconds = _fit_rate(seq, shape, max_steps=max_steps)
-                    else:
-                        def epoch(e: int, seq: Any = seq) -> tuple[int, float]:
-                            seq.set_epoch(e)
-                            seq[0], seq[1]  # as Keras's TF backend peeks, before the pool starts
-                            return _seq_epoch(seq, max_seconds)
-
-                        # Each epoch starts a new pool, as in fit; the best
-                        # of a few epochs, as for the raw rows.
-                        samples, seconds, _ = _best(epoch, min_seconds=2.0, most=3)
-                finally:
-                    seq.close()
+                    finally:
+                        seq.close()
                 name = f"{mode} H5Sequence workers={workers}{label}"
                 pair.append(Row("workers", shape.name, name, samples / seconds, seconds, samples))
                 _progress(f"{shape.name} {name}: {samples / seconds:,.0f} samples/s", quiet)
