@@ -277,6 +277,34 @@ def test_a_worker_killed_between_epochs_is_reported_and_replaced(small_file, met
     seq.close()
 
 
+def _faults_of_batches_after_the_first(tune: bool) -> tuple[bool, int]:
+    """In a fresh process: minor page faults of batch-like allocations after the first."""
+    import resource
+
+    from h5feed import _workers
+
+    took = _workers._keep_freed_memory() if tune else False
+    faults = 0
+    for round_ in range(6):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        live = [np.ones(1 << 20, dtype=np.float32) for _ in range(4)]  # four 4 MiB temporaries
+        del live
+        if round_:
+            faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    return took, faults
+
+
+def test_workers_reuse_the_memory_of_one_batch_for_the_next():
+    # A worker's allocator keeps freed memory (glibc), so batch after batch
+    # touches pages already mapped instead of faulting in fresh ones.
+    with mp.get_context("spawn").Pool(1) as pool:
+        took, faults = pool.apply(_faults_of_batches_after_the_first, (True,))
+    if not took:
+        pytest.skip("no glibc mallopt here")
+    pages = 5 * 4 * (4 << 20) // 4096  # what five rounds would fault in afresh
+    assert faults < pages // 10, faults
+
+
 def test_close_and_gc_stop_processes_and_free_memory(small_file):
     seq = _with_context(
         H5Sequence(small_file, "train", batch_size=4, workers=2, use_multiprocessing=True),
