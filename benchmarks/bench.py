@@ -651,6 +651,7 @@ import importlib, json, os, sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 bench = importlib.import_module(sys.argv[1])
 path, max_seconds = sys.argv[2], float(sys.argv[3])
+bench._warm(path)  # warm cache, as for the raw rows
 print(json.dumps([[label, workers, *bench._batches_rate(path, label, workers, max_seconds)]
                   for label in bench.TRANSFORMS for workers in (1, 2)]))
 """
