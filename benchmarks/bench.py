@@ -665,14 +665,20 @@ def _batches_rates_fresh(path: str, max_seconds: float) -> list[tuple[str, int, 
     ``workers=1`` after the fit rows, against about 105,000 in a fresh
     process), which flattered the ratio of two worker processes to one.
     """
+    cases = _fresh_process(_BATCHES_CHILD, __name__, path, repr(max_seconds), what="workers measurement")
+    return [tuple(case) for case in cases]
+
+
+def _fresh_process(script: str, *args: str, what: str) -> Any:
+    """Run ``script`` in a new Python process (this one's import path); the JSON it printed last."""
     proc = subprocess.run(
-        [sys.executable, "-c", _BATCHES_CHILD, __name__, path, repr(max_seconds)],
+        [sys.executable, "-c", script, *args],
         capture_output=True, text=True, check=False,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
     )
     if proc.returncode != 0:
-        raise RuntimeError(f"workers measurement failed: {proc.stderr[-2000:]}")
-    return [tuple(case) for case in json.loads(proc.stdout.strip().splitlines()[-1])]
+        raise RuntimeError(f"{what} failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def worker_rows(data: Data, *, quiet: bool, max_steps: int | None) -> list[Row]:
@@ -747,13 +753,7 @@ print(json.dumps({"before": before, "peak": peak, "batch_bytes": batch_bytes, "f
 def memory_row(path: str, shape_name: str, *, quiet: bool) -> Row:
     """Peak RssAnon of a fresh process reading one epoch of ``path``."""
     start = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-c", _MEMORY_CHILD, path, str(BATCH)],
-        capture_output=True, text=True, check=False,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"memory measurement failed: {proc.stderr[-2000:]}")
-    m = json.loads(proc.stdout.strip().splitlines()[-1])
+    m = _fresh_process(_MEMORY_CHILD, path, str(BATCH), what="memory measurement")
     seconds = time.perf_counter() - start
     budget = 300 * 2**20 + 4 * m["batch_bytes"]
     row = Row(
