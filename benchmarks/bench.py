@@ -670,11 +670,15 @@ def _batches_rates_fresh(path: str, max_seconds: float) -> list[tuple[str, int, 
 
 
 def _fresh_process(script: str, *args: str, what: str) -> Any:
-    """Run ``script`` in a new Python process (this one's import path); the JSON it printed last."""
+    """Run ``script`` in a new Python process; the JSON it printed last.
+
+    The child imports from this process's ``sys.path``, in its order (an
+    installed h5feed, or a checkout), so that it measures the same code.
+    """
+    same_path = "import json, sys; sys.path[:] = json.loads(sys.argv.pop(1))\n"
     proc = subprocess.run(
-        [sys.executable, "-c", script, *args],
+        [sys.executable, "-c", same_path + script, json.dumps(sys.path), *args],
         capture_output=True, text=True, check=False,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
     )
     if proc.returncode != 0:
         raise RuntimeError(f"{what} failed: {proc.stderr[-2000:]}")
