@@ -276,11 +276,8 @@ class ReadAhead:
                     continue
                 marks[new] = True
                 self._pieces_left -= new.size
-                # Consecutive pieces as one span.
-                breaks = np.flatnonzero(np.diff(new) != 1) + 1
-                firsts = new[np.concatenate(([0], breaks))]
-                lasts = new[np.concatenate((breaks - 1, [new.size - 1]))]
-                if not self._reader.advise(name, spans=(firsts * rows, (lasts + 1) * rows)):
+                # The reader merges consecutive pieces into one range.
+                if not self._reader.advise(name, spans=(new * rows, (new + 1) * rows)):
                     self._stop_advising()
                     return
                 nbytes += new.size * piece_bytes

@@ -306,7 +306,7 @@ class H5Sequence(keras.utils.PyDataset):
         self._epoch = int(epoch)
         self._epoch_rows = self._compute_epoch_rows(self._epoch)
         # Last: a worker that died meanwhile raises here, the epoch set.
-        self._new_epoch_workers()
+        self._close_pool(keep_processes=True)
 
     def on_epoch_end(self) -> None:
         """Called by Keras after each epoch: draw the next epoch's order."""
@@ -494,20 +494,13 @@ class H5Sequence(keras.utils.PyDataset):
             description=self.path,
         )
 
-    def _new_epoch_workers(self) -> None:
-        """Between epochs: worker processes stay (NOTE [ Plugging own workers into Keras ]); all else starts over."""
-        with self._pool_lock:
-            pool = self._pool
-            # A batch that outgrew its slot: a new pool, with bigger slots.
-            keep = pool is not None and not pool.closed and pool.max_needed <= pool.slot_bytes
-            if keep:
-                self._pool = None  # kept from _close_pool
-            self._close_pool()
-            if keep:
-                pool.restart()
-                self._pool = pool
+    def _close_pool(self, *, keep_processes: bool = False) -> None:
+        """Stop h5feed's worker threads and processes; all pool state starts over.
 
-    def _close_pool(self) -> None:
+        ``keep_processes``: between epochs, keep the worker processes for
+        the next one where they can serve it (NOTE [ Plugging own workers
+        into Keras ]); a worker that died meanwhile raises here.
+        """
         lock = getattr(self, "_pool_lock", None)
         if lock is None:  # during __init__
             return
@@ -515,12 +508,17 @@ class H5Sequence(keras.utils.PyDataset):
             if self._threads is not None:
                 self._threads.shutdown(wait=True, cancel_futures=True)
             pool = self._pool
-            if pool is not None:
+            # A batch that outgrew its slot: a new pool, with bigger slots.
+            keep = keep_processes and pool is not None and not pool.closed and pool.max_needed <= pool.slot_bytes
+            if pool is not None and not keep:
                 pool.close()
                 # A transform that made batches bigger than a slot: size the
                 # next pool's slots for them.
                 self._slot_bytes = max(self._slot_bytes, pool.max_needed)
             self._reset_pool_state()
+            if keep:
+                pool.restart()  # closes itself before raising
+                self._pool = pool
 
     # -- other frameworks --------------------------------------------------
 
