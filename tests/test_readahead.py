@@ -223,7 +223,7 @@ def _first_need(order: np.ndarray, rows_per_piece: int) -> dict[int, int]:
 
 @pytest.mark.parametrize("kind", ["shuffle", "block", "sequential", "subset"])
 @pytest.mark.parametrize("cache", ["cold", "cached", "unknown, slow at batch 7"])
-@pytest.mark.parametrize("lead_bytes", [1, 1 << 20, 1 << 40])
+@pytest.mark.parametrize("lead_bytes", [0, 1, 1 << 20, 1 << 40])  # 0: the next batches only
 @pytest.mark.parametrize("depth", [1, 6])
 def test_small_rows_are_advised_as_whole_pieces_each_once_before_they_are_needed(kind, cache, lead_bytes, depth):
     # 784-byte rows in pieces of 128 KiB: 167 rows a piece, 30 pieces.
