@@ -264,10 +264,13 @@ def test_small_rows_are_advised_as_whole_pieces_each_once_before_they_are_needed
         if cache == "cached":
             assert not ahead.enabled and pieces == []  # cached at the start: not watched
             continue
+        # Watched until every piece the epoch needs is advised, no longer.
+        assert ahead.enabled == (set(pieces) != set(need))
         if ahead.active:
             # Every piece the next `depth` batches need (from batch k on) is in flight.
             assert {p for p, pos in need.items() if k * size <= pos < cover} <= set(pieces)
-        assert ahead.active == (cache == "cold" or k > 7)
+        if ahead.enabled:
+            assert ahead.active == (cache == "cold" or k > 7)
         ahead.batch_read(k, SLOW if k == 7 else FAST, order)
     if cache != "cached":
         assert sorted(pieces) == sorted(need)  # the whole epoch's pieces, in the end
@@ -338,12 +341,16 @@ def test_read_ahead_changes_no_batch(request, monkeypatch, rows, shuffle):
     ahead._ahead.ask_kernel = False
     ahead._ahead.cold_bytes_per_s = float("inf")  # every batch counts as cold...
     ahead._ahead.cold_min_seconds = 0.0  # ...however fast
+    advised = []
+    advise = Reader.advise
+    monkeypatch.setattr(Reader, "advise", lambda self, *a, **k: advised.append(a) or advise(self, *a, **k))
     for epoch in range(2):
+        advised.clear()
         for i in range(len(plain)):
             a, b = ahead[i], plain[i]
             np.testing.assert_array_equal(a[0], b[0])
             np.testing.assert_array_equal(a[1], b[1])
-        assert ahead._ahead.active
+        assert advised  # read ahead, in each epoch
         ahead.on_epoch_end()
         plain.on_epoch_end()
         assert not ahead._ahead.active  # each epoch starts off
