@@ -731,7 +731,9 @@ def worker_rows(data: Data, *, quiet: bool, max_steps: int | None, rounds: int =
         finally:
             seq.close()
 
-    cases = [(f"{label} {workers}", functools.partial(fit, label, workers)) for label in TRANSFORMS for workers in (1, 2)]
+    cases = [
+        (f"{label} {workers}", functools.partial(fit, label, workers)) for label in TRANSFORMS for workers in (1, 2)
+    ]
     fits = _best_in_rounds(cases, rounds)
     for mode in ("batches", "fit"):
         for label in TRANSFORMS:
