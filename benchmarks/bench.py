@@ -655,7 +655,7 @@ def _batches_rates(path: str, label: str, max_seconds: float, rounds: int = 5) -
                 spent += seconds
                 if workers not in best or samples / seconds > best[workers][0] / best[workers][1]:
                     best[workers] = (samples, seconds)
-            if e >= 2 and spent >= 4.0:
+            if e >= 2 and spent >= 4.0:  # three rounds at least; more while epochs are short
                 break
     finally:
         for seq in seqs.values():

@@ -160,7 +160,8 @@ class ReadAhead:
         """A new epoch (or order): off, nothing advised yet."""
         # Whether batches need watching this epoch: a plain attribute, read
         # on every batch. False when nothing can ever be advised (no mmap),
-        # or when only small rows are read and the epoch began cached.
+        # or when only small rows are read and the epoch began cached or
+        # has had every piece advised.
         self.enabled = self._can_advise()
         self.active = False
         self._worker_slow: list[bool] = []  # the last WORKER_WINDOW worker batches: slow?
