@@ -18,12 +18,23 @@ compare like with like on a shared, noisy machine:
   cache show the ceiling.
 - ``compressed``: LZF-compressed chunked file, full shuffle against
   ``shuffle="block"``.
+- ``codecs`` (the "frames" shape only): the same frames stored contiguous
+  and compressed with gzip, LZF, Zstd and LZ4 (Blosc): each file's size and
+  write speed (one compressing thread, then two), and one epoch of each,
+  block-shuffled and fully shuffled, read the default way (decoded outside
+  HDF5 in threads, through the chunk cache), with one decoding thread, and
+  the way h5feed 0.1 read them (``decode_threads=0``: HDF5 decodes); then
+  the anonymous memory of a fresh process reading a fully shuffled epoch
+  with a cache budget smaller than the file; and the targets as ratios.
 - ``fit``: end-to-end ``model.fit`` (Flatten then Dense) from the per-file
   generator, ``H5Sequence`` and an in-memory ``PyDataset``; and, on the
   volume shape, ``H5Sequence`` with ``workers=2, use_multiprocessing=True``
   against ``workers=1``, with and without a CPU-heavy transform.
 - ``memory``: the anonymous memory (RssAnon) of a fresh process reading an
   epoch through ``H5Sequence``, measured in a child process.
+- ``scale``: opening, selecting and worker memory on a file of 10 million
+  small rows against one of 100,000, each checked against its target
+  (:mod:`h5feed.benchmarks.scale`).
 
 Every row is a dict (see :class:`Row`); :func:`format_table` prints them.
 Speeds are never asserted by tests, only the table's structure.
@@ -41,7 +52,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -74,9 +85,14 @@ class Shape:
 SHAPES = {
     "small": Shape("small", 60_000, (28, 28, 1), "uint8"),
     "volume": Shape("volume", 8_192, (32, 32, 32, 1), "float32"),
+    # Detector-like frames: Poisson noise around a smooth background, as
+    # compressible as real ones (about 1.5x with LZF, 1.8x with gzip).
+    "frames": Shape("frames", 8_192, (64, 64), "uint16"),
 }
 # --quick: the same shapes, few rows, for tests and development.
-QUICK_ROWS = {"small": 3_000, "volume": 256}
+QUICK_ROWS = {"small": 3_000, "volume": 256, "frames": 1_024}
+# The sections each shape runs (of those asked for).
+SHAPE_SECTIONS = {"frames": {"codecs"}}
 
 
 @dataclass
@@ -150,7 +166,10 @@ class Data:
 
 
 def _make_arrays(shape: Shape, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Sparse-ish samples (about 80% zeros, like MNIST), so LZF has work to do."""
+    """Sparse-ish samples (about 80% zeros, like MNIST), so LZF has work to do;
+    for "frames", :func:`_make_frames`."""
+    if shape.name == "frames":
+        return _make_frames(shape, seed)
     rng = np.random.default_rng(seed)
     x = np.zeros((shape.n, *shape.sample), dtype=shape.dtype)
     flat = x.reshape(shape.n, -1)
@@ -165,6 +184,21 @@ def _make_arrays(shape: Shape, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
             flat[start:stop] = np.where(keep, block * 5, 0)
     y = rng.integers(0, shape.n_classes, shape.n)
     return x, y
+
+
+def _make_frames(shape: Shape, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Poisson counts around a smooth background that drifts slowly from
+    frame to frame (about 1,500 counts a pixel)."""
+    rng = np.random.default_rng(seed)
+    height, width = shape.sample
+    yy, xx = np.mgrid[0:height, 0:width]
+    background = 1500.0 * (1 + 0.5 * np.sin(2.5 * xx / max(1, width - 1) + 1.0) * np.cos(1.7 * yy / max(1, height - 1)))
+    x = np.empty((shape.n, height, width), dtype=shape.dtype)
+    for start in range(0, shape.n, 256):
+        stop = min(shape.n, start + 256)
+        drift = 1 + 0.1 * np.sin(np.arange(start, stop) / 40.0)
+        x[start:stop] = rng.poisson(background[None] * drift[:, None, None])
+    return x, rng.integers(0, shape.n_classes, shape.n)
 
 
 def build(shape: Shape, folder: str, *, quiet: bool) -> Data:
@@ -355,10 +389,9 @@ def raw_rows(data: Data, *, max_seconds: float, quiet: bool) -> list[Row]:
     _progress(f"{shape.name} h5feed H5Sequence: {samples / seconds:,.0f} samples/s", quiet)
     seq.close()
 
-    # A fresh copy, touched just before it is measured: in two full runs on
-    # this project's virtual machine the array made at start-up, idle for
-    # minutes, gathered at under half the speed of H5Sequence reading the
-    # same batches from the page cache (58k against 115-120k samples/s).
+    # A fresh copy, touched just before it is measured: an array made at
+    # start-up and idle for minutes can gather far slower than the page
+    # cache serves the same batches, which would make the limit no limit.
     x, y = data.x.copy(), data.y.copy()
     add("in-memory numpy (limit)", lambda r: (x[r], _one_hot(y[r], shape.n_classes)))
     del x, y
@@ -401,9 +434,8 @@ def _sequential_read_seconds(path: str) -> float:
     """One sequential read of ``path``, as fast as plain tools read it.
 
     Like ``cat`` (coreutils advises ``POSIX_FADV_SEQUENTIAL``), which lets
-    the kernel read ahead in larger steps: on this project's virtual disk a
-    plain read measured at about half the advised rate, a reference too easy
-    to beat.
+    the kernel read ahead in larger steps: an unadvised read can be much
+    slower, a reference too easy to beat.
     """
     start = time.perf_counter()
     fd = os.open(path, os.O_RDONLY)
@@ -423,7 +455,7 @@ PROCESSES = {"workers": 2, "use_multiprocessing": True}
 def cold_rows(data: Data, *, quiet: bool, repeats: int = 3) -> list[Row]:
     """A cold sequential read of the file against cold shuffled epochs."""
     from h5feed import H5Sequence
-    from h5feed._readahead import MIN_ROW_BYTES
+    from h5feed._shared import MIN_ROW_BYTES
 
     shape = data.shape
     if not hasattr(os, "posix_fadvise"):
@@ -460,7 +492,7 @@ def cold_rows(data: Data, *, quiet: bool, repeats: int = 3) -> list[Row]:
         ('H5Sequence shuffle="block", warm cache', epoch("block")),
         ("H5Sequence shuffle=True", cold(epoch(True))),
         ('H5Sequence shuffle="block"', cold(epoch("block"))),
-        # What the read-ahead (NOTE [ Cold cache ] in reader.py) is worth.
+        # What the read-ahead (docs/design/read-ahead.md) is worth.
         ("H5Sequence shuffle=True readahead=False", cold(epoch(True, False))),
         ('H5Sequence shuffle="block" readahead=False', cold(epoch("block", False))),
     ]
@@ -504,6 +536,213 @@ def compressed_rows(data: Data, *, max_seconds: float, quiet: bool) -> list[Row]
         _progress(f"{data.shape.name} {name}: {samples / seconds:,.0f} samples/s", quiet)
     rows[1].vs_baseline = rows[1].samples_per_s / rows[0].samples_per_s
     rows[1].note = "vs_baseline: block over full shuffle"
+    return rows
+
+
+# -- codecs ---------------------------------------------------------------------
+
+CODECS = ("gzip", "lzf", "zstd", "lz4")
+
+
+def _codec_files(data: Data, quiet: bool) -> dict[str, dict[str, Any]]:
+    """Write the frames once per compression (and contiguous): ``{name: {path,
+    bytes, write MB/s with 1 and 2 compressing threads}}``; best of two writes."""
+    import h5feed
+
+    out: dict[str, dict[str, Any]] = {}
+    mib = data.x.nbytes / 2**20
+    for codec in (None, *CODECS):
+        name = codec or "contiguous"
+        path = os.path.join(data.folder, f"{data.shape.name}-{name}.h5")
+        speeds = {}
+        for threads in (1, 2) if codec else (1,):
+            best = float("inf")
+            for _ in range(2):
+                start = time.perf_counter()
+                h5feed.write_arrays(path, data.ids, data.x, data.y, n_classes=data.shape.n_classes,
+                                    compression=codec, compress_threads=threads, overwrite=True)
+                best = min(best, time.perf_counter() - start)
+            speeds[threads] = mib / best
+        import h5py
+
+        with h5py.File(path) as f:
+            stored = int(f["x"].id.get_storage_size())
+            chunk_rows = f["x"].chunks[0] if f["x"].chunks else 0
+        out[name] = {"path": path, "bytes": stored, "write_mb_s": speeds,
+                     "chunk_bytes": chunk_rows * data.shape.row_nbytes}
+        _progress(f"{data.shape.name} {name}: {stored / 2**20:,.1f} MiB, written at "
+                  + ", ".join(f"{v:,.0f} MiB/s ({k} thread{'s' if k > 1 else ''})" for k, v in speeds.items()), quiet)
+    return out
+
+
+def _epoch_case(
+    path: str, shuffle: bool | str, max_seconds: float, *, steady: bool = False, **options: Any
+) -> Callable[[], tuple[int, float]]:
+    """One epoch of a new sequence, timed whole (opening the file included).
+
+    ``steady``: the second epoch, after an untimed first, as in training:
+    the memory of the chunk cache is in place, and with a budget smaller
+    than the file every epoch decodes every chunk (once, block-shuffled).
+    Otherwise the first: the cache starts empty and takes its memory.
+    """
+    from h5feed import H5Sequence
+
+    def run() -> tuple[int, float]:
+        seq = H5Sequence(path, batch_size=BATCH, seed=11, shuffle=shuffle, readahead=False, **options)
+        try:
+            if steady:
+                _seq_epoch(seq, max_seconds)
+                seq.set_epoch(1)
+            cpu = time.process_time()
+            timed = _seq_epoch(seq, max_seconds)
+            run.cpu = time.process_time() - cpu  # type: ignore[attr-defined]
+            return timed
+        finally:
+            seq.close()
+
+    return run
+
+
+# The start of the scripts that measure memory in a fresh process.
+_MEMORY_CHILD_START = r"""
+import json, os, sys
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from h5feed import H5Sequence
+
+def rss_anon():
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    return 0
+"""
+
+_CODEC_MEMORY_CHILD = _MEMORY_CHILD_START + r"""
+path, batch, budget = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+seq = H5Sequence(path, batch_size=batch, seed=12, shuffle=True, cache_bytes=budget, readahead=False)
+before = peak = rss_anon()
+batch_bytes = 0
+for i in range(len(seq)):
+    X, Y = seq[i]
+    batch_bytes = max(batch_bytes, X.nbytes + Y.nbytes)
+    del X, Y
+    peak = max(peak, rss_anon())
+stats = seq._reader._cache.stats()  # the cache's own count, beside RssAnon
+x = seq.layout.column("x")
+print(json.dumps({"before": before, "peak": peak, "cache_peak": stats.peak_nbytes, "decoded": stats.decoded,
+                  "chunk_bytes": x.chunk_rows * x.row_nbytes, "threads": seq._reader.decode_threads,
+                  "batch_bytes": batch_bytes}))
+"""
+
+
+def _codec_memory_row(path: str, shape_name: str, budget: int, data_bytes: int, quiet: bool) -> Row:
+    start = time.perf_counter()
+    m = _fresh_process(_CODEC_MEMORY_CHILD, path, str(BATCH), str(budget), what="codec memory measurement")
+    grown = m["peak"] - m["before"]
+    # Beyond the budget: per decoding thread, a chunk being decoded (its
+    # stored bytes, a stage between, the output) and two decoded ones not
+    # yet copied (NOTE [ The chunk cache ]); and a few batches.
+    allowance = 5 * m["threads"] * m["chunk_bytes"] + 4 * m["batch_bytes"]
+    row = Row(
+        "codecs", shape_name, f"RssAnon, full shuffle, cache_bytes={budget / 2**20:g} MiB",
+        0.0, time.perf_counter() - start, 0,
+        note=(f"grew {grown / 2**20:,.1f} MiB (cache peak {m['cache_peak'] / 2**20:,.1f} MiB) for "
+              f"{data_bytes / 2**20:,.0f} MiB of frames; {m['decoded']} chunks decoded"),
+        extra={**m, "budget": budget, "grown": grown, "allowance": allowance},
+    )
+    _progress(f"{shape_name} codec memory: {row.note}", quiet)
+    return row
+
+
+BLOCK, FULL = 'shuffle="block"', "shuffle=True"
+STEADY, FIRST = "cache < file", "first epoch"
+OLD = "decode_threads=0 (as 0.1)"
+
+
+def codec_rows(data: Data, *, max_seconds: float, quiet: bool, rounds: int = 3) -> list[Row]:
+    """The ``codecs`` section (see the module docstring) and its targets.
+
+    Block-shuffled epochs are measured in the steady state of a file larger
+    than the chunk cache (a budget of a quarter of the frames: every epoch
+    decodes every chunk, into memory already in place), against HDF5's own
+    path (``decode_threads=0``, its chunk cache smaller than the file too);
+    and, like full shuffles, as the first epoch of a new sequence whose
+    cache holds the whole file (each chunk decoded once, the cache's memory
+    taken on the way).
+    """
+    shape = data.shape
+    files = _codec_files(data, quiet)
+    # A quarter of the frames, or (few frames, with --quick) two windows of
+    # block shuffling and a chunk: what the block-shuffled batches need.
+    chunk_bytes = files["gzip"]["chunk_bytes"]
+    quarter = max(data.x.nbytes // 4, (2 * 8 + 1) * chunk_bytes)
+    old_cap = min(max_seconds, 3.0)  # HDF5's path on a full shuffle is slow: its rate over a few seconds
+    contiguous = files["contiguous"]["path"]
+    cases: list[tuple[str, Callable[[], tuple[int, float]]]] = [
+        (f"contiguous {BLOCK}", _epoch_case(contiguous, "block", max_seconds, steady=True)),
+        (f"contiguous {FULL}", _epoch_case(contiguous, True, max_seconds, steady=True)),
+    ]
+    for codec in CODECS:
+        path = files[codec]["path"]
+        cases += [
+            (f"{codec} {BLOCK}, {STEADY}", _epoch_case(path, "block", max_seconds, steady=True, cache_bytes=quarter)),
+            (f"{codec} {BLOCK}, {FIRST}", _epoch_case(path, "block", max_seconds)),
+            (f"{codec} {FULL}, {FIRST}", _epoch_case(path, True, max_seconds)),
+        ]
+        if codec in ("gzip", "lzf"):
+            cases += [
+                (f"{codec} {BLOCK}, {STEADY}, {OLD}",
+                 _epoch_case(path, "block", old_cap, steady=True, decode_threads=0)),
+                (f"{codec} {FULL}, {FIRST}, {OLD}", _epoch_case(path, True, old_cap, decode_threads=0)),
+            ]
+    for threads in (1, 2):
+        cases.append((f"gzip {BLOCK}, {STEADY}, decode_threads={threads}",
+                      _epoch_case(files["gzip"]["path"], "block", max_seconds, steady=True,
+                                  cache_bytes=quarter, decode_threads=threads)))
+    for info in files.values():
+        _warm(info["path"])
+    # As _best_in_rounds, also noting the CPU time of the process (all its
+    # threads) in each case's best epoch: the cores it got to use.
+    best: dict[str, tuple[int, float, float]] = {}
+    for _ in range(rounds):
+        for name, run in cases:
+            gc.collect()
+            samples, seconds = run()
+            cpu = getattr(run, "cpu", 0.0)
+            if name not in best or samples / seconds > best[name][0] / best[name][1]:
+                best[name] = (samples, seconds, cpu)
+    rows: list[Row] = []
+    rate: dict[str, float] = {}
+    for name, _ in cases:
+        samples, seconds, cpu = best[name]
+        rate[name] = samples / seconds
+        codec = name.split()[0]
+        reference = rate[f"contiguous {BLOCK if BLOCK in name else FULL}"]
+        rows.append(Row("codecs", shape.name, name, rate[name], seconds, samples, vs_limit=rate[name] / reference,
+                        note=f"best of {rounds}, {cpu / seconds:.1f} cores busy", extra={"file_bytes": files[codec]["bytes"],
+                                                         "write_mb_s": files[codec]["write_mb_s"],
+                                                         "cpu_seconds": cpu}))
+        _progress(f"{shape.name} {name}: {rate[name]:,.0f} samples/s", quiet)
+    rows.append(_codec_memory_row(files["gzip"]["path"], shape.name, quarter, data.x.nbytes, quiet))
+    memory = rows[-1].extra
+
+    def target(name: str, value: float, goal: float) -> Row:
+        return Row("targets", shape.name, name, 0.0, 0.0, 0, note=f"{value:,.2f} (target >= {goal:g})",
+                   extra={"value": value, "target": goal, "ok": value >= goal})
+
+    rows += [
+        *(target(f"{c} block, {STEADY}: default / HDF5's path (0.1)",
+                 rate[f"{c} {BLOCK}, {STEADY}"] / rate[f"{c} {BLOCK}, {STEADY}, {OLD}"], 3.0) for c in ("gzip", "lzf")),
+        target(f"gzip block, {STEADY}: 2 decoding threads / 1",
+               rate[f"gzip {BLOCK}, {STEADY}, decode_threads=2"] / rate[f"gzip {BLOCK}, {STEADY}, decode_threads=1"], 1.6),
+        target(f"lz4 block, {STEADY}: of contiguous block", rate[f"lz4 {BLOCK}, {STEADY}"] / rate[f"contiguous {BLOCK}"], 0.15),
+        target("lz4 file: times smaller than contiguous", files["contiguous"]["bytes"] / files["lz4"]["bytes"], 1.3),
+        *(target(f"{c} full shuffle / block, {FIRST} (fits the cache)",
+                 rate[f"{c} {FULL}, {FIRST}"] / rate[f"{c} {BLOCK}, {FIRST}"], 0.5) for c in CODECS),
+        target("cache: budget / the most it held", memory["budget"] / max(1, memory["cache_peak"]), 1.0),
+        target("RssAnon: (budget + in-flight allowance) / growth",
+               (memory["budget"] + memory["allowance"]) / max(1, memory["grown"]), 1.0),
+    ]
     return rows
 
 
@@ -594,9 +833,8 @@ def _per_file_dataset(data: Data, **kwargs: Any) -> Any:
 def fit_rows(data: Data, *, quiet: bool, max_steps: int | None, rounds: int = 2) -> list[Row]:
     """End-to-end ``model.fit``: per-file, H5Sequence, in-memory.
 
-    Best of ``rounds`` that go round the cases: one timed epoch of each swung
-    by 2x between full runs on a shared machine (the in-memory PyDataset once
-    measured at half its usual rate).
+    Best of ``rounds`` that go round the cases: one timed epoch of each
+    swings widely between runs on a shared machine.
     """
     from h5feed import H5Sequence
 
@@ -630,9 +868,7 @@ def _batches_rates(path: str, label: str, max_seconds: float, rounds: int = 5) -
 
     One consumer reads epochs in order. Both sequences stay open and take
     epochs in turn, so that a slow spell of the shared machine lands on
-    both, not on one (run one after the other, the ratio with the transform
-    ranged from 1.2x to 1.8x in four runs of one day); the best epoch of
-    each counts, as for the raw rows. The pool serves every epoch, as in
+    both, not on one; the best epoch of each counts, as for the raw rows. The pool serves every epoch, as in
     ``fit``; idle, its workers wake once a second.
     """
     from h5feed import H5Sequence
@@ -678,9 +914,8 @@ def _batches_rates_fresh(path: str, max_seconds: float) -> list[tuple[str, int, 
     """:func:`_batches_rates` for each case, in a fresh process that has trained nothing.
 
     After ``fit`` has run in a process, TensorFlow's threads slow the
-    in-process reader there (one run measured 18,700 samples/s for
-    ``workers=1`` after the fit rows, against about 105,000 in a fresh
-    process), which flattered the ratio of two worker processes to one.
+    in-process reader there, which would flatter the ratio of two worker
+    processes to one.
     """
     cases = _fresh_process(_BATCHES_CHILD, __name__, path, repr(max_seconds), what="workers measurement")
     return [tuple(case) for case in cases]
@@ -710,8 +945,7 @@ def worker_rows(data: Data, *, quiet: bool, max_steps: int | None, rounds: int =
     ``fit``, where TensorFlow already makes batches in a prefetch thread
     beside training, so a second process only helps when a core is idle
     (best of ``rounds`` rounds that go round the four cases, as for the
-    ``fit`` rows: one fit each swung from 0.9x to 1.2x without the
-    transform and from 1.4x to 2.9x with it between two runs).
+    ``fit`` rows).
     """
     from h5feed import H5Sequence
 
@@ -753,18 +987,7 @@ def worker_rows(data: Data, *, quiet: bool, max_steps: int | None, rounds: int =
 # -- memory -------------------------------------------------------------------------
 
 
-_MEMORY_CHILD = r"""
-import json, os, sys
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-from h5feed import H5Sequence
-
-def rss_anon():
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
+_MEMORY_CHILD = _MEMORY_CHILD_START + r"""
 path, batch = sys.argv[1], int(sys.argv[2])
 seq = H5Sequence(path, batch_size=batch, seed=8)
 before = rss_anon()
@@ -823,9 +1046,9 @@ def big_file(folder: str, gib: float, *, quiet: bool) -> str:
 def run_bench(
     workdir: str | None = None,
     *,
-    shapes: Iterable[str] = ("small", "volume"),
+    shapes: Iterable[str] = ("small", "volume", "frames"),
     quick: bool = False,
-    sections: Iterable[str] = ("raw", "cold", "compressed", "fit", "workers", "memory"),
+    sections: Iterable[str] = ("raw", "cold", "compressed", "codecs", "fit", "workers", "memory", "scale"),
     memory_gib: Iterable[float] = (),
     max_seconds: float | None = None,
     quiet: bool = False,
@@ -858,13 +1081,20 @@ def run_bench(
         # Reading rows first, training rows last: once TensorFlow has run a
         # model in this process, big numpy copies here ran several times
         # slower (every reading row alike), which would blur the table.
-        for name in shapes:
+        # The per-shape datasets, unless only the scale section runs (it
+        # builds files of its own).
+        for name in shapes if sections - {"scale"} else ():
             shape = SHAPES[name]
             if quick:
                 shape = Shape(shape.name, QUICK_ROWS[name], shape.sample, shape.dtype, shape.n_classes)
             out["shapes"][name] = shape.describe()
             data = datas[name] = build(shape, os.path.join(folder, "quick" if quick else "full"), quiet=quiet)
             rows: list[Row] = []
+            if name in SHAPE_SECTIONS:
+                if "codecs" in sections:
+                    rows += codec_rows(data, max_seconds=cap, quiet=quiet, rounds=1 if quick else 3)
+                out["rows"].extend(asdict(r) for r in rows)
+                continue
             if "raw" in sections:
                 rows += raw_rows(data, max_seconds=cap, quiet=quiet)
             if "cold" in sections:
@@ -879,8 +1109,10 @@ def run_bench(
                 path = big_file(folder, gib, quiet=quiet)
                 out["rows"].append(asdict(memory_row(path, "volume", quiet=quiet)))
         for name, data in datas.items():
+            if name in SHAPE_SECTIONS:
+                continue
             rows = []
-            # The issue's fit rows are on "small"; "volume" alone gets them too.
+            # The fit rows are on "small"; when only "volume" runs, it gets them.
             if "fit" in sections and (name == "small" or "small" not in shapes):
                 rows += fit_rows(data, quiet=quiet, max_steps=steps, rounds=1 if quick else 2)
             if "workers" in sections and name == "volume":
@@ -888,6 +1120,11 @@ def run_bench(
             out["rows"].extend(asdict(r) for r in rows)
         datas.clear()
         gc.collect()
+        if "scale" in sections:
+            from .scale import scale_rows
+
+            scale_folder = os.path.join(folder, "quick" if quick else "full", "scale")
+            out["rows"].extend(asdict(r) for r in scale_rows(scale_folder, quick=quick, quiet=quiet))
     finally:
         if tmp and not keep:
             shutil.rmtree(folder, ignore_errors=True)
@@ -919,25 +1156,51 @@ def format_table(result: dict[str, Any]) -> str:
         "fit": ("samples/s", "x per-file", "of in-memory"),
         "workers": ("samples/s", "x workers=1", ""),
         "memory": ("", "", ""),
+        "codecs": ("samples/s", "", "of contiguous"),
+        "targets": ("", "", ""),
+        "scale": ("", "", ""),
     }
     current = None
     width = 44
     for r in result["rows"]:
         key = (r["section"], r["shape"])
+        # The codecs section's names are long.
+        wide = 64 if r["section"] in ("codecs", "targets") else width
         if key != current:
             current = key
             h = headers[r["section"]]
             lines.append("")
-            lines.append(f"{r['section'] + ' / ' + r['shape']:<{width}} {h[0]:>12} {h[1]:>12} {h[2]:>14}")
-        if r["section"] == "memory":
-            lines.append(f"  {r['name']:<{width - 2}} {r['note']}")
+            lines.append(f"{r['section'] + ' / ' + r['shape']:<{wide}} {h[0]:>12} {h[1]:>12} {h[2]:>14}")
+        if r["section"] in ("memory", "targets", "scale") or (r["section"] == "codecs" and not r["samples"]):
+            mark = "" if r["section"] != "targets" else ("  ok" if r["extra"]["ok"] else "  MISSED")
+            lines.append(f"  {r['name']:<{wide - 2}} {r['note']}{mark}")
             continue
         lines.append(
-            f"  {r['name']:<{width - 2}} {r['samples_per_s']:>12,.0f} "
+            f"  {r['name']:<{wide - 2}} {r['samples_per_s']:>12,.0f} "
             f"{_fmt_ratio(r['vs_baseline']):>12} {_fmt_ratio(r['vs_limit'], pct=True):>14}"
+            + (f"  {r['note']}" if r["section"] == "codecs" else "")
         )
+    lines += _format_tradeoffs(result["rows"], width)
     return "\n".join(lines)
 
 
-def iter_rows(result: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    yield from result["rows"]
+def _format_tradeoffs(rows: list[dict[str, Any]], width: int) -> list[str]:
+    """Size, write speed and read speed of each file of the codecs section."""
+    by = {r["name"]: r for r in rows if r["section"] == "codecs" and r["samples"]}
+    if f"contiguous {BLOCK}" not in by:
+        return []
+    raw = by[f"contiguous {BLOCK}"]["extra"]["file_bytes"]
+    lines = ["", f"{'trade-offs':<14} {'MiB':>6} {'smaller':>8} {'write MiB/s, 1/2 threads':>25} "
+                 f"{'block, ' + STEADY:>20} {'full, ' + FIRST:>18}"]
+    for name in ("contiguous", *CODECS):
+        block = by.get(f"{name} {BLOCK}, {STEADY}", by.get(f"{name} {BLOCK}"))
+        full = by.get(f"{name} {FULL}, {FIRST}", by.get(f"{name} {FULL}"))
+        if block is None or full is None:
+            continue
+        size, speeds = block["extra"]["file_bytes"], block["extra"]["write_mb_s"]
+        written = " / ".join(f"{v:,.0f}" for v in speeds.values())
+        lines.append(
+            f"  {name:<12} {size / 2**20:>6,.1f} {raw / size:>7.2f}x {written:>25} "
+            f"{block['samples_per_s']:>20,.0f} {full['samples_per_s']:>18,.0f}"
+        )
+    return lines

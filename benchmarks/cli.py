@@ -9,15 +9,15 @@ from typing import Any
 
 __all__ = ["COMMANDS"]
 
-_SECTIONS = ("raw", "cold", "compressed", "fit", "workers", "memory")
+_SECTIONS = ("raw", "cold", "compressed", "codecs", "fit", "workers", "memory", "scale")
 
 
 def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dir", help="build the datasets here and keep them (default: a temporary folder)")
     p.add_argument("--quick", action="store_true", help="a few thousand rows per shape (for tests and development)")
     p.add_argument(
-        "--shape", action="append", choices=("small", "volume"),
-        help="run only this shape (repeatable; default both)",
+        "--shape", action="append", choices=("small", "volume", "frames"),
+        help="run only this shape (repeatable; default all three; frames runs the codecs section only)",
     )
     p.add_argument(
         "--only", action="append", choices=_SECTIONS,
@@ -41,7 +41,7 @@ def _run(args: argparse.Namespace) -> int:
     sections = [s for s in (args.only or _SECTIONS) if s not in args.skip]
     result = run_bench(
         args.dir,
-        shapes=args.shape or ("small", "volume"),
+        shapes=args.shape or ("small", "volume", "frames"),
         quick=args.quick,
         sections=sections,
         memory_gib=args.memory_gib,

@@ -1,4 +1,4 @@
-"""Conversion speed, side by side in one run (issue 3's benchmark rows).
+"""Conversion speed, side by side in one run.
 
 - ``.npy`` folder: a plain ``np.load`` loop over every file (the least any
   converter must do) against :func:`h5feed.convert.from_npy_dir`, which
@@ -6,12 +6,20 @@
   alternation, best of ``repeats``.
 - Image folder: :func:`h5feed.convert.from_image_dir` with one worker and
   with two, 256x256 JPEGs resized to 64x64; two must be faster.
+- HDF5 file: a plain h5py loop copying a contiguous source's rows block by
+  block into a new dataset (the least any conversion must do) against
+  :func:`h5feed.convert.from_h5` on the same file, which must run at least
+  at half that rate; warm page cache, in alternation, best of ``repeats``.
+  A third row, the same loop followed by an ``fsync`` as the writer does
+  before publishing, shows how much of the difference is the disk.
 - Memory: the peak RSS of a conversion in a fresh process, above that
-  process's RSS before converting, against the dataset's size.
+  process's RSS before converting, against the dataset's size (for the
+  ``.npy`` folder and for the HDF5 file, optionally a bigger one:
+  ``h5_memory_gib``).
 
 Run alone::
 
-    python -m h5feed.benchmarks.convert_bench [--files N] [--shape 32,32,32,1] [--images N]
+    python -m h5feed.benchmarks.convert_bench [--files N] [--shape 32,32,32,1] [--images N] [--h5-memory-gib G]
 """
 
 from __future__ import annotations
@@ -29,7 +37,19 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["make_image_folder", "make_npy_folder", "measure_conversion_rss", "run_convert_bench"]
+__all__ = [
+    "make_h5_source",
+    "make_image_folder",
+    "make_npy_folder",
+    "measure_conversion_rss",
+    "measure_h5_conversion_rss",
+    "run_convert_bench",
+]
+
+# Where make_h5_source puts the samples and labels (a NeXus-style tree).
+H5_X, H5_Y = "/entry/data/data", "/entry/labels"
+# Rows are copied in blocks of about this many bytes (the converter's own size).
+_COPY_BLOCK_BYTES = 4 * 1024 * 1024
 
 
 def make_npy_folder(folder: str, n_files: int, shape: tuple[int, ...], *, n_classes: int = 10, seed: int = 0) -> tuple[str, str]:
@@ -48,6 +68,42 @@ def make_npy_folder(folder: str, n_files: int, shape: tuple[int, ...], *, n_clas
     with open(labels_path, "w") as fh:
         json.dump(labels, fh)
     return data, labels_path
+
+
+def make_h5_source(path: str, n_rows: int, shape: tuple[int, ...], *, n_classes: int = 10, seed: int = 0) -> str:
+    """``path`` with float32 samples at ``/entry/data/data`` (contiguous) and
+    class indices at ``/entry/labels``, written in blocks."""
+    import h5py
+
+    rng = np.random.default_rng(seed)
+    row = int(np.prod(shape)) * 4
+    step = max(1, _COPY_BLOCK_BYTES // row)
+    block = rng.standard_normal((min(step, n_rows), *shape)).astype(np.float32)
+    with h5py.File(path, "w") as f:
+        x = f.create_dataset(H5_X, shape=(n_rows, *shape), dtype=np.float32)
+        for start in range(0, n_rows, step):
+            stop = min(n_rows, start + step)
+            block.reshape(len(block), -1)[: stop - start, 0] = np.arange(start, stop)
+            x[start:stop] = block[: stop - start]
+        f[H5_Y] = np.arange(n_rows) % n_classes
+    return path
+
+
+def _h5py_copy(src: str, dst: str, *, sync: bool = False) -> None:
+    """The baseline: copy x and y block by block into new datasets, plain h5py;
+    with ``sync``, then wait until the copy is on disk, as h5feed's writer does."""
+    import h5py
+
+    with h5py.File(src, "r") as f, h5py.File(dst, "w") as g:
+        for name in (H5_X, H5_Y):
+            s = f[name]
+            d = g.create_dataset(name.rsplit("/", 1)[-1], shape=s.shape, dtype=s.dtype)
+            step = max(1, _COPY_BLOCK_BYTES // max(1, int(np.prod(s.shape[1:])) * s.dtype.itemsize))
+            for start in range(0, s.shape[0], step):
+                d[start : start + step] = s[start : start + step]
+    if sync:
+        with open(dst, "rb") as fh:
+            os.fsync(fh.fileno())
 
 
 def make_image_folder(folder: str, n_images: int, *, size: int = 128, n_classes: int = 4, seed: int = 0) -> str:
@@ -118,12 +174,26 @@ def status(key):
 
 
 if __name__ == "__main__":
-    from h5feed.convert import from_npy_dir
+    from h5feed.convert import from_h5, from_npy_dir
 
     before = status("VmRSS")
-    result = from_npy_dir(sys.argv[1], sys.argv[2], sys.argv[3], overwrite=True, workers=int(sys.argv[4]))
+    if sys.argv[1] == "h5":
+        result = from_h5(sys.argv[2], sys.argv[3], x=sys.argv[4], y=sys.argv[5], overwrite=True)
+    else:
+        result = from_npy_dir(sys.argv[2], sys.argv[3], sys.argv[4], overwrite=True, workers=int(sys.argv[5]))
     print(json.dumps({"before_kib": before, "peak_kib": status("VmHWM"), "rows": result.rows}))
 """
+
+
+def _measure_rss(args: list[str]) -> dict[str, int]:
+    with tempfile.TemporaryDirectory() as tmp:
+        script = os.path.join(tmp, "rss.py")
+        with open(script, "w") as fh:
+            fh.write(_RSS_SCRIPT)
+        proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the measured conversion failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def measure_conversion_rss(data: str, labels: str, out: str, *, workers: int = 1) -> dict[str, int]:
@@ -134,15 +204,12 @@ def measure_conversion_rss(data: str, labels: str, out: str, *, workers: int = 1
     so ``peak_kib - before_kib`` is what the conversion itself added (worker
     processes, with ``workers > 1``, are not counted).
     """
-    with tempfile.TemporaryDirectory() as tmp:
-        script = os.path.join(tmp, "rss.py")
-        with open(script, "w") as fh:
-            fh.write(_RSS_SCRIPT)
-        proc = subprocess.run([sys.executable, script, data, labels, out, str(workers)],
-                              capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"the measured conversion failed: {proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return _measure_rss(["npy", data, labels, out, str(workers)])
+
+
+def measure_h5_conversion_rss(src: str, out: str, *, x: str = H5_X, y: str = H5_Y) -> dict[str, int]:
+    """As :func:`measure_conversion_rss`, for :func:`h5feed.convert.from_h5` of ``src``."""
+    return _measure_rss(["h5", src, out, x, y])
 
 
 def run_convert_bench(
@@ -153,6 +220,7 @@ def run_convert_bench(
     quiet: bool = True,
     n_images: int = 1000,
     repeats: int = 3,
+    h5_memory_gib: float | None = None,
 ) -> list[dict[str, Any]]:
     """Run the conversion benchmark; return one dict per row.
 
@@ -169,8 +237,10 @@ def run_convert_bench(
         quiet: print nothing while running.
         n_images: number of JPEG images for the worker comparison (0 skips).
         repeats: timings per contender; the best counts.
+        h5_memory_gib: measure the HDF5 conversion's memory on a source of
+            this many GiB (default: the ``n_files`` rows of the speed rows).
     """
-    from h5feed.convert import from_image_dir, from_npy_dir
+    from h5feed.convert import from_h5, from_image_dir, from_npy_dir
 
     own = workdir is None
     workdir = tempfile.mkdtemp(prefix="h5feed-convert-bench-") if own else workdir
@@ -210,6 +280,8 @@ def run_convert_bench(
         say(f"npy: peak RSS +{added:.0f} MiB over start, for {dataset_mib:.0f} MiB of samples")
         shutil.rmtree(npy_root, ignore_errors=True)
 
+        rows.extend(_h5_rows(workdir, n_files, tuple(shape), repeats, h5_memory_gib, say, from_h5))
+
         if n_images:
             img_root = os.path.join(workdir, "images")
             say(f"making {n_images} JPEG images ...")
@@ -233,6 +305,65 @@ def run_convert_bench(
     return rows
 
 
+def _h5_rows(workdir: str, n_rows: int, shape: tuple[int, ...], repeats: int, memory_gib: float | None,
+             say: Callable[..., None], from_h5: Callable[..., Any]) -> list[dict[str, Any]]:
+    """The HDF5 rows: h5py block copy against from_h5, and from_h5's memory."""
+    src = os.path.join(workdir, "source.h5")
+    say(f"making an HDF5 source of {n_rows} rows of shape {shape} ...")
+    make_h5_source(src, n_rows, shape)
+    copy_out, out = os.path.join(workdir, "copy.h5"), os.path.join(workdir, "from_h5.h5")
+    _read_all_file(src)
+    copy_s, synced_s, convert_s = float("inf"), float("inf"), float("inf")
+    for _ in range(repeats):  # alternate, so drift hits all alike
+        _remove(copy_out)
+        copy_s = min(copy_s, _best(lambda: _h5py_copy(src, copy_out), 1))
+        _remove(copy_out)
+        synced_s = min(synced_s, _best(lambda: _h5py_copy(src, copy_out, sync=True), 1))
+        _remove(out)
+        convert_s = min(convert_s, _best(lambda: from_h5(src, out, x=H5_X, y=H5_Y), 1))
+    _remove(copy_out)
+    copy_cpu = _cpu(lambda: _h5py_copy(src, copy_out))
+    _remove(out)
+    convert_cpu = _cpu(lambda: from_h5(src, out, x=H5_X, y=H5_Y))
+    for path in (copy_out, out):
+        _remove(path)
+    ratio = copy_s / convert_s
+    rows = [
+        dict(name="HDF5 file: h5py block copy (baseline)", samples_per_s=n_rows / copy_s, ratio=1.0, target=None,
+             ok=True, cpu_s=copy_cpu),
+        dict(name="HDF5 file: from_h5", samples_per_s=n_rows / convert_s, ratio=ratio, target=0.5, ok=ratio >= 0.5,
+             cpu_s=convert_cpu),
+        # For reading the row above: the writer syncs its file before it
+        # publishes it, the plain loop leaves it to the page cache.
+        dict(name="HDF5 file: h5py block copy + fsync", samples_per_s=n_rows / synced_s,
+             ratio=copy_s / synced_s, target=None, ok=True),
+    ]
+    say(f"h5: h5py copy {n_rows / copy_s:,.0f}/s (+ fsync {n_rows / synced_s:,.0f}/s), "
+        f"from_h5 {n_rows / convert_s:,.0f}/s ({ratio:.2f}x)")
+    dataset_mib = n_rows * int(np.prod(shape)) * 4 / 2**20
+    if memory_gib:
+        n_big = max(1, int(memory_gib * 2**30 // (int(np.prod(shape)) * 4)))
+        _remove(src)
+        say(f"making an HDF5 source of {memory_gib:g} GiB ...")
+        make_h5_source(src, n_big, shape)
+        dataset_mib = n_big * int(np.prod(shape)) * 4 / 2**20
+    rss = measure_h5_conversion_rss(src, out)
+    added = (rss["peak_kib"] - rss["before_kib"]) / 1024
+    rows.append(dict(name="HDF5 file: peak memory added by converting", samples_per_s=None,
+                     ratio=added / dataset_mib if dataset_mib else None, target=None, ok=True,
+                     peak_mib_over_start=added, dataset_mib=dataset_mib, peak_mib=rss["peak_kib"] / 1024))
+    say(f"h5: peak RSS +{added:.0f} MiB over start, for {dataset_mib:.0f} MiB of samples")
+    for path in (src, out):
+        _remove(path)
+    return rows
+
+
+def _read_all_file(path: str) -> None:
+    with open(path, "rb") as fh:
+        while fh.read(1 << 20):
+            pass
+
+
 def format_rows(rows: list[dict[str, Any]]) -> str:
     """A plain table of the rows."""
     lines = []
@@ -253,12 +384,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shape", default="32,32,32,1", help="sample shape (default 32,32,32,1)")
     p.add_argument("--images", type=int, default=1000, help="number of 256x256 JPEG images (default 1000; 0 skips)")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--h5-memory-gib", type=float, metavar="G",
+                   help="measure the HDF5 conversion's memory on a source of G GiB (default: the --files rows)")
     p.add_argument("--workdir", help="where to write (default: a temporary folder)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = p.parse_args(argv)
     shape = tuple(int(s) for s in args.shape.replace("x", ",").split(",") if s)
     rows = run_convert_bench(args.workdir, n_files=args.files, shape=shape, quiet=args.json,
-                             n_images=args.images, repeats=args.repeats)
+                             n_images=args.images, repeats=args.repeats, h5_memory_gib=args.h5_memory_gib)
     print(json.dumps(rows, indent=2) if args.json else format_rows(rows))
     return 0 if all(r["ok"] for r in rows) else 1
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 from ._common import ConversionResult as ConversionResult
 from .arrays import from_arrays as from_arrays
 from .csv import from_csv as from_csv
+from .h5 import from_h5 as from_h5
 from .images import from_image_dir as from_image_dir
 from .npy import from_npy_dir as from_npy_dir
 
-__all__ = ["ConversionResult", "from_arrays", "from_csv", "from_image_dir", "from_npy_dir"]
+__all__ = ["ConversionResult", "from_arrays", "from_csv", "from_h5", "from_image_dir", "from_npy_dir"]

@@ -6,14 +6,11 @@ only lists its samples and decodes them into blocks of rows; this module
 turns those blocks into a file through :class:`h5feed.DatasetWriter`, so
 that every converter gets the same atomic output, progress and checks.
 
-NOTE [ Parallel decoding ]
-``workers=N`` decodes blocks of samples in N processes while the parent
-process alone writes (HDF5 files have one writer). Blocks come back in
-order, and at most ``2 * N`` blocks are in flight, so memory stays bounded
-however fast the workers are compared with the writer. Workers are started
-with ``forkserver`` where the platform has it (else ``spawn``), never
-``fork``: the parent may hold open HDF5 handles or TensorFlow threads, which
-a forked child must not inherit.
+Parallel decoding: ``workers=N`` decodes blocks of samples in N processes
+(``forkserver`` or ``spawn``, never ``fork``) while this process alone
+writes; blocks come back in order, at most ``2 * N`` in flight. With
+compression, the writer compresses whole chunks in N threads too
+(``compress_threads``). See the design note ``docs/design/converting.md``.
 """
 
 from __future__ import annotations
@@ -27,7 +24,7 @@ import re
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Set as AbstractSet
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -35,22 +32,33 @@ from typing import Any
 
 import numpy as np
 
-from h5feed._plan import shard_of_keys
-from h5feed._progress import Progress
-from h5feed.errors import InvalidSampleIDError, SourceError, WorkerError, WriterError
-from h5feed.writer import DatasetWriter, check_output_folder
+from h5feed import DatasetWriter
+from h5feed._shared import (
+    COMPRESSIONS,
+    WEIGHTS_DATASET,
+    MetaTable,
+    Progress,
+    check_bool,
+    check_int,
+    check_shard,
+    load_metadata,
+    shard_of_keys,
+)
+from h5feed.errors import InvalidSampleIDError, SourceError, WorkerError
 
 __all__ = [
     "ConversionResult",
     "Options",
     "check_inside",
-    "check_output",
     "check_sample_id",
+    "check_weights",
     "load_labels",
     "load_partition",
+    "load_weights",
     "natural_key",
     "ordered_map",
     "some",
+    "weight_value",
     "write_dataset",
 ]
 
@@ -64,7 +72,7 @@ ProgressCallback = Callable[[int, int], None]
 # memory budget.
 _BLOCK_BYTES = 4 * 1024 * 1024
 _BLOCK_MAX_ROWS = 1024
-_COMPRESSIONS = (None, "none", "gzip", "lzf")
+_COMPRESSIONS = (None, "none", *COMPRESSIONS)
 
 
 @dataclass(frozen=True)
@@ -103,29 +111,26 @@ class Options:
     quiet: bool = True
     progress: ProgressCallback | None = None
     shard: tuple[int, int] | None = None
+    metadata: MetaTable | None = None
 
     def __post_init__(self) -> None:
         if self.compression not in _COMPRESSIONS:
-            raise ValueError(f"compression must be None, 'none', 'gzip' or 'lzf'. Received: {self.compression!r}")
+            raise ValueError(
+                f"compression must be None, 'none', 'gzip', 'lzf', 'zstd' or 'lz4'. Received: {self.compression!r}"
+            )
         for name in ("shuffle_rows", "overwrite", "checksum", "quiet"):
-            value = getattr(self, name)
-            if not isinstance(value, (bool, np.bool_)):
-                raise TypeError(f"{name} must be a bool. Received: {value!r}")
-        _check_int(self.seed, "seed", minimum=0)
-        _check_int(self.workers, "workers", minimum=1)
-        if self.chunk_rows is not None:
-            _check_int(self.chunk_rows, "chunk_rows", minimum=1)
+            check_bool(getattr(self, name), name)
+        check_int(self.seed, "seed", minimum=0)
+        check_int(self.workers, "workers", minimum=1)
+        check_int(self.chunk_rows, "chunk_rows", minimum=1, none_ok=True)
         if self.progress is not None and not callable(self.progress):
             raise TypeError(f"progress must be a callable(rows_done, rows_total) or None. Received: {self.progress!r}")
         if self.shard is not None:
-            shard = self.shard
-            if (
-                not isinstance(shard, tuple)
-                or len(shard) != 2
-                or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in shard)
-                or not 0 <= shard[0] < shard[1]
-            ):
-                raise ValueError(f"shard must be (index, count) with 0 <= index < count. Received: {shard!r}")
+            # frozen: normalised through object.__setattr__
+            object.__setattr__(self, "shard", check_shard(self.shard))
+        if self.metadata is not None:
+            # Read and checked before any sample is: a bad table fails at once.
+            object.__setattr__(self, "metadata", load_metadata(self.metadata, error=SourceError))
 
     def order(self, n: int) -> np.ndarray:
         """The order in which the ``n`` listed samples become rows."""
@@ -137,12 +142,18 @@ class Options:
         """The positions of the listed samples ``ids`` to write, in row order.
 
         All of them without ``shard``; with ``shard=(i, n)`` only the ``i``-th
-        of ``n`` parts by sorted ID (:func:`h5feed._plan.shard_of_keys`), in
+        of ``n`` parts by sorted ID (``shard_of_keys``), in
         listing order. ``shuffle_rows`` then permutes them.
 
+        The metadata table, if any, must hold exactly the listed samples
+        (with ``shard``, those of the whole source).
+
         Raises:
-            SourceError: the shard holds no samples.
+            SourceError: the shard holds no samples; metadata that misses a
+                listed sample or names an ID that is none.
         """
+        if self.metadata is not None:
+            self.metadata.check_covers(ids, where, SourceError)
         if self.shard is None:
             return self.order(len(ids))
         picked = shard_of_keys(ids, *self.shard)
@@ -152,15 +163,6 @@ class Options:
                 f"the source has only {len(ids)}"
             )
         return picked[self.order(picked.size)]
-
-
-def _check_int(value: Any, name: str, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}. Received: {value!r}")
-
-
-# --------------------------------------------------------------------------
-# Messages about sets of IDs.
 
 
 def some(items: Sequence[Any], n: int = 5) -> str:
@@ -253,23 +255,6 @@ def check_inside(folder: str, name: str, sample_id: str, where: str) -> None:
         )
 
 
-def check_output(out: str | os.PathLike[str], overwrite: bool) -> str:
-    """Refuse an output that cannot be written, before any input is read.
-
-    The writer checks again when it starts (and its final rename cannot
-    replace a file that appeared meanwhile); checking first means a typo in
-    ``-o`` fails at once, not after reading the whole source.
-
-    Raises:
-        WriterError: the folder is missing or not writable, the target is a
-            folder, or it exists and ``overwrite`` is False.
-    """
-    path = check_output_folder(out)
-    if os.path.lexists(path) and not overwrite:
-        raise WriterError(f"{path}: already exists; pass overwrite=True to replace it")
-    return path
-
-
 # --------------------------------------------------------------------------
 # Labels and partitions: JSON objects (the tutorial's dicts) or CSV tables.
 
@@ -354,6 +339,40 @@ def _read_table(path: str, columns: tuple[str, str]) -> Iterator[tuple[int, str,
         raise SourceError(f"{path}: not UTF-8 text: {exc}") from exc
 
 
+def _by_id(
+    source: str | os.PathLike[str] | Mapping[str, Any], kind: str, column: str, adjective: str
+) -> tuple[str, dict[str, Any]]:
+    """``{ID: value}`` from a JSON object, a CSV with header ``id,<column>``, or a dict.
+
+    The one reader of files by sample ID: labels and weights. Values are
+    returned as found (from JSON as typed, from CSV as text); IDs keep the
+    file's order.
+
+    Raises:
+        SourceError: unreadable, not a JSON object, a bad CSV header, an ID
+            given twice ("duplicate <adjective> ID(s)"), or nothing at all.
+    """
+    if isinstance(source, Mapping):
+        where = kind
+        result = dict(source)
+    else:
+        where, obj = _json_object_or_table(source, kind, adjective, f"{{ID: {column}}}")
+        if obj is not None:
+            result = obj
+        else:
+            result = {}
+            dupes: list[str] = []
+            for _, sid, value in _read_table(where, ("id", column)):
+                if sid in result:
+                    dupes.append(sid)
+                result[sid] = value
+            if dupes:
+                raise SourceError(f"{where}: {len(dupes)} duplicate {adjective} ID(s), e.g. {some(dupes)}")
+    if not result:
+        raise SourceError(f"{where}: holds no {kind} (an empty source)")
+    return where, result
+
+
 def load_labels(labels: str | os.PathLike[str] | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     """Read labels ``{ID: label}`` from a JSON object, a CSV ``id,label``, or a dict.
 
@@ -367,25 +386,56 @@ def load_labels(labels: str | os.PathLike[str] | Mapping[str, Any]) -> tuple[str
         SourceError: unreadable, not a JSON object, a bad CSV header, a
             duplicate ID, or no labels at all.
     """
-    if isinstance(labels, Mapping):
-        where = "labels"
-        result = dict(labels)
+    return _by_id(labels, "labels", "label", "labelled")
+
+
+def load_weights(weights: str | os.PathLike[str] | Mapping[str, Any]) -> tuple[str, dict[str, float]]:
+    """Read sample weights ``{ID: weight}`` from a JSON object, a CSV ``id,weight``, or a dict.
+
+    Returns:
+        ``(where, weights)``: a name for messages and the weights, as floats.
+
+    Raises:
+        SourceError: unreadable, not a JSON object, a bad CSV header, a
+            duplicate ID, a weight that is not a finite number >= 0, or no
+            weights at all.
+    """
+    where, raw = _by_id(weights, "weights", "weight", "weighted")
+    return where, {sid: weight_value(value, f"{where}: sample {sid!r}") for sid, value in raw.items()}
+
+
+def weight_value(value: Any, where: str) -> float:
+    """One sample weight as a float: a finite number >= 0 (text from a CSV too).
+
+    Raises:
+        SourceError: not a number (bools are not), not finite, or negative.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        number = None
     else:
-        where, obj = _json_object_or_table(labels, "labels", "labelled", "{ID: label}")
-        if obj is not None:
-            result = obj
-        else:
-            result = {}
-            dupes: list[str] = []
-            for _, sid, label in _read_table(where, ("id", "label")):
-                if sid in result:
-                    dupes.append(sid)
-                result[sid] = label
-            if dupes:
-                raise SourceError(f"{where}: {len(dupes)} duplicate labelled ID(s), e.g. {some(dupes)}")
-    if not result:
-        raise SourceError(f"{where}: holds no labels (an empty source)")
-    return where, result
+        try:
+            number = float(value.strip() if isinstance(value, str) else value)
+        except (TypeError, ValueError):
+            number = None
+    if number is None or not np.isfinite(number) or number < 0:
+        raise SourceError(f"{where}: expected a sample weight, a finite number >= 0. Received: {value!r}")
+    return number
+
+
+def check_weights(where: str, weights: Mapping[str, float], ids: Sequence[str], source: str) -> None:
+    """Refuse weights that do not cover the samples exactly.
+
+    Raises:
+        SourceError: a sample without a weight, or a weight for an ID that
+            is no sample (the count and the first few IDs).
+    """
+    missing = [sid for sid in ids if sid not in weights]
+    if missing:
+        raise SourceError(f"{where}: {len(missing)} sample(s) of {source} have no weight, e.g. {some(missing)}")
+    known = set(ids)
+    unknown = [sid for sid in weights if sid not in known]
+    if unknown:
+        raise SourceError(f"{where}: {len(unknown)} weighted ID(s) have no sample in {source}, e.g. {some(unknown)}")
 
 
 def load_partition(partition: str | os.PathLike[str] | Mapping[str, Any]) -> tuple[str, dict[str, list[str]]]:
@@ -445,10 +495,13 @@ def _counts(items: Iterable[str]) -> dict[str, int]:
 def check_partition_ids(where: str, partition: Mapping[str, Sequence[str]], known: Iterable[str], source: str) -> None:
     """Refuse partition IDs that are not samples of the source.
 
+    ``known``: the source's IDs; a set (any ``collections.abc.Set``) or a
+    mapping is asked directly, anything else is made a set first.
+
     Raises:
         SourceError: with the count and the first few unknown IDs.
     """
-    known_set = known if isinstance(known, (set, frozenset, dict)) else set(known)
+    known_set = known if isinstance(known, (AbstractSet, Mapping)) else set(known)
     missing = [sid for members in partition.values() for sid in members if sid not in known_set]
     if missing:
         raise SourceError(f"{where}: {len(missing)} partition ID(s) have no sample in {source}, e.g. {some(missing)}")
@@ -472,7 +525,7 @@ def class_indices(where: str, labels: Mapping[str, Any], n_classes: int | None) 
             )
         values[i] = value
     if n_classes is not None:
-        _check_int(n_classes, "n_classes", minimum=1)
+        check_int(n_classes, "n_classes", minimum=1)
     limit = int(values.max()) + 1 if n_classes is None else int(n_classes)
     bad = np.flatnonzero((values < 0) | (values >= limit))
     if bad.size:
@@ -496,7 +549,7 @@ def _as_class_index(label: Any) -> int | None:
 
 
 # --------------------------------------------------------------------------
-# Parallel decoding (NOTE [ Parallel decoding ]).
+# Parallel decoding (see the module docstring).
 
 
 # Modules the forkserver imports once, so that each worker it forks starts
@@ -591,13 +644,23 @@ def write_dataset(
     target_dtype: Any = "int64",
     n_classes: int | None = None,
     class_names: Sequence[str] | None = None,
-    splits: Mapping[str, Sequence[str]] | None = None,
+    splits: Mapping[str, Sequence[str] | np.ndarray] | None = None,
+    weights: Mapping[str, float] | None = None,
     label: str = "converting",
+    virtual: Mapping[str, Sequence[tuple[str, str]]] | None = None,
 ) -> ConversionResult:
     """Write ``blocks`` of ``(ids, xs, ys)`` as one h5feed file.
 
     The output appears under ``out`` only when every block was written and
-    the splits resolved; on any error nothing is left behind.
+    the splits resolved; on any error nothing is left behind. ``weights``
+    (by sample ID, checked by :func:`check_weights`) are written as the
+    float32 dataset ``w``.
+
+    ``splits`` are ``{name: IDs}`` (with ``shard``, only the IDs written
+    count) or ``{name: int array of output rows}`` (taken as they are).
+    ``virtual`` makes columns virtual datasets over source datasets (see
+    :class:`h5feed.DatasetWriter`): their rows, given in the blocks, are
+    hashed, not written.
 
     Raises:
         SampleError, SourceError, WriterError: bad input or a failed write.
@@ -619,6 +682,9 @@ def write_dataset(
         chunk_rows=options.chunk_rows,
         checksum=options.checksum,
         overwrite=options.overwrite,
+        virtual=virtual,
+        compress_threads=options.workers,
+        extras=None if weights is None else {WEIGHTS_DATASET: ((), np.float32)},
     )
     bar = Progress(n_rows, label, enabled=not options.quiet)
     try:
@@ -626,7 +692,11 @@ def write_dataset(
         written: set[str] | None = set() if options.shard is not None else None
         with writer, bar:
             for ids, xs, ys in blocks:
-                writer.extend(ids, xs, ys)
+                if weights is None:
+                    writer.extend(ids, xs, ys)
+                else:
+                    ws = np.fromiter((weights[sid] for sid in ids), dtype=np.float32, count=len(ids))
+                    writer.extend(ids, xs, ys, **{WEIGHTS_DATASET: ws})
                 if written is not None:
                     written.update(ids)
                 bar.update(len(ids))
@@ -635,9 +705,12 @@ def write_dataset(
             if writer.rows != n_rows:
                 raise SourceError(f"{writer.path}: {n_rows} samples were listed but {writer.rows} were decoded")
             for name, members in (splits or {}).items():
-                if written is not None:
+                if written is not None and not isinstance(members, np.ndarray):
                     members = [m for m in members if m in written]
                 writer.add_split(name, members)
+            if options.metadata is not None:
+                table = options.metadata
+                writer.set_metadata(table if written is None else table.subset(sorted(written)))
     finally:
         close = getattr(blocks, "close", None)
         if close is not None:  # stop the decoding workers at once on error

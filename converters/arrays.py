@@ -3,29 +3,32 @@
 Both arrays are read block by block (with ``pread``, so that even the page
 cache pages of a huge array never count against this process), so an array
 larger than memory converts in bounded memory. Their headers are checked the same
-way as sample files (see NOTE [ Reading untrusted .npy files ] in
-``npy.py``): no pickles, and the file must hold the bytes it declares.
+way as sample files (see ``npy.py``): no pickles, and the file must hold
+the bytes it declares.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence, Set as AbstractSet
 from typing import Any
 
 import numpy as np
 
+from h5feed._shared import check_output
 from h5feed.errors import SourceError
 
 from ._common import (
     ConversionResult,
     Options,
     block_rows,
-    check_output,
     check_partition_ids,
+    check_weights,
     gather_blocks,
     load_partition,
+    load_weights,
     some,
+    weight_value,
     write_dataset,
 )
 from .npy import NpyHeader, read_npy_header
@@ -130,6 +133,46 @@ def _as_array(value: Any, what: str) -> np.ndarray:
     return arr
 
 
+class _RowNumbers(Sequence[str]):
+    """The default IDs ``"0"``, ``"1"``, ...: made a block at a time as the
+    writer takes them, never all at once (10 million rows would otherwise
+    hold 10 million strings)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [str(j) for j in range(*i.indices(self.n))]
+        if not -self.n <= i < self.n:
+            raise IndexError(i)
+        return str(i % self.n)
+
+    def ids(self) -> _RowNumberSet:
+        return _RowNumberSet(self.n)
+
+
+class _RowNumberSet(AbstractSet[str]):
+    """:class:`_RowNumbers` as a set, for membership tests."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __contains__(self, sid: object) -> bool:
+        return (
+            isinstance(sid, str) and sid.isascii() and sid.isdigit() and str(int(sid)) == sid and int(sid) < self.n
+        )
+
+    def __iter__(self) -> Iterator[str]:
+        return (str(i) for i in range(self.n))
+
+    def __len__(self) -> int:
+        return self.n
+
+
 def _read_ids(ids: Any, n: int) -> list[str]:
     if isinstance(ids, (str, os.PathLike)):
         where = os.fspath(ids)
@@ -180,6 +223,34 @@ def _class_range(y: np.ndarray, n_classes: int | None, where: str, step: int) ->
     return int(high) + 1 if n_classes is None else n_classes  # type: ignore[operator]
 
 
+def _weights_by_id(weights: Any, ids: list[str], x_where: str) -> dict[str, float]:
+    """``{ID: weight}`` from a ``.npy`` or an array (one per row), or from a
+    JSON/CSV file or a dict by ID (:func:`load_weights`).
+
+    Raises:
+        SourceError: not one weight per row, or weights that are not finite
+            numbers >= 0.
+    """
+    is_npy = isinstance(weights, (str, os.PathLike)) and os.fspath(weights).lower().endswith(".npy")
+    if not (is_npy or isinstance(weights, (np.ndarray, list, tuple))):
+        where, by_id = load_weights(weights)
+        check_weights(where, by_id, ids, x_where)
+        return by_id
+    where = os.fspath(weights) if is_npy else "weights"
+    w = _as_array(weights, "W")
+    if w.dtype.kind not in "iuf" or w.ndim != 1 or w.shape[0] != len(ids):
+        raise SourceError(
+            f"{where}: expected one weight per row of X, shape ({len(ids)},). Received: shape {tuple(w.shape)!r}"
+        )
+    values = np.asarray(w[:], dtype=np.float64)
+    if isinstance(w, NpyRows):
+        w.close()
+    bad = np.flatnonzero(~np.isfinite(values) | (values < 0))
+    if bad.size:
+        weight_value(float(values[bad[0]]), f"{where}: row {int(bad[0])} (sample {ids[int(bad[0])]!r})")
+    return dict(zip(ids, values.tolist()))
+
+
 def from_arrays(
     x: str | os.PathLike[str] | np.ndarray,
     y: str | os.PathLike[str] | np.ndarray | None,
@@ -198,7 +269,9 @@ def from_arrays(
     checksum: bool = False,
     quiet: bool = True,
     progress: Any = None,
-    shard: tuple[int, int] | None = None,
+    shard: tuple[int, int] | str | None = None,
+    metadata: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+    weights: str | os.PathLike[str] | np.ndarray | Mapping[str, Any] | None = None,
 ) -> ConversionResult:
     """Convert one array of samples (and one of targets) into one file.
 
@@ -215,23 +288,30 @@ def from_arrays(
         partition: ``{split: [IDs]}`` as for
             :func:`~h5feed.convert.from_npy_dir`.
         compression, chunk_rows, shuffle_rows, seed, overwrite, checksum,
-        quiet, progress, shard: as for :func:`~h5feed.convert.from_npy_dir`.
+        quiet, progress, shard, metadata: as for :func:`~h5feed.convert.from_npy_dir`.
         workers: accepted for symmetry; copying from a memory map gains
             nothing from more processes, so it is done in this one.
+        weights: per-sample weights (finite numbers >= 0), written as the
+            float32 dataset ``w`` for ``H5Sequence(..., sample_weight="w")``:
+            ``W.npy`` or an array with one weight per row of X, or
+            ``{ID: weight}`` as a JSON file, a CSV file with header
+            ``id,weight``, or a dict.
 
     Returns:
         A :class:`ConversionResult`.
 
     Raises:
         SourceError: unreadable, object or truncated arrays, rows that
-            disagree, bad or duplicate IDs, labels out of range, no rows.
+            disagree, bad or duplicate IDs, labels out of range, no rows,
+            weights that do not cover the rows exactly or are not finite
+            numbers >= 0.
     """
     options = Options(compression=compression, chunk_rows=chunk_rows, shuffle_rows=shuffle_rows, seed=seed,
                       workers=workers, overwrite=overwrite, checksum=checksum, quiet=quiet, progress=progress,
-                      shard=shard)
+                      shard=shard, metadata=metadata)
     if label_type not in LABEL_TYPES:
         raise ValueError(f"label_type must be one of {LABEL_TYPES!r}. Received: {label_type!r}")
-    check_output(out, overwrite)
+    check_output(out, overwrite=overwrite)
     x_where = os.fspath(x) if isinstance(x, (str, os.PathLike)) else "x"
     xa = _as_array(x, "X")
     n = xa.shape[0]
@@ -245,7 +325,7 @@ def from_arrays(
             raise SourceError(f"{y_where}: has {ya.shape[0]} rows, but X has {n}; expected one label per row")
     elif label_type != "auto" or n_classes is not None:
         raise ValueError("label_type and n_classes need labels (y)")
-    id_list = [str(i) for i in range(n)] if ids is None else _read_ids(ids, n)
+    id_list: Sequence[str] = _RowNumbers(n) if ids is None else _read_ids(ids, n)
     step = block_rows(int(np.prod(xa.shape[1:], dtype=np.int64)) * xa.dtype.itemsize)
 
     classes = None
@@ -263,7 +343,9 @@ def from_arrays(
     splits: dict[str, list[str]] = {}
     if partition is not None:
         where, splits = load_partition(partition)
-        check_partition_ids(where, splits, set(id_list), x_where)
+        known = id_list.ids() if isinstance(id_list, _RowNumbers) else set(id_list)
+        check_partition_ids(where, splits, known, x_where)
+    weight_map = None if weights is None else _weights_by_id(weights, id_list, x_where)
 
     order = options.select(id_list, x_where)
     try:
@@ -272,7 +354,7 @@ def from_arrays(
             sample_shape=xa.shape[1:], dtype=xa.dtype.newbyteorder("="),
             target_shape=() if ya is None or classes is not None else ya.shape[1:],
             target_dtype=None if ya is None else (np.int64 if classes is not None else ya.dtype.newbyteorder("=")),
-            n_classes=classes, splits=splits, label=f"converting {x_where}",
+            n_classes=classes, splits=splits, weights=weight_map, label=f"converting {x_where}",
         )
     finally:
         for arr in (xa, ya):

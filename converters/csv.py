@@ -24,16 +24,17 @@ from typing import Any
 
 import numpy as np
 
+from h5feed._shared import check_output
 from h5feed.errors import SourceError
 
 from ._common import (
     ConversionResult,
     Options,
     block_rows,
-    check_output,
     check_partition_ids,
     gather_blocks,
     load_partition,
+    weight_value,
     ordered_map,
     some,
     write_dataset,
@@ -176,7 +177,9 @@ def from_csv(
     checksum: bool = False,
     quiet: bool = True,
     progress: Any = None,
-    shard: tuple[int, int] | None = None,
+    shard: tuple[int, int] | str | None = None,
+    metadata: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+    weight_column: str | None = None,
 ) -> ConversionResult:
     """Convert a CSV table with a header row, one sample per row.
 
@@ -188,13 +191,16 @@ def from_csv(
             ``"0"``, ``"1"``, ... (data rows, from 0).
         feature_columns: the columns that make up ``x``, in this order
             (default: every other column).
+        weight_column: the column holding per-sample weights (finite
+            numbers >= 0), written as the float32 dataset ``w`` for
+            ``H5Sequence(..., sample_weight="w")``; None for none.
         label_type: ``"auto"`` (integers are class indices, other numbers
             float targets, anything else class names), ``"index"``,
             ``"name"`` or ``"value"``.
         partition: ``{split: [IDs]}`` as for
             :func:`~h5feed.convert.from_npy_dir`.
         compression, chunk_rows, shuffle_rows, seed, workers, overwrite,
-        checksum, quiet, progress, shard: as for
+        checksum, quiet, progress, shard, metadata: as for
             :func:`~h5feed.convert.from_npy_dir`.
 
     Returns:
@@ -203,35 +209,39 @@ def from_csv(
     Raises:
         SourceError: a missing column, a row of the wrong width, an empty or
             duplicate ID, an empty or bad label, a feature that is not a
-            number, no rows.
+            number, a weight that is not a finite number >= 0, no rows.
     """
     options = Options(compression=compression, chunk_rows=chunk_rows, shuffle_rows=shuffle_rows, seed=seed,
                       workers=workers, overwrite=overwrite, checksum=checksum, quiet=quiet, progress=progress,
-                      shard=shard)
+                      shard=shard, metadata=metadata)
     if label_type not in LABEL_TYPES:
         raise ValueError(f"label_type must be one of {LABEL_TYPES!r}. Received: {label_type!r}")
-    check_output(out, overwrite)
+    check_output(out, overwrite=overwrite)
     path = os.fspath(table)
     header = _header(path)
     label_at = None if label_column is None else _column(path, header, label_column, "label")
     id_at = None if id_column is None else _column(path, header, id_column, "ID")
+    weight_at = None if weight_column is None else _column(path, header, weight_column, "weight")
     if feature_columns is None:
-        features = [i for i in range(len(header)) if i not in (label_at, id_at)]
+        features = [i for i in range(len(header)) if i not in (label_at, id_at, weight_at)]
     else:
         if isinstance(feature_columns, str):
             raise TypeError(f"feature_columns must be a list of column names. Received: {feature_columns!r}")
         features = [_column(path, header, c, "feature") for c in feature_columns]
-        used = [header[i] for i in features if i in (label_at, id_at)]
+        used = [header[i] for i in features if i in (label_at, id_at, weight_at)]
         if used:
-            raise SourceError(f"{path}: column(s) {some(used)} cannot be both a feature and the label or ID")
+            raise SourceError(f"{path}: column(s) {some(used)} cannot be both a feature and the label, ID or weight")
+    if weight_at is not None and weight_at in (label_at, id_at):
+        raise SourceError(f"{path}: column {weight_column!r} cannot be both the weight and the label or ID")
     if not features:
-        raise SourceError(f"{path}: no feature columns besides the label and ID columns")
+        raise SourceError(f"{path}: no feature columns besides the label, ID and weight columns")
     feature_names = tuple(header[i] for i in features)
 
     # Pass 1: check every row, collect IDs and labels.
     ids: list[str] = []
     lines: list[int] = []
     label_texts: list[str] = []
+    weight_map: dict[str, float] | None = None if weight_at is None else {}
     first_line: dict[str, int] = {}
     dupes: list[str] = []
     for line, cells in _rows(path, len(header)):
@@ -248,6 +258,8 @@ def from_csv(
         lines.append(line)
         if label_at is not None:
             label_texts.append(cells[label_at])
+        if weight_map is not None:
+            weight_map[sid] = weight_value(cells[weight_at], f"{path}, line {line}, column {weight_column!r}")
     if not ids:
         raise SourceError(f"{path}: no data rows (an empty source)")
     if dupes:
@@ -310,7 +322,7 @@ def from_csv(
         return write_dataset(
             out, blocks(), options=options, n_rows=len(order), sample_shape=(len(features),), dtype=np.float32,
             target_dtype=target_dtype, n_classes=n_classes, class_names=class_names, splits=splits,
-            label=f"converting {path}",
+            weights=weight_map, label=f"converting {path}",
         )
     # Shuffled rows: stage the parsed features in a memory-mapped scratch
     # file beside the output, then write them in the shuffled order.
@@ -327,7 +339,7 @@ def from_csv(
         return write_dataset(
             out, gather_blocks(staged, y, ids, order, step), options=options, n_rows=len(order),
             sample_shape=(len(features),), dtype=np.float32, target_dtype=target_dtype, n_classes=n_classes,
-            class_names=class_names, splits=splits, label=f"converting {path}",
+            class_names=class_names, splits=splits, weights=weight_map, label=f"converting {path}",
         )
     finally:
         staged = None  # noqa: F841 - release the map before removing its file

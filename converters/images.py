@@ -13,15 +13,24 @@ shape ``(H, W, C)``: a quarter of float32's size; scale them in the model
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from h5feed._shared import check_output
 from h5feed.errors import SourceError
 
-from ._common import ConversionResult, Options, block_rows, check_output, ordered_map, write_dataset
+from ._common import (
+    ConversionResult,
+    Options,
+    block_rows,
+    check_weights,
+    load_weights,
+    ordered_map,
+    write_dataset,
+)
 
 __all__ = ["COLOR_MODES", "IMAGE_EXTENSIONS", "from_image_dir", "list_images"]
 
@@ -158,7 +167,9 @@ def from_image_dir(
     checksum: bool = False,
     quiet: bool = True,
     progress: Any = None,
-    shard: tuple[int, int] | None = None,
+    shard: tuple[int, int] | str | None = None,
+    metadata: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+    weights: str | os.PathLike[str] | Mapping[str, Any] | None = None,
 ) -> ConversionResult:
     """Convert ``folder/<class>/<image>`` into one labelled h5feed file.
 
@@ -172,21 +183,24 @@ def from_image_dir(
             ``seed`` (the last ``int(f * N)`` of a seeded shuffle, Keras's
             rule). None writes no splits.
         compression, chunk_rows, shuffle_rows, seed, workers, overwrite,
-        checksum, quiet, progress, shard: as for
+        checksum, quiet, progress, shard, metadata: as for
             :func:`~h5feed.convert.from_npy_dir`. ``seed`` also draws the
             validation split.
+        weights: per-image weights ``{ID: weight}``, where an image's ID is
+            its path below ``folder`` (``"cat/001.jpg"``), as for
+            :func:`~h5feed.convert.from_npy_dir`.
 
     Returns:
         A :class:`ConversionResult`. The file stores ``class_names``.
 
     Raises:
         ImportError: Pillow is not installed.
-        SourceError: no class folders or images, or an image that does not
-            decode.
+        SourceError: no class folders or images, an image that does not
+            decode, or weights that do not cover the images exactly.
     """
     options = Options(compression=compression, chunk_rows=chunk_rows, shuffle_rows=shuffle_rows, seed=seed,
                       workers=workers, overwrite=overwrite, checksum=checksum, quiet=quiet, progress=progress,
-                      shard=shard)
+                      shard=shard, metadata=metadata)
     folder = os.fspath(folder)
     hw = _normalize_size(size)
     if color not in COLOR_MODES:
@@ -196,9 +210,13 @@ def from_image_dir(
         or not 0 < validation_split < 1
     ):
         raise ValueError(f"validation_split must be a fraction between 0 and 1. Received: {validation_split!r}")
-    check_output(out, overwrite)
+    check_output(out, overwrite=overwrite)
     _pil()  # fail before listing a big folder
     classes, samples = list_images(folder)
+    weight_map = None
+    if weights is not None:
+        weights_where, weight_map = load_weights(weights)
+        check_weights(weights_where, weight_map, [s[0] for s in samples], folder)
     splits: dict[str, list[str]] = {}
     if validation_split is not None:
         train, val = _split_rows(folder, len(samples), float(validation_split), seed)
@@ -231,5 +249,5 @@ def from_image_dir(
     return write_dataset(
         out, blocks(), options=options, n_rows=len(ids), sample_shape=(*hw, channels), dtype=np.uint8,
         target_dtype=np.int64, n_classes=len(classes), class_names=classes, splits=splits,
-        label=f"converting {folder}",
+        weights=weight_map, label=f"converting {folder}",
     )

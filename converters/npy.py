@@ -1,16 +1,10 @@
 """``DATA_DIR/<ID>.npy`` per sample (the tutorial's layout) -> one h5feed file.
 
-NOTE [ Reading untrusted .npy files ]
-Sample files are never given to ``np.load``: a ``.npy`` file can hold a
-pickled object array, and ``allow_pickle`` would run code from it. We read
-the header with numpy's own parser (:func:`numpy.lib.format.read_magic`,
-``read_array_header_1_0``/``2_0``, with a header size cap), refuse anything
-that is not a plain numeric array, check that the file really holds the
-bytes the header declares *before* allocating anything (a truncated file or
-an absurd shape is an error, not a huge allocation), and then read the raw
-bytes straight into the block that goes to the writer. Parsed headers are
-cached by their exact bytes: a folder's files nearly always share one header,
-and numpy's parser costs more than reading a small sample.
+Reading untrusted .npy files: sample files never go to ``np.load`` (a
+pickled object array would run code). The header is parsed with numpy's own
+parser (with a size cap), anything but a plain numeric array is refused, and
+the file must hold the bytes the header declares before anything is
+allocated. See the design note ``docs/design/converting.md``.
 """
 
 from __future__ import annotations
@@ -24,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from h5feed._shared import check_output
 from h5feed.errors import SourceError
 
 from ._common import (
@@ -31,12 +26,13 @@ from ._common import (
     Options,
     block_rows,
     check_inside,
-    check_output,
     check_partition_ids,
     check_sample_id,
+    check_weights,
     class_indices,
     load_labels,
     load_partition,
+    load_weights,
     natural_key,
     ordered_map,
     some,
@@ -149,7 +145,7 @@ def _parse_header(raw: bytes, version: tuple[int, int], where: str) -> tuple[tup
 
 
 def read_npy(path: str, where: str | None = None) -> np.ndarray:
-    """Read one numeric ``.npy`` file safely (see NOTE [ Reading untrusted .npy files ]).
+    """Read one numeric ``.npy`` file safely (see the module docstring).
 
     Raises:
         SourceError: as :func:`read_npy_header`, or the file is unreadable.
@@ -271,7 +267,9 @@ def from_npy_dir(
     checksum: bool = False,
     quiet: bool = True,
     progress: Any = None,
-    shard: tuple[int, int] | None = None,
+    shard: tuple[int, int] | str | None = None,
+    metadata: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+    weights: str | os.PathLike[str] | Mapping[str, Any] | None = None,
 ) -> ConversionResult:
     """Convert a folder of ``<ID>.npy`` samples (the tutorial's layout).
 
@@ -290,13 +288,15 @@ def from_npy_dir(
             ``id,split``, or a dict (the tutorial's ``partition``).
         no_labels: write unlabelled samples (every ``*.npy`` in the folder).
         n_classes: the number of classes (default: largest label + 1).
-        compression: None, ``"gzip"`` or ``"lzf"``.
+        compression: None, ``"gzip"``, ``"lzf"``, ``"zstd"`` or ``"lz4"``
+            (the last two need hdf5plugin: ``pip install "h5feed[codecs]"``).
         chunk_rows: rows per chunk; given, ``x`` is stored chunked instead of
             contiguous.
         shuffle_rows: store the rows in a seeded random order, so that
             contiguous reads are already well mixed.
         seed: the seed of ``shuffle_rows``.
-        workers: processes that read samples in parallel (one writer).
+        workers: processes that read samples in parallel (one writer);
+            with compression, also threads that compress chunks.
         overwrite: replace ``out`` if it exists (only once complete).
         checksum: store Fletcher32 checksums, so that reads and
             ``h5feed verify`` detect corruption.
@@ -306,6 +306,19 @@ def from_npy_dir(
             parts of the source, split by sorted sample ID (each machine lists
             the whole source and decodes its part); join the part files with
             ``h5feed merge``. Splits keep the part's own members.
+            ``"auto"`` reads the part from a Slurm array job's environment
+            (``SLURM_ARRAY_TASK_ID`` and ``SLURM_ARRAY_TASK_COUNT``).
+        weights: per-sample weights ``{ID: weight}`` (finite numbers >= 0),
+            written as the float32 dataset ``w`` for
+            ``H5Sequence(..., sample_weight="w")``: a JSON file, a CSV file
+            with header ``id,weight``, or a dict. Every sample needs one.
+        metadata: per-sample metadata, stored per row under ``meta/`` (see
+            :func:`h5feed.read_metadata`): a CSV file with an ``id`` column
+            and any other columns, or a dict ``{"id": [...], column:
+            [...]}``. Columns of integers become int64, of other numbers
+            float64 (empty cells NaN), anything else text. Every sample of
+            the source needs exactly one row (with ``shard``, of the whole
+            source), and no row may name another ID.
 
     Returns:
         A :class:`ConversionResult` with ``.path`` and ``.rows``.
@@ -315,8 +328,13 @@ def from_npy_dir(
         SourceError: missing folder, empty source, a labelled ID without a
             file, a file without a label, a partition ID without a file,
             overlapping splits, a bad label, an unreadable, truncated, object
-            or mismatched ``.npy``.
-        WriterError: ``out`` exists (without ``overwrite``) or writing failed.
+            or mismatched ``.npy``, weights that miss a sample or name an ID
+            without one, a weight that is not a finite number >= 0,
+            metadata that misses a sample or names an ID without one.
+        OutputExistsError: ``out`` exists (without ``overwrite``).
+        WriterInputError: ``out`` cannot be written (its folder is missing
+            or not writable, or it is a folder).
+        DiskFullError, WriterError: writing failed.
 
     Example:
         >>> partition = {"train": ["id-1", "id-2", "id-3"], "validation": ["id-4"]}
@@ -326,7 +344,7 @@ def from_npy_dir(
     """
     options = Options(compression=compression, chunk_rows=chunk_rows, shuffle_rows=shuffle_rows, seed=seed,
                       workers=workers, overwrite=overwrite, checksum=checksum, quiet=quiet, progress=progress,
-                      shard=shard)
+                      shard=shard, metadata=metadata)
     data_dir = os.fspath(data_dir)
     if not isinstance(no_labels, bool):
         raise TypeError(f"no_labels must be a bool. Received: {no_labels!r}")
@@ -334,7 +352,7 @@ def from_npy_dir(
         raise ValueError("pass either labels or no_labels=True, not both")
     if not no_labels and labels is None:
         raise ValueError("labels are required; pass no_labels=True to convert unlabelled samples")
-    check_output(out, overwrite)
+    check_output(out, overwrite=overwrite)
 
     # 1. Every ID is checked before any sample file is opened.
     label_values: np.ndarray | None = None
@@ -375,6 +393,10 @@ def from_npy_dir(
         ids = sorted(files, key=natural_key)
     if splits:
         check_partition_ids(partition_where, splits, files, data_dir)
+    weight_map = None
+    if weights is not None:
+        weights_where, weight_map = load_weights(weights)
+        check_weights(weights_where, weight_map, ids, data_dir)
 
     # 3. Stream the samples, in row order, to the writer.
     order = options.select(ids, data_dir)
@@ -411,5 +433,5 @@ def from_npy_dir(
     return write_dataset(
         out, blocks(), options=options, n_rows=len(ids), sample_shape=first.shape, dtype=dtype,
         target_dtype=None if y is None else np.int64, n_classes=None if y is None else n_classes,
-        splits=splits, label=f"converting {data_dir}",
+        splits=splits, weights=weight_map, label=f"converting {data_dir}",
     )

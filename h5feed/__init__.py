@@ -1,7 +1,8 @@
 """h5feed: train Keras models on data larger than memory, from one HDF5 file.
 
-The public names are listed here. ``H5Sequence`` needs Keras and is imported
-on first use, so ``import h5feed`` stays light (no TensorFlow).
+The public names are listed here. ``H5Sequence``, ``BackupAndRestore`` and
+``tf_dataset`` need Keras and are imported on first use, so ``import h5feed``
+stays light (no TensorFlow).
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ from .errors import (
 )
 from ._origin import original_errors as original_errors
 from .layout import FORMAT_VERSION as FORMAT_VERSION, Layout as Layout, open_and_validate
+from .metadata import read_metadata as read_metadata, select_ids as select_ids
+from .splits import make_splits as make_splits
 from .reader import Reader as Reader
 from .writer import DatasetWriter as DatasetWriter, write_arrays as write_arrays
 
 if TYPE_CHECKING:
+    from .backup import BackupAndRestore as BackupAndRestore
     from .sequence import H5Sequence as H5Sequence
     from .tf_data import tf_dataset as tf_dataset
 
@@ -32,6 +36,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "FORMAT_VERSION",
+    "BackupAndRestore",
     "DatasetWriter",
     "FormatError",
     "H5FeedError",
@@ -47,13 +52,17 @@ __all__ = [
     "__version__",
     "errors",
     "open_file",
+    "make_splits",
     "original_errors",
+    "read_metadata",
+    "select_ids",
     "tf_dataset",
     "write_arrays",
 ]
 
 # Names that import Keras or TensorFlow: resolved on first access (PEP 562).
 _LAZY = {
+    "BackupAndRestore": ("h5feed.backup", "BackupAndRestore"),
     "H5Sequence": ("h5feed.sequence", "H5Sequence"),
     "tf_dataset": ("h5feed.tf_data", "tf_dataset"),
 }
@@ -77,8 +86,14 @@ def __dir__() -> list[str]:
 def open_file(path: Any, *, allow_virtual: bool = False) -> Layout:
     """Validate the h5feed file at ``path`` and describe it.
 
+    Reads the file's metadata only, so it takes as long for a hundred
+    million rows as for a thousand; the checks that need the rows (IDs
+    unique, class indices and splits in range) are made where the rows are
+    read, and all of them by ``h5feed verify`` (see the format specification).
+
     ``allow_virtual=True`` accepts a file made by ``h5feed merge`` whose
-    datasets are virtual (see NOTE [ Trusting virtual datasets ] in layout.py).
+    datasets are virtual, once its parts pass the trust checks (see the
+    design note ``docs/design/merged-files.md``).
 
     Raises:
         NotH5FeedFileError: missing, truncated or not HDF5.

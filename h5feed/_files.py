@@ -1,8 +1,11 @@
-"""Opening HDF5 files: one place that turns h5py's OSErrors into ours.
+"""Opening HDF5 files: one place that turns h5py's errors at open into ours.
 
 Everything that opens a file for reading goes through :func:`open_h5`, so a
-missing, truncated or non-HDF5 file always gets the same clear error, and the
-file-locking fallback for filesystems that refuse locks lives in one place.
+missing, truncated, damaged or non-HDF5 file always gets the same clear
+error (what comes after the open is ``_damage.touching``'s). The
+test for a filesystem that refuses file locks (:func:`is_lock_error`) and its
+one-time warning live here too; writers use them when they create a file
+(:func:`h5feed._publish.create_h5`).
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ import warnings
 
 import h5py
 
+from ._damage import HDF5_FAILURES
 from .errors import NotH5FeedFileError
 
-__all__ = ["create_h5", "open_h5"]
+__all__ = ["is_lock_error", "open_h5", "warn_no_locking"]
 
 logger = logging.getLogger("h5feed")
 
@@ -39,7 +43,8 @@ CHUNK_CACHE_SLOTS = 10007  # a prime well above the number of cached chunks
 _ERRNO_IN_TEXT = re.compile(r"errno\s*=\s*(\d+)")
 
 
-def _is_lock_error(exc: BaseException) -> bool:
+def is_lock_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a filesystem refusing file locks (NFS, Lustre)."""
     if getattr(exc, "errno", None) in _NO_LOCK_ERRNOS:
         return True
     text = str(exc).lower()
@@ -50,7 +55,8 @@ def _is_lock_error(exc: BaseException) -> bool:
     return any(word in text for word in ("not supported", "function not implemented", "no locks"))
 
 
-def _warn_no_locking(path: str, exc: BaseException, doing: str = "reading") -> None:
+def warn_no_locking(path: str, exc: BaseException, doing: str = "reading") -> None:
+    """Warn, once per process, that ``path`` is read or written without locks."""
     global _warned_no_locking
     if _warned_no_locking:
         return
@@ -64,12 +70,15 @@ def _warn_no_locking(path: str, exc: BaseException, doing: str = "reading") -> N
     )
 
 
-def open_h5(path: str | os.PathLike[str]) -> h5py.File:
+def open_h5(path: str | os.PathLike[str], *, chunk_cache_bytes: int = CHUNK_CACHE_BYTES) -> h5py.File:
     """Open ``path`` read-only, or raise :class:`NotH5FeedFileError`.
 
     On filesystems that refuse file locks (NFS, Lustre), the open is retried
     without locking and a warning is issued once per process; setting
     ``HDF5_USE_FILE_LOCKING=FALSE`` avoids the first attempt.
+    ``chunk_cache_bytes`` is the chunk cache of each dataset opened from it.
+    An in-place edit (``h5feed split``) that was killed half-way is rolled
+    back first (:func:`h5feed._inplace.recover`).
 
     Raises:
         NotH5FeedFileError: the path is missing, a folder, unreadable,
@@ -80,43 +89,23 @@ def open_h5(path: str | os.PathLike[str]) -> h5py.File:
         raise NotH5FeedFileError(f"{path}: no such file")
     if os.path.isdir(path):
         raise NotH5FeedFileError(f"{path}: is a folder, expected an HDF5 file")
-    kwargs = dict(rdcc_nbytes=CHUNK_CACHE_BYTES, rdcc_nslots=CHUNK_CACHE_SLOTS)
+    from ._inplace import recover  # here: _inplace builds on this module
+
+    recover(path)  # an in-place edit killed half-way is rolled back first
+    kwargs = dict(rdcc_nbytes=chunk_cache_bytes, rdcc_nslots=CHUNK_CACHE_SLOTS)
     try:
         return h5py.File(path, "r", **kwargs)
-    except OSError as exc:
-        if _is_lock_error(exc):
-            _warn_no_locking(path, exc)
+    except HDF5_FAILURES as exc:  # a damaged superblock is not always an OSError
+        if isinstance(exc, OSError) and is_lock_error(exc):
+            warn_no_locking(path, exc)
             try:
                 return h5py.File(path, "r", locking=False, **kwargs)
-            except OSError as exc2:
+            except HDF5_FAILURES as exc2:
                 exc = exc2
         raise NotH5FeedFileError(_describe_open_error(path, exc)) from exc
 
 
-def create_h5(path: str, **kwargs: object) -> h5py.File:
-    """Create a new file (mode ``"w-"``) for a writer, without locks if need be.
-
-    A writer's temporary file has a name no other process uses, so a lock on
-    it protects nothing; where the filesystem refuses locks, the file is
-    created without one (with the same one-time warning as :func:`open_h5`).
-    OSErrors other than lock refusals propagate unchanged.
-    """
-    try:
-        return h5py.File(path, "w-", **kwargs)
-    except OSError as exc:
-        if not _is_lock_error(exc):
-            raise
-        _warn_no_locking(path, exc, "writing")
-        # The failed attempt may have left an empty file behind.
-        try:
-            if os.path.getsize(path) == 0:
-                os.unlink(path)
-        except OSError:
-            pass
-        return h5py.File(path, "w-", locking=False, **kwargs)
-
-
-def _describe_open_error(path: str, exc: OSError) -> str:
+def _describe_open_error(path: str, exc: BaseException) -> str:
     size = os.path.getsize(path) if os.path.exists(path) else -1
     text = str(exc)
     if isinstance(exc, PermissionError) or "ermission denied" in text:

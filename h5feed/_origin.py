@@ -1,20 +1,16 @@
 """Getting h5feed's exceptions back from frameworks that convert them.
 
 NOTE [ Exceptions through tf.data ]
-On the TensorFlow backend Keras feeds a ``PyDataset`` through
-``tf.data.Dataset.from_generator`` (so does :func:`h5feed.tf_dataset`), which
-runs ``__getitem__`` in a TensorFlow thread and turns any Python exception
-into a ``tf.errors.OpError`` (``InvalidArgumentError`` for a ``ValueError``,
-``UnknownError`` otherwise). Its message keeps the original's type name,
-message and traceback as text, but ``except h5feed.ReadError`` no longer
-matches, and nothing h5feed owns runs between that thread and the caller of
-``fit`` (no hook, callback or data-adapter method sees the exception on its
-way out). So the batch readers note each exception they raise
+``tf.data.Dataset.from_generator`` (through which Keras feeds a ``PyDataset``
+on the TensorFlow backend, and :func:`h5feed.tf_dataset` its batches) turns
+any Python exception into a ``tf.errors.OpError`` that keeps the original
+only as text, and nothing h5feed owns runs between that thread and the
+caller of ``fit``. So the batch readers note each exception they raise
 (:func:`note_raised`, a short bounded record), and :func:`original_errors`,
 wrapped around ``fit`` by the caller, raises the noted original in place of
 the framework's error that carries its message, chained to it. On the JAX
-and PyTorch backends exceptions pass through ``fit`` unchanged and the
-context manager does nothing.
+and PyTorch backends exceptions pass through ``fit`` unchanged.
+See the design note ``docs/design/tf-data.md``.
 """
 
 from __future__ import annotations

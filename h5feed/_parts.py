@@ -1,64 +1,89 @@
 """Reading a merged file's virtual datasets from its parts directly.
 
 NOTE [ Reading virtual datasets ]
-HDF5 reads a virtual dataset one selection at a time through the library,
-so a shuffled batch costs one HDF5 call per run of rows, like a chunked
-file, and never gets the reader's memory-mapped fast path (the virtual
-dataset has no storage of its own). But each part of a merged file is an
-ordinary h5feed file, usually contiguous. :class:`PartsReader` therefore
-uses the mapping that :func:`~h5feed.layout.validate` checked (each
-column's :class:`~h5feed.layout.VirtualPart` list): it splits a batch's rows
-by part and reads each part's rows with an ordinary
-:class:`~h5feed.reader.Reader` over that part, memory-mapped where the part
-allows. Columns that are not virtual, and the IDs, are read from the merged
-file itself. Measured (2 busy cores, warm cache) on 4 contiguous parts of
-2048 rows of 16 KiB, a shuffled epoch in batches of 64: 59,000 samples/s,
-against 6,500 through HDF5's virtual dataset and 230,000 from a ``--copy``.
+HDF5 reads a virtual dataset one selection at a time through the library, and
+never memory-mapped (it has no storage of its own); but each part of a merged
+file is an ordinary h5feed file. :class:`PartsReader` splits a batch's rows by
+part, using the mapping :func:`~h5feed.layout.validate` checked (each
+column's :class:`~h5feed.layout.VirtualPart` list), and reads each part's rows
+with an ordinary :class:`~h5feed.reader.Reader` over that part, memory-mapped
+where the part allows. Read-ahead (NOTE [ Cold cache ] in ``reader.py``) is
+split the same way: each part's reader advises its own rows. Columns that are
+not virtual, and the IDs, are read from the merged file itself.
+See the design note ``docs/design/merged-files.md``.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from .layout import ColumnInfo, Layout
-from .reader import Reader
+from ._chunks import ChunkCache
+from .layout import ColumnInfo, Layout, VirtualPart
+from .reader import Reader, _PicklesAsLayout, checked_rows, reader_options
 
 __all__ = ["PartsReader", "make_reader"]
 
 
-def make_reader(layout: Layout) -> Reader | PartsReader:
-    """The reader for ``layout``: a :class:`PartsReader` when it has virtual columns."""
+def make_reader(
+    layout: Layout, *, cache_bytes: int | None = None, decode_threads: int | None = None
+) -> Reader | PartsReader:
+    """The reader for ``layout``: a :class:`PartsReader` when it has virtual columns.
+
+    ``cache_bytes`` and ``decode_threads`` as for :class:`~h5feed.reader.Reader`.
+    """
+    options = {"cache_bytes": cache_bytes, "decode_threads": decode_threads}
     if any(col.sources for col in layout.columns.values()):
-        return PartsReader(layout)
-    return Reader(layout)
+        return PartsReader(layout, **options)
+    return Reader(layout, **options)
 
 
-class PartsReader:
+class PartsReader(_PicklesAsLayout):
     """A :class:`~h5feed.reader.Reader` for a file with virtual columns.
 
-    Same interface (``read``, ``read_ids``, ``close``, pickling, fork
-    safety); see NOTE [ Reading virtual datasets ].
+    Same interface (``read``, ``take``, ``read_ids``, ``close``, pickling,
+    fork safety, and the read-ahead calls ``advise``, ``cached``,
+    ``read_ahead_limits``); see NOTE [ Reading virtual datasets ].
     """
 
-    def __init__(self, layout: Layout, *, use_mmap: bool = True) -> None:
+    def __init__(
+        self,
+        layout: Layout,
+        *,
+        use_mmap: bool = True,
+        cache_bytes: int | None = None,
+        decode_threads: int | None = None,
+    ) -> None:
         self.layout = layout
         self.use_mmap = bool(use_mmap)
-        self._base = Reader(layout, use_mmap=use_mmap)
-        # One Reader per part file, over just the columns it holds.
+        self.cache_bytes, self.decode_threads = reader_options(cache_bytes, decode_threads)
+        # One budget of decoded chunks for the file and all its parts.
+        options = {
+            "use_mmap": use_mmap,
+            "cache_bytes": self.cache_bytes,
+            "decode_threads": self.decode_threads,
+            "_cache": ChunkCache(self.cache_bytes, self.decode_threads),
+        }
+        self._base = Reader(layout, **options)
+        # One Reader per part file, over just the source datasets it holds
+        # (named by their paths there, which a linked source need not share
+        # with the column).
         columns: dict[str, dict[str, ColumnInfo]] = {}
         for col in layout.columns.values():
             for part in col.sources or ():
-                columns.setdefault(part.path, {})[col.name] = part.column
+                columns.setdefault(part.path, {})[part.column.name] = part.column
         self._parts = {
             path: Reader(
                 Layout(path=path, n_rows=max(c.shape[0] for c in cols.values()), columns=cols, splits={}),
-                use_mmap=use_mmap,
+                **options,
             )
             for path, cols in columns.items()
         }
+        # (part path, source dataset) that its part's reader cannot advise (not mapped).
+        self._unadvisable: set[tuple[str, str]] = set()
         self._starts = {
             col.name: np.array([p.start for p in col.sources], dtype=np.int64)
             for col in layout.columns.values()
@@ -70,22 +95,85 @@ class PartsReader:
         col = self.layout.column(name)
         if not col.sources:
             return self._base.read(name, rows, out)
-        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-        if rows.size and (rows.min() < 0 or rows.max() >= col.shape[0]):
-            bad = rows[(rows < 0) | (rows >= col.shape[0])][0]
-            raise IndexError(f"{self.layout.path}:/{name}: row {int(bad)} is outside [0, {col.shape[0]})")
+        rows = checked_rows(self.layout.path, col, rows)
         if out is None:
             out = np.empty((rows.size, *col.row_shape), dtype=col.dtype.newbyteorder("="))
-        which = np.searchsorted(self._starts[name], rows, side="right") - 1
+        for at, part, reader, local in self._by_part(col, rows):
+            if at.size == rows.size:
+                return reader.read(part.column.name, local, out)
+            out[at] = reader.read(part.column.name, local)
+        return out
+
+    def _by_part(
+        self, col: ColumnInfo, rows: np.ndarray
+    ) -> Iterator[tuple[np.ndarray, VirtualPart, Reader, np.ndarray]]:
+        """``(positions in rows, the part, its reader, its rows there)`` for each part ``rows`` touch."""
+        which = np.searchsorted(self._starts[col.name], rows, side="right") - 1
         for k in np.unique(which).tolist():
             part = col.sources[k]
             at = np.flatnonzero(which == k)
-            local = rows[at] - part.start + part.source_start
-            reader = self._parts[part.path]
-            if at.size == rows.size:
-                return reader.read(name, local, out)
-            out[at] = reader.read(name, local)
-        return out
+            yield at, part, self._parts[part.path], rows[at] - part.start + part.source_start
+
+    # -- read-ahead (the interface of Reader that ReadAhead uses) ------------
+
+    def read_ahead_limits(self) -> tuple[int, int]:
+        """``(read_ahead, max_request)``: the smallest of the file's and its parts' devices.
+
+        Small rows are advised in pieces no larger than these, so a piece
+        never reads more than a fault would on any of the devices.
+        """
+        limits = [reader.read_ahead_limits() for reader in (self._base, *self._parts.values())]
+        return min(read_ahead for read_ahead, _ in limits), min(request for _, request in limits)
+
+    def cached(self, name: str, rows: np.ndarray) -> bool | None:
+        """Whether the first page of each of ``rows`` is in the page cache (see :meth:`Reader.cached`).
+
+        False when any part's rows are not, None when a part cannot tell.
+        """
+        col = self.layout.column(name)
+        if not col.sources:
+            return self._base.cached(name, rows)
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        answers = [reader.cached(part.column.name, local) for _, part, reader, local in self._by_part(col, rows)]
+        if any(answer is False for answer in answers):
+            return False
+        if not answers or any(answer is None for answer in answers):
+            return None
+        return True
+
+    def advise(self, name: str, rows: np.ndarray | None = None, *, spans: tuple[Any, Any] | None = None) -> bool:
+        """Ask the kernel to start reading ``rows`` (or ``spans``) of ``name``, from its parts.
+
+        As :meth:`Reader.advise`, each part's rows advised by that part's
+        reader, so only memory-mapped parts are advised.
+
+        Returns:
+            False when no part of the column can be advised: the caller can
+            stop asking.
+        """
+        col = self.layout.column(name)
+        if not col.sources:
+            return self._base.advise(name, rows, spans=spans)
+        if spans is None:
+            rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+            calls = [(part, reader, local, None) for _, part, reader, local in self._by_part(col, rows)]
+        else:
+            calls = [(part, self._parts[part.path], None, part_spans) for part, part_spans in _split_spans(col, *spans)]
+        for part, reader, local, part_spans in calls:
+            key = (part.path, part.column.name)
+            if key not in self._unadvisable and not reader.advise(part.column.name, local, spans=part_spans):
+                self._unadvisable.add(key)
+        return any((part.path, part.column.name) not in self._unadvisable for part in col.sources)
+
+    def prefetch(self, name: str, rows: np.ndarray) -> bool:
+        """Start decoding the chunks ``rows`` of ``name`` need, in their parts
+        (see :meth:`Reader.prefetch`); False when no part decodes chunks."""
+        col = self.layout.column(name)
+        if not col.sources:
+            return self._base.prefetch(name, rows)
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        started = [reader.prefetch(name, local) for _, reader, local in self._by_part(col, rows)]
+        return any(started)
 
     # Rows of a batch are checked by read() anyway: no separate fast path.
     take = read
@@ -100,17 +188,20 @@ class PartsReader:
         for reader in self._parts.values():
             reader.close()
 
-    def __enter__(self) -> PartsReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"layout": self.layout, "use_mmap": self.use_mmap}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["layout"], use_mmap=state["use_mmap"])  # type: ignore[misc]
-
     def __repr__(self) -> str:
         return f"<PartsReader {os.path.basename(self.layout.path)!r}: {len(self._parts)} parts>"
+
+
+def _split_spans(
+    col: ColumnInfo, starts: np.ndarray, stops: np.ndarray
+) -> Iterator[tuple[VirtualPart, tuple[np.ndarray, np.ndarray]]]:
+    """The row spans ``starts[i] <= row < stops[i]`` of a virtual column, cut at
+    its parts' bounds: ``(part, (starts, stops) in the part's rows)`` per part."""
+    starts = np.asarray(starts, dtype=np.int64)
+    stops = np.asarray(stops, dtype=np.int64)
+    for part in col.sources or ():
+        lo, hi = np.maximum(starts, part.start), np.minimum(stops, part.stop)
+        keep = lo < hi
+        if keep.any():
+            shift = part.source_start - part.start
+            yield part, (lo[keep] + shift, hi[keep] + shift)

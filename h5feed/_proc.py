@@ -8,10 +8,10 @@ import os
 
 __all__ = ["pid_alive", "this_pid"]
 
-# os.getpid() is a system call (about 0.25 us here), and the per-batch path
-# asked it three times to notice a fork. The id is kept here instead and
-# renewed in every child that os.fork() makes (multiprocessing's fork and
-# forkserver children included); spawn children import afresh.
+# os.getpid() is a system call, and the per-batch path asks for the id to
+# notice a fork. The id is kept here instead and renewed in every child that
+# os.fork() makes (multiprocessing's fork and forkserver children included);
+# spawn children import afresh.
 _pid = os.getpid()
 
 

@@ -1,15 +1,16 @@
-"""A small progress bar for the command line: rows done, rate, time left.
+"""Progress for the command line and notebooks: units done, rate, time left.
 
-It writes to stderr (stdout is for results). On a terminal it redraws one
-line; elsewhere (a cluster job's log) it prints a plain line every few
-seconds, so logs stay readable.
+It writes to stderr (stdout is for results). On a terminal, and in a
+notebook, it is a ``tqdm`` bar (``tqdm.auto``: a widget in a notebook, a
+redrawn line in a terminal). Elsewhere -- a cluster job's log, a pipe -- it
+prints a plain line every few seconds instead, so logs stay readable.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 __all__ = ["Progress"]
 
@@ -21,6 +22,18 @@ def _fmt_time(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
 
 
+def _in_notebook() -> bool:
+    """Whether this process is a Jupyter kernel (whose stderr is no terminal)."""
+    ipython = sys.modules.get("IPython")
+    if ipython is None:
+        return False
+    try:
+        shell = ipython.get_ipython()
+    except Exception:  # an IPython too odd to ask: no widget
+        return False
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
 class Progress:
     """Report progress of ``total`` units of work.
 
@@ -30,7 +43,16 @@ class Progress:
         unit: the unit's name ("rows", "files").
         stream: where to write (default stderr).
         enabled: False prints nothing (``--quiet``).
-        interval: seconds between plain-line reports off a terminal.
+        interval: seconds between plain lines when ``stream`` is not a
+            terminal.
+
+    Example:
+        >>> import io
+        >>> log = io.StringIO()
+        >>> with Progress(3, "reading", stream=log) as bar:
+        ...     bar.update(3)
+        >>> log.getvalue().startswith("reading [########################] 3/3 rows 100%")
+        True
     """
 
     def __init__(
@@ -48,21 +70,31 @@ class Progress:
         self.unit = unit
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = enabled
-        self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.interval = 0.1 if self.tty else interval
+        self.tty = enabled and (
+            (hasattr(self.stream, "isatty") and self.stream.isatty()) or (stream is None and _in_notebook())
+        )
+        self.interval = interval
         self.done = 0
         self.start = time.monotonic()
-        # The first line comes after one interval, so short work that ends
-        # before it prints its final line only, once.
+        # The first plain line comes after one interval, so short work that
+        # ends before it prints its final line only, once.
         self._last = self.start
+        self._bar: Any = None
+        if self.tty:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, desc=label, unit=f" {unit}", file=self.stream, dynamic_ncols=True)
 
     def update(self, n: int = 1) -> None:
         """Count ``n`` more units done; redraw when due."""
         self.done += n
+        if self._bar is not None:
+            self._bar.update(n)
+            return
         now = time.monotonic()
         if self.enabled and now - self._last >= self.interval:
             self._last = now
-            self._draw(now, final=False)
+            self._write_line(now)
 
     def _line(self, now: float) -> str:
         elapsed = max(now - self.start, 1e-9)
@@ -79,18 +111,17 @@ class Progress:
             )
         return f"{self.label} {self.done} {self.unit} {rate:,.0f} {self.unit}/s, {_fmt_time(elapsed)} elapsed"
 
-    def _draw(self, now: float, *, final: bool) -> None:
-        line = self._line(now)
-        if self.tty:
-            self.stream.write("\r\x1b[K" + line + ("\n" if final else ""))
-        else:
-            self.stream.write(line + "\n")
+    def _write_line(self, now: float) -> None:
+        self.stream.write(self._line(now) + "\n")
         self.stream.flush()
 
     def close(self) -> None:
-        """Draw the final state (once)."""
-        if self.enabled and self._last >= 0:
-            self._draw(time.monotonic(), final=True)
+        """Show the final state (once)."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        elif self.enabled and self._last >= 0:
+            self._write_line(time.monotonic())
         self._last = -1.0
 
     def __enter__(self) -> Progress:
@@ -99,5 +130,8 @@ class Progress:
     def __exit__(self, exc_type: object, *exc: object) -> None:
         if exc_type is None:
             self.close()
-        elif self.tty and self.enabled:
-            self.stream.write("\n")
+            return
+        if self._bar is not None:  # leave the bar where it stopped
+            self._bar.close()
+            self._bar = None
+        self._last = -1.0

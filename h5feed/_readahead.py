@@ -8,25 +8,23 @@ queued:
 
 - large rows (``min_row_bytes`` or more): the rows of the next ``depth``
   batches, row by row;
-- small rows: the pieces of the file that hold them, each as soon as a
-  position ahead first needs it, a few MiB beyond the next batches. One small
-  row is not worth a system call, and a cold epoch of small rows reads the
-  whole column anyway (each fault pulls in the kernel's read-around), so it
-  is read in pieces no larger than one fault's read-around or one device
-  request (:func:`piece_nbytes`): never more than the faults would read,
-  but queued ahead instead of one synchronous fault at a time.
+- small rows: the pieces of the file that hold them (no larger than one
+  fault's read-around or one device request, :func:`piece_nbytes`), each as
+  soon as a position ahead first needs it, ``lead_bytes`` beyond the next
+  batches: never more than the faults would read, but queued ahead.
 
-It switches on before the first batch of an epoch whose rows are not in
-the page cache, or (large rows only) at the first batch that needed the
-disk (a major page fault while reading it; where those are not counted, a
-slow batch), and stays on for that epoch, or, when only small rows are
-read, until every piece the epoch needs is advised; each new epoch starts
-off again, so a warm second epoch pays nothing.
+It switches on before the first batch of an epoch whose rows are not in the
+page cache, or (large rows only) at the first batch that needed the disk (a
+major page fault; where those are not counted, a slow batch), and stays on
+for that epoch, or, for small rows only, until every piece the epoch needs is
+advised. Each new epoch starts off again, so a warm epoch pays nothing.
+See the design note ``docs/design/read-ahead.md``.
 """
 
 from __future__ import annotations
 
 import collections
+import copy
 from collections.abc import Iterable
 from typing import Any
 
@@ -55,31 +53,29 @@ def major_faults() -> int | None:
     return resource.getrusage(_RUSAGE_THREAD).ru_majflt
 
 
-# Rows (or blocks of rows) smaller than this come in many per fault (the
-# kernel's read-around, NOTE [ Cold cache ]); advising single small rows cost
-# more than it saved on "small".
+# Rows smaller than this come in many per fault (the kernel's read-around,
+# NOTE [ Cold cache ]), so advising them one by one costs more system calls
+# than it saves; they are advised as the pieces of the file that hold them.
 MIN_ROW_BYTES = 32 << 10
 # Bytes of small-row pieces kept in flight beyond the next `depth` batches.
 LEAD_BYTES = 16 << 20
 # The smallest piece of small rows advised in one call.
 MIN_PIECE_BYTES = 128 << 10
 # A batch read slower than this came (partly) from disk: warm pages gather
-# at several GiB/s, a cold 128 KiB row costs a disk round trip.
+# at memory speed, well above it, while each cold row waits for the disk.
 COLD_BYTES_PER_S = 2 << 30
-# ... and took at least this long: a warm batch of small rows takes tens of
-# microseconds, so its rate alone says nothing, while a cold one waits
-# milliseconds for the disk.
+# ... and took at least this long: a warm batch of small rows is over far
+# sooner, so its rate alone says nothing, while a cold one waits for the disk.
 COLD_MIN_SECONDS = 200e-6
 # Where major faults are not counted, time is the only sign. Batches read by
-# h5feed's worker threads or processes are timed there, on a busy machine: a
-# warm 4 MiB batch of "volume" read by one of two worker processes took
-# 0.85 ms at the median but 2.4-4.3 ms at the 90th percentile (13 ms at
-# worst), against 8.5 ms for a cold one. So a worker's batch counts as slow
-# below half the rate, and read-ahead turns on only when most of the last
-# few worker batches were slow (or faulted: a fresh worker's first batch
-# took one major fault on warm data): advising on warm data cost the owning
-# process a fifth of its throughput with two workers. The first batches of
-# an epoch are read here, and a cold start is caught by `prime`.
+# h5feed's worker threads or processes are timed there, among busy
+# processes, where a warm batch now and then takes several times its usual
+# time. So a worker's batch counts as slow only below half the rate, and
+# read-ahead turns on only when most of the last few worker batches were
+# slow (and faulted, where faults are counted: a fresh worker faults on warm
+# data too), since advising warm data costs the owning process throughput.
+# The first batches of an epoch are read in this process, and a cold start
+# is caught by `prime`.
 WORKER_RATE_FACTOR = 0.5
 WORKER_WINDOW, WORKER_SLOW = 8, 5
 
@@ -153,6 +149,14 @@ class ReadAhead:
         self.ask_kernel = True
         self.reset()
 
+    def fresh(self, reader: Any) -> ReadAhead:
+        """A copy with the same settings, advising through ``reader`` (of the same
+        file), in the state of a new epoch. Off for good where this one is."""
+        clone = copy.copy(self)
+        clone._reader = reader
+        clone.reset()
+        return clone
+
     def _can_advise(self) -> bool:
         return bool(self._row_names or self._pieces)
 
@@ -176,14 +180,12 @@ class ReadAhead:
         """Before the first batch of ``order`` is read: read ahead from it if it is not cached.
 
         A cold epoch's first batch would otherwise wait for its rows one
-        fault at a time, each pulling in the kernel's read-around (a cold
-        batch of "volume" read so took 200 ms on this project's machine,
-        against 3 ms advised). Where the reader cannot tell whether the rows
-        are cached, the first batches are advised anyway (one call per range
-        on cached pages, once an epoch), without turning read-ahead on.
-        Small rows are judged here only: an epoch of them that starts cached
-        is not watched (a warm batch of "small" takes 10 us, and timing it
-        would cost a fifth of that).
+        fault at a time, each pulling in the kernel's read-around. Where the
+        reader cannot tell whether the rows are cached, the first batches are
+        advised anyway (one call per range on cached pages, once an epoch),
+        without turning read-ahead on. Small rows are judged here only: an
+        epoch of them that starts cached is not watched, since timing a warm
+        batch of small rows would cost a good part of reading it.
         """
         if not self.enabled or self.active or self._advised_to or self._scanned_to:
             return
@@ -290,9 +292,8 @@ class ReadAhead:
         self._scanned_to = scan
         if not self._pieces_left and not self._row_names:
             # Every piece is in flight or read: nothing is left to advise
-            # this epoch, so its remaining batches take the plain path
-            # (watching them cost a cold block epoch of "small" a third
-            # more CPU, none of it overlapped with the disk).
+            # this epoch, so its remaining batches take the plain path,
+            # unwatched (watching costs CPU that no disk wait hides).
             self.enabled = False
 
     def _advise(self, names: list[str], rows: np.ndarray) -> bool:

@@ -1,56 +1,32 @@
 """h5feed's own worker processes, which hand batches back through shared memory.
 
 NOTE [ Own workers ]
-Keras's ``OrderedEnqueuer`` pickles every batch its worker processes make and
-sends it through a pipe, and builds a new pool every epoch; for a 4 MiB batch
-the pickling costs more than reading it (the issue measured 0.2x of one
-process). :class:`BatchPool` instead starts ``workers`` processes that each
-attach one shared-memory segment cut into ``slots`` fixed-size slots. The
-parent sends a worker ``(ticket, slot, rows, index)``; the worker makes the
-batch (read, one-hot, transform) and writes its arrays straight into the
-slot, then sends back only a small description (dtypes, shapes, offsets). The parent hands
-the batch out as arrays that view the slot (no copy: copying a 4 MiB batch
-out took the parent 570 us, twice what reading it in-process takes), and the
-slot is used again only once every one of those arrays is gone: they all
-refer to one array over the slot, whose finalizer returns it to the pool.
-TensorFlow may keep an array's memory without a copy in its prefetch buffer
-long after ``__getitem__`` returned, but it then keeps a reference to the
-array too. At most half the slots are lent at a time; past that, batches
-are copied out and their slots freed at once, so prefetching never stops
-for want of slots while the caller holds batches. The lent arrays view a
-mapping of the parent's own, never closed explicitly: a batch held after
-the pool closed stays valid, and the memory goes with the last one.
+:class:`BatchPool` runs ``workers`` processes over one shared-memory segment
+cut into ``slots`` fixed-size slots. A worker makes a batch straight into a
+slot and sends back only where its arrays lie; the parent lends the batch out
+as arrays over the slot (no copy), and the slot is used again once every one
+of those arrays is gone. At most half the slots are lent at a time; past
+that, batches are copied out, so prefetching never stops while the caller
+holds batches. A batch that outgrows its slot comes back pickled, and the
+next epoch's pool has slots big enough. Prefetching follows the order batches
+are asked for; after repeated misses it stops for the epoch. A new epoch
+(:meth:`BatchPool.restart`) keeps the processes and their mappings of the file.
+Failures never hang and never lose their type: a dead worker raises
+:class:`~h5feed.errors.WorkerError` naming the worker, its pid, how it ended
+and its batch; a worker's exception is re-raised with its type kept and the
+worker's traceback as its cause; either way the pool closes itself first.
+The segment's name is unlinked once every worker has mapped it, so nothing is
+left in ``/dev/shm`` however the processes end. Workers ignore SIGINT and
+exit when their parent is gone. A task carries its batch's place (seed,
+epoch, place in the order, shard), from which a transform's ``rng`` comes;
+a worker seeds numpy's and Python's global generators from it whenever the
+epoch changes (NOTE [ Random streams ] in ``_streams.py``).
+See the design note ``docs/design/own-workers.md``.
 
-A batch that does not fit its slot (a transform that makes it larger) comes
-back pickled through the pipe instead, correct but slower; the pool records
-the size it needed, and the next epoch starts a new pool with big enough slots.
-
-Prefetching follows the order batches are asked for: after batch ``k`` the
-pool keeps batches ``k+1, k+2, ...`` in flight, one slot each. A request for a
-batch that is not in flight returns None (the caller reads it in-process) and
-restarts prefetching after it; after repeated misses prefetching stops for
-the epoch, so an unpredictable order costs no wasted work. A new epoch
-(:meth:`BatchPool.restart`) keeps the processes: a process maps the file's
-pages one fault at a time, and a new one each epoch read "volume" at less
-than half the rate of one whose mapping was already made.
-
-Failures never hang and never lose their type:
-
-- a worker that dies (killed, crashed) is seen at once through its process
-  sentinel, and the parent raises :class:`~h5feed.errors.WorkerError` naming
-  the worker, its pid, how it ended and the batch it was making;
-- an exception in a worker (a damaged chunk, a failing transform) is sent
-  back and re-raised in the parent with its type kept, the worker named, and
-  the worker's traceback as its cause.
-
-Either way the pool closes itself before raising. :meth:`BatchPool.close`
-(called by ``H5Sequence`` on ``close()``, on garbage collection and at
-interpreter exit) stops and joins the processes. The segment's name is
-unlinked as soon as every worker has mapped it, so nothing is left in
-``/dev/shm`` however the processes end, even killed (the memory goes with
-the last mapping); the name starts with ``h5feed_`` so tests can prove it.
-Workers ignore SIGINT (the parent owns shutdown) and exit by themselves when
-the parent process disappears.
+Parent and workers exchange the messages defined below (small frozen
+dataclasses), never bare tuples: :class:`_Task` and :class:`_Stop` from the
+parent; :class:`_Ready`, then one reply per task (:class:`_InSlot`,
+:class:`_Pickled` or :class:`_Failed`) from a worker.
 """
 
 from __future__ import annotations
@@ -69,12 +45,14 @@ import threading
 import traceback
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing import shared_memory
-from typing import Any
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
 from ._proc import pid_alive
+from ._streams import BatchPlace, seed_globals
 from .errors import WorkerError
 
 __all__ = ["BatchPool", "SHM_PREFIX"]
@@ -109,7 +87,101 @@ class _RemoteTraceback(Exception):
         return f'\n"""\n{self.tb}"""'
 
 
-# -- the wire format of a batch in a slot ------------------------------------
+# -- messages between the parent and a worker ----------------------------------
+
+
+class _Wire:
+    """Base of the messages: pickles as its class and its field values.
+
+    Messages cross the pipe for every batch; a frozen slotted dataclass would
+    otherwise pickle a state dict and set it field by field on arrival.
+    """
+
+    __slots__ = ()
+    __match_args__: ClassVar[tuple[str, ...]]  # the dataclass's fields, in order
+
+    def __reduce__(self) -> tuple[type, tuple[Any, ...]]:
+        return (type(self), tuple([getattr(self, name) for name in self.__match_args__]))
+
+
+@dataclass(frozen=True, slots=True)
+class _Task(_Wire):
+    """Parent -> worker: make the batch of ``rows`` into ``slot``."""
+
+    ticket: int  # this task's number, never reused; the reply names it
+    slot: int
+    rows: np.ndarray
+    index: int  # the batch, for error messages
+    place: BatchPlace | None = None  # where the batch sits: its random streams
+
+
+@dataclass(frozen=True, slots=True)
+class _Stop(_Wire):
+    """Parent -> worker: finish and exit."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Ready(_Wire):
+    """Worker -> parent, first: the segment is mapped."""
+
+    worker: int
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply(_Wire):
+    """Worker -> parent: what became of task ``ticket`` (one of the subclasses)."""
+
+    ticket: int
+    slot: int
+    worker: int
+    # (seconds, major page faults) of reading the rows, before any transform:
+    # the parent reads ahead for the workers when they needed the disk.
+    read: tuple[float, int | None]
+
+
+@dataclass(frozen=True, slots=True)
+class _ArrayAt(_Wire):
+    """Where one array of a batch lies in its slot."""
+
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    offset: int  # bytes from the slot's start
+
+
+@dataclass(frozen=True, slots=True)
+class _InSlot(_Reply):
+    """The batch is in its slot: its structure, each array an :class:`_ArrayAt`."""
+
+    layout: Any
+
+
+@dataclass(frozen=True, slots=True)
+class _Pickled(_Reply):
+    """The batch did not fit its slot (``needed`` bytes): here it is, pickled."""
+
+    batch: Any
+    needed: int
+
+
+@dataclass(frozen=True, slots=True)
+class _PackedError(_Wire):
+    """An exception, pickled where it can be, else its type's name and message."""
+
+    pickled: bytes | None
+    type_name: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed(_Reply):
+    """Making the batch raised: the exception and the worker's traceback."""
+
+    error: _PackedError
+    traceback: str
+
+
+# -- a batch in a slot ----------------------------------------------------------
 
 
 class _SlotAlloc:
@@ -118,7 +190,7 @@ class _SlotAlloc:
     def __init__(self, buf: memoryview, base: int, size: int) -> None:
         self.buf, self.base, self.size = buf, base, size
         self.pos = [0]
-        self.placed: dict[int, tuple[np.ndarray, int]] = {}  # id(array) -> (array, offset)
+        self.placed: dict[int, tuple[np.ndarray, _ArrayAt]] = {}  # id(array) -> (array, where)
 
     def __call__(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         dtype = np.dtype(dtype)
@@ -129,7 +201,7 @@ class _SlotAlloc:
             raise _TooBig(end)
         self.pos[0] = end
         arr = np.frombuffer(self.buf, dtype=dtype, count=count, offset=self.base + start).reshape(shape)
-        self.placed[id(arr)] = (arr, start)
+        self.placed[id(arr)] = (arr, _ArrayAt(arr.dtype, arr.shape, start))
         return arr
 
     def release(self) -> None:
@@ -137,13 +209,17 @@ class _SlotAlloc:
 
 
 def _encode(obj: Any, buf: memoryview, base: int, size: int, pos: list[int], placed: dict | None = None) -> Any:
-    """Copy the arrays of ``obj`` into ``buf[base:base+size]``; return its skeleton.
+    """Copy the arrays of ``obj`` into ``buf[base:base+size]``; return its layout.
 
-    Arrays in ``placed`` (made by :class:`_SlotAlloc`) are already there.
+    The layout is ``obj`` with each array replaced by its :class:`_ArrayAt`
+    (tuples, lists and dicts rebuilt; other values kept). Arrays in
+    ``placed`` (made by :class:`_SlotAlloc`) are already there.
     """
-    if placed and isinstance(obj, np.ndarray) and id(obj) in placed and placed[id(obj)][0] is obj:
-        return ("a", obj.dtype, obj.shape, placed[id(obj)][1])
-    if isinstance(obj, np.ndarray) and not obj.dtype.hasobject:
+    if isinstance(obj, np.ndarray):
+        if placed and id(obj) in placed and placed[id(obj)][0] is obj:
+            return placed[id(obj)][1]
+        if obj.dtype.hasobject:
+            return obj
         start = -(-pos[0] // _ALIGN) * _ALIGN
         end = start + obj.nbytes
         if end > size:
@@ -153,14 +229,14 @@ def _encode(obj: Any, buf: memoryview, base: int, size: int, pos: list[int], pla
             dest = np.frombuffer(buf, dtype=obj.dtype, count=obj.size, offset=base + start).reshape(obj.shape)
             np.copyto(dest, obj, casting="no")
             del dest
-        return ("a", obj.dtype, obj.shape, start)
+        return _ArrayAt(obj.dtype, obj.shape, start)
     if isinstance(obj, tuple):
-        return ("t", [_encode(v, buf, base, size, pos, placed) for v in obj])
+        return tuple([_encode(v, buf, base, size, pos, placed) for v in obj])
     if isinstance(obj, list):
-        return ("l", [_encode(v, buf, base, size, pos, placed) for v in obj])
+        return [_encode(v, buf, base, size, pos, placed) for v in obj]
     if isinstance(obj, dict):
-        return ("d", [(k, _encode(v, buf, base, size, pos, placed)) for k, v in obj.items()])
-    return ("v", obj)
+        return {k: _encode(v, buf, base, size, pos, placed) for k, v in obj.items()}
+    return obj
 
 
 def _needed_bytes(obj: Any) -> int:
@@ -173,34 +249,32 @@ def _needed_bytes(obj: Any) -> int:
     return 0
 
 
-def _decode(skel: Any, array: Callable[[np.dtype, tuple[int, ...], int], np.ndarray]) -> Any:
-    """The batch ``skel`` describes; ``array(dtype, shape, start)`` makes its arrays."""
-    kind = skel[0]
-    if kind == "a":
-        _, dtype, shape, start = skel
-        return array(dtype, shape, start)
-    if kind == "t":
-        return tuple(_decode(s, array) for s in skel[1])
-    if kind == "l":
-        return [_decode(s, array) for s in skel[1]]
-    if kind == "d":
-        return {k: _decode(s, array) for k, s in skel[1]}
-    return skel[1]
+def _decode(layout: Any, array: Callable[[_ArrayAt], np.ndarray]) -> Any:
+    """The batch ``layout`` describes; ``array(at)`` makes its arrays."""
+    if isinstance(layout, _ArrayAt):
+        return array(layout)
+    if isinstance(layout, tuple):
+        return tuple([_decode(v, array) for v in layout])
+    if isinstance(layout, list):
+        return [_decode(v, array) for v in layout]
+    if isinstance(layout, dict):
+        return {k: _decode(v, array) for k, v in layout.items()}
+    return layout
 
 
-def _copy_from(buf: Any, base: int, dtype: np.dtype, shape: tuple[int, ...], start: int) -> np.ndarray:
-    out = np.empty(shape, dtype=dtype)
+def _copy_from(buf: Any, base: int, at: _ArrayAt) -> np.ndarray:
+    out = np.empty(at.shape, dtype=at.dtype)
     if out.nbytes:
-        src = np.frombuffer(buf, dtype=dtype, count=out.size, offset=base + start).reshape(shape)
+        src = np.frombuffer(buf, dtype=at.dtype, count=out.size, offset=base + at.offset).reshape(at.shape)
         np.copyto(out, src)
         del src
     return out
 
 
-def _view_in(slot: np.ndarray, dtype: np.dtype, shape: tuple[int, ...], start: int) -> np.ndarray:
-    dtype = np.dtype(dtype)
-    count = int(np.prod(shape, dtype=np.int64))
-    return slot[start:start + count * dtype.itemsize].view(dtype).reshape(shape)
+def _view_in(slot: np.ndarray, at: _ArrayAt) -> np.ndarray:
+    dtype = np.dtype(at.dtype)
+    count = int(np.prod(at.shape, dtype=np.int64))
+    return slot[at.offset:at.offset + count * dtype.itemsize].view(dtype).reshape(at.shape)
 
 
 def _own_mapping(shm: shared_memory.SharedMemory, size: int) -> mmap.mmap | None:
@@ -219,24 +293,23 @@ def _own_mapping(shm: shared_memory.SharedMemory, size: int) -> mmap.mmap | None
         return None
 
 
-def _pack_exception(exc: BaseException) -> tuple[str, Any]:
+def _pack_exception(exc: BaseException) -> _PackedError:
+    name = f"{type(exc).__module__}.{type(exc).__qualname__}"
     try:
         data = pickle.dumps(exc)
         pickle.loads(data)
-        return ("pickle", data)
+        return _PackedError(data, name, "")
     except Exception:
-        return ("text", (type(exc).__module__, type(exc).__qualname__, str(exc)))
+        return _PackedError(None, name, str(exc))
 
 
-def _unpack_exception(packed: tuple[str, Any]) -> BaseException:
-    kind, payload = packed
-    if kind == "pickle":
+def _unpack_exception(packed: _PackedError) -> BaseException:
+    if packed.pickled is not None:
         try:
-            return pickle.loads(payload)
+            return pickle.loads(packed.pickled)
         except Exception as exc:  # a class the parent cannot import
             return WorkerError(f"a worker raised an exception the parent cannot unpickle: {exc}")
-    module, qualname, message = payload
-    return WorkerError(f"{module}.{qualname}: {message}")
+    return WorkerError(f"{packed.type_name}: {packed.message}")
 
 
 # -- the worker process ---------------------------------------------------------
@@ -251,13 +324,11 @@ def _keep_freed_memory() -> bool:
 
     By default glibc serves a large allocation from a fresh mapping, and
     gives a freed heap top back to the system once it passes twice the
-    largest such allocation; either way the next batch touches new pages, one
-    page fault per 4 KiB (several microseconds each on this project's
-    virtual machines). A transform that keeps a few 4 MiB temporaries alive
-    at once hit that on every batch: with these settings a worker made
-    batches of "volume" with the benchmark's transform about twice as fast.
-    The worker is h5feed's own process, so its allocator is h5feed's to
-    tune; the training process's is left alone.
+    largest such allocation; either way the next batch touches new pages,
+    one page fault per page. A transform that keeps a few batch-sized
+    temporaries alive at once would pay that on every batch. The worker is
+    h5feed's own process, so its allocator is h5feed's to tune; the training
+    process's is left alone.
 
     Returns:
         Whether the settings took (False where there is no ``mallopt``).
@@ -273,6 +344,32 @@ def _keep_freed_memory() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(_M_TRIM_THRESHOLD, 256 << 20))
 
 
+def _make_in_slot(maker: Any, task: _Task, buf: memoryview, slot_bytes: int, worker_id: int) -> _Reply:
+    """Make the batch of ``task`` into its slot; the reply that says how it went."""
+    base = task.slot * slot_bytes
+    alloc = _SlotAlloc(buf, base, slot_bytes)
+    read: list[tuple[float, int | None]] = [(0.0, None)]  # maker.make's on_read reports
+    batch = None
+    try:
+        if getattr(maker, "transform", None) is None:
+            # Read straight into the slot: one copy, not two.
+            try:
+                batch = maker.make(task.rows, task.index, alloc, on_read=read.append, place=task.place)
+            except _TooBig:
+                alloc = _SlotAlloc(buf, base, slot_bytes)
+        if batch is None:
+            batch = maker.make(task.rows, task.index, on_read=read.append, place=task.place)
+        try:
+            layout = _encode(batch, buf, base, slot_bytes, alloc.pos, alloc.placed)
+            return _InSlot(task.ticket, task.slot, worker_id, read[-1], layout)
+        except _TooBig:
+            return _Pickled(task.ticket, task.slot, worker_id, read[-1], batch, _needed_bytes(batch))
+    except BaseException as exc:  # sent back; the parent re-raises
+        return _Failed(task.ticket, task.slot, worker_id, read[-1], _pack_exception(exc), traceback.format_exc())
+    finally:
+        alloc.release()
+
+
 def _worker_main(
     conn: multiprocessing.connection.Connection,
     maker: Any,
@@ -281,13 +378,14 @@ def _worker_main(
     worker_id: int,
     parent_pid: int,
 ) -> None:
-    """Serve ``(ticket, slot, rows, index)`` tasks until told to stop (None)."""
+    """Serve :class:`_Task` messages until told to stop (:class:`_Stop`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _keep_freed_memory()
     shm = shared_memory.SharedMemory(name=shm_name)
     buf = shm.buf
+    seeded: tuple[int, int] | None = None  # (seed, epoch) of the global generators
     try:
-        conn.send(("ready", worker_id, os.getpid()))
+        conn.send(_Ready(worker_id, os.getpid()))
         while True:
             if not conn.poll(_IDLE_POLL_S):
                 if not pid_alive(parent_pid):
@@ -297,38 +395,18 @@ def _worker_main(
                 msg = conn.recv()
             except (EOFError, OSError):
                 return
-            if msg is None:
-                return
-            ticket, slot, rows, index = msg
-            base = slot * slot_bytes
-            alloc = _SlotAlloc(buf, base, slot_bytes)
-            # (seconds, major faults) of reading the rows, before any
-            # transform: the parent reads ahead for the workers when they
-            # needed the disk.
-            read: list[tuple[float, int | None]] = [(0.0, None)]
-            try:
-                batch = None
-                if getattr(maker, "transform", None) is None:
-                    # Read straight into the slot: one copy, not two.
-                    try:
-                        batch = maker.make(rows, index, alloc, on_read=read.append)
-                    except _TooBig:
-                        alloc = _SlotAlloc(buf, base, slot_bytes)
-                if batch is None:
-                    batch = maker.make(rows, index, on_read=read.append)
-                try:
-                    skel = _encode(batch, buf, base, slot_bytes, alloc.pos, alloc.placed)
-                    reply: tuple[Any, ...] = ("ok", ticket, slot, skel, read[-1])
-                except _TooBig:
-                    reply = ("pickled", ticket, slot, batch, _needed_bytes(batch), read[-1])
-            except BaseException as exc:  # sent back; the parent re-raises
-                reply = ("err", ticket, slot, _pack_exception(exc), traceback.format_exc(), read[-1])
-            alloc.release()
-            del batch
+            if not isinstance(msg, _Task):
+                return  # _Stop
+            place = msg.place
+            if place is not None and (place.seed, place.epoch) != seeded:
+                seeded = (place.seed, place.epoch)
+                seed_globals(place.seed, place.epoch, worker_id)
+            reply = _make_in_slot(maker, msg, buf, slot_bytes, worker_id)
             try:
                 conn.send(reply)
             except (BrokenPipeError, EOFError, OSError):
                 return
+            del reply
     finally:
         try:
             maker.close()
@@ -342,6 +420,14 @@ def _worker_main(
 
 
 # -- the parent side ------------------------------------------------------------------
+
+
+class _InFlight(NamedTuple):
+    """A task sent and not answered yet (parent side)."""
+
+    slot: int
+    worker: int
+    key: int | None  # the batch of the order followed; None: an order given up
 
 
 class _State:
@@ -361,7 +447,7 @@ def _shutdown(state: _State) -> None:
     state.closed = True
     for conn in state.conns:
         try:
-            conn.send(None)
+            conn.send(_Stop())
         except (OSError, ValueError):
             pass
     for proc in state.procs:
@@ -416,7 +502,7 @@ class BatchPool:
 
     Args:
         maker: a picklable object with ``make(rows, index, alloc=None,
-            on_read=None) -> batch`` and ``close()``
+            on_read=None, place=None) -> batch`` and ``close()``
             (:class:`~h5feed._batch.BatchMaker`).
         workers: number of processes.
         slots: batches in flight at most (one shared-memory slot each).
@@ -466,9 +552,9 @@ class BatchPool:
         # Each task sent is a ticket, never reused: a batch of an order given
         # up (a jump, a new epoch) may still be in flight under the same key.
         self._tickets = 0
-        self._inflight: dict[int, tuple[int, int, int | None]] = {}  # ticket -> (slot, worker, key; None: dropped)
+        self._inflight: dict[int, _InFlight] = {}  # by ticket
         self._tasks: dict[int, int] = {}  # key -> ticket, of the order followed
-        self._ready: dict[int, tuple[Any, ...]] = {}  # key -> reply
+        self._ready: dict[int, _Reply] = {}  # by key
         self._pending = [0] * workers
         self._next = 0
         self._misses = 0
@@ -490,10 +576,10 @@ class BatchPool:
             # Wait until every worker attached the segment, so that a close()
             # right after start never unlinks it under a starting worker.
             for wid in range(workers):
-                reply = self._recv(wid, waiting_for=None)
-                if reply[0] != "ready":  # pragma: no cover - protocol error
-                    raise WorkerError(f"h5feed worker {wid} sent {reply[0]!r} before 'ready'")
-                self.pids.append(reply[2])
+                ready = self._recv(wid, waiting_for=None)
+                if not isinstance(ready, _Ready):  # pragma: no cover - protocol error
+                    raise WorkerError(f"h5feed worker {wid} sent {type(ready).__name__} before _Ready")
+                self.pids.append(ready.pid)
             # Every process has it mapped: the name is no longer needed, and
             # without it nothing is left in /dev/shm whatever ends the
             # processes (the memory goes with the last mapping).
@@ -527,7 +613,14 @@ class BatchPool:
 
     # -- prefetching ------------------------------------------------------------
 
-    def get(self, key: int, n: int, rows_of: Callable[[int], np.ndarray], index: int) -> Any | None:
+    def get(
+        self,
+        key: int,
+        n: int,
+        rows_of: Callable[[int], np.ndarray],
+        index: int,
+        place_of: Callable[[int], BatchPlace | None] | None = None,
+    ) -> Any | None:
         """Batch ``key`` if it was prefetched, else None; then prefetch onwards.
 
         Args:
@@ -535,6 +628,7 @@ class BatchPool:
             n: the number of batches in the order.
             rows_of: the rows of batch ``k``.
             index: the batch index the caller asked for (for messages).
+            place_of: where batch ``k`` sits (its random streams); None: nowhere.
 
         Raises:
             WorkerError: a worker died.
@@ -550,16 +644,15 @@ class BatchPool:
                         # A batch behind the stream (asked again, or skipped
                         # earlier) is read by the caller, leaving the stream.
                         self._miss(key)
-                        self._fill(n, rows_of)
+                        self._fill(n, rows_of, place_of)
                     return None
                 self._misses = 0
                 while key not in self._ready:
                     self._wait(key)
                 reply = self._ready.pop(key)
-                # (..., (seconds, major faults), worker id): _worker_main, _handle.
-                self.last_read = reply[-2]
-                slot = reply[2]
-                lend = reply[0] == "ok" and len(self._lent) < self._max_lent
+                self.last_read = reply.read
+                slot = reply.slot
+                lend = isinstance(reply, _InSlot) and len(self._lent) < self._max_lent
                 try:
                     batch = self._unpack(reply, lend)
                 except BaseException:
@@ -570,7 +663,7 @@ class BatchPool:
                 else:
                     self._free.append(slot)
                 self._next = max(self._next, key + 1)
-                self._fill(n, rows_of)
+                self._fill(n, rows_of, place_of)
                 return batch
             except BaseException:
                 # Not close(): this thread holds the lock close() waits for.
@@ -583,9 +676,8 @@ class BatchPool:
         What is ready or in flight was for the old order: dropped, once the
         batches the workers are making have arrived (a few batches' time),
         so that every slot is free for the new order. New processes each
-        epoch would cost more than that: a process maps the file's pages
-        one fault at a time, and a fresh one read an epoch of "volume" at
-        40,000 samples/s against 105,000 once its mapping was made.
+        epoch would cost more than that: a fresh process maps the file's
+        pages again, one fault at a time.
 
         Raises:
             WorkerError: a worker died meanwhile, or the pool was closed (it
@@ -610,11 +702,10 @@ class BatchPool:
     def _drop_order(self) -> None:
         """Give up the batches ready or in flight for the order followed so far."""
         for reply in self._ready.values():
-            self._free.append(reply[2])
+            self._free.append(reply.slot)
         self._ready.clear()
         for ticket in self._tasks.values():
-            slot, wid, _ = self._inflight[ticket]
-            self._inflight[ticket] = (slot, wid, None)
+            self._inflight[ticket] = self._inflight[ticket]._replace(key=None)
         self._tasks.clear()
 
     def _miss(self, key: int) -> None:
@@ -626,7 +717,9 @@ class BatchPool:
             self._prefetch = False
             logger.info("batches are asked for in an order the workers cannot follow; reading in-process")
 
-    def _fill(self, n: int, rows_of: Callable[[int], np.ndarray]) -> None:
+    def _fill(
+        self, n: int, rows_of: Callable[[int], np.ndarray], place_of: Callable[[int], BatchPlace | None] | None
+    ) -> None:
         while self._returned:
             slot = self._returned.popleft()
             self._lent.discard(slot)
@@ -638,20 +731,20 @@ class BatchPool:
             self._next += 1
             if key in self._tasks or key in self._ready:
                 continue
-            self._submit(key, rows_of(key))
+            self._submit(key, rows_of(key), None if place_of is None else place_of(key))
 
-    def _submit(self, key: int, rows: np.ndarray) -> None:
+    def _submit(self, key: int, rows: np.ndarray, place: BatchPlace | None) -> None:
         slot = self._free.pop()
         wid = min(range(len(self._pending)), key=self._pending.__getitem__)
         ticket = self._tickets
         self._tickets += 1
         try:
-            self._state.conns[wid].send((ticket, slot, rows, key))
+            self._state.conns[wid].send(_Task(ticket, slot, rows, key, place))
         except OSError:  # the worker is gone (EPIPE)
             self._free.append(slot)
             self._dead(wid, None)
         self._pending[wid] += 1
-        self._inflight[ticket] = (slot, wid, key)
+        self._inflight[ticket] = _InFlight(slot, wid, key)
         self._tasks[key] = ticket
 
     def _wait(self, key: int) -> None:
@@ -673,7 +766,7 @@ class BatchPool:
                     continue
                 self._dead(wid, key)
 
-    def _recv(self, wid: int, waiting_for: int | None) -> tuple[Any, ...]:
+    def _recv(self, wid: int, waiting_for: int | None) -> Any:
         conn = self._state.conns[wid]
         proc = self._state.procs[wid]
         while True:
@@ -691,7 +784,7 @@ class BatchPool:
         proc = self._state.procs[wid]
         proc.join(0.5)
         pid = self.pids[wid] if wid < len(self.pids) else proc.pid
-        doing = [k for _, w, k in self._inflight.values() if w == wid and k is not None]
+        doing = [t.key for t in self._inflight.values() if t.worker == wid and t.key is not None]
         if key is not None and key in doing:
             what = f" while making batch {key}"
         elif doing:
@@ -704,42 +797,42 @@ class BatchPool:
             f"h5feed worker {wid} (pid {pid}) reading {self.description} {_how_it_ended(proc.exitcode)}{what}"
         )
 
-    def _handle(self, reply: tuple[Any, ...]) -> None:
-        kind, ticket, slot = reply[0], reply[1], reply[2]
-        _, wid, key = self._inflight.pop(ticket)
-        self._pending[wid] -= 1
-        if kind == "pickled":
-            self.max_needed = max(self.max_needed, int(reply[4]))
-        if key is None:  # for an order given up
-            self._free.append(slot)
+    def _handle(self, reply: _Reply) -> None:
+        task = self._inflight.pop(reply.ticket)
+        self._pending[task.worker] -= 1
+        if isinstance(reply, _Pickled):
+            self.max_needed = max(self.max_needed, reply.needed)
+        if task.key is None:  # for an order given up
+            self._free.append(reply.slot)
             return
-        del self._tasks[key]
-        self._ready[key] = reply + (wid,)
+        del self._tasks[task.key]
+        self._ready[task.key] = reply
 
-    def _unpack(self, reply: tuple[Any, ...], lend: bool) -> Any:
-        kind = reply[0]
-        wid = reply[-1]
-        if kind == "ok":
+    def _unpack(self, reply: _Reply, lend: bool) -> Any:
+        if isinstance(reply, _InSlot):
             shm = self._state.shm
             if shm is None:  # pragma: no cover - get() checks closed first
                 raise WorkerError(f"the worker pool for {self.description} is closed")
-            base = reply[2] * self.slot_bytes
+            base = reply.slot * self.slot_bytes
             if not lend:
                 buf = shm.buf if self._mapping is None else self._mapping
-                return _decode(reply[3], functools.partial(_copy_from, buf, base))
+                return _decode(reply.layout, functools.partial(_copy_from, buf, base))
             # The slot as an array over the mapping itself: numpy makes every
             # view of it refer to it (a view's base collapses only through
             # arrays that view other arrays), so it lives as long as the
             # batch's arrays do, and the slot returns when it goes.
             whole = np.frombuffer(self._mapping, dtype=np.uint8, count=self.slot_bytes, offset=base)
-            weakref.finalize(whole, self._returned.append, reply[2])
-            return _decode(reply[3], functools.partial(_view_in, whole))
-        if kind == "pickled":
-            return reply[3]
-        exc = _unpack_exception(reply[3])
+            weakref.finalize(whole, self._returned.append, reply.slot)
+            return _decode(reply.layout, functools.partial(_view_in, whole))
+        if isinstance(reply, _Pickled):
+            return reply.batch
+        if not isinstance(reply, _Failed):  # pragma: no cover - protocol error
+            raise WorkerError(f"h5feed worker {reply.worker} sent an unknown reply {type(reply).__name__}")
+        exc = _unpack_exception(reply.error)
         from ._batch import with_context
 
+        wid = reply.worker
         pid = self.pids[wid] if wid < len(self.pids) else "?"
         new = with_context(exc, f"in h5feed worker {wid} (pid {pid})")
-        new.__cause__ = _RemoteTraceback(reply[4])
+        new.__cause__ = _RemoteTraceback(reply.traceback)
         raise new

@@ -1,8 +1,9 @@
-"""The ``h5feed`` command: ``demo``, ``convert``, ``info``, ``verify``, ``bench``.
+"""The ``h5feed`` command: ``demo``, ``convert``, ``merge``, ``info``, ``verify``, ``bench``.
 
 ``main(argv) -> int`` is the whole CLI, so tests call it directly. Results go
 to stdout, errors and progress to stderr. Exit status: 0 success, 1 a failed
-operation (bad input, damaged file), 2 bad usage.
+operation (bad input, damaged file), 2 bad usage, 130 interrupted (Ctrl-C),
+141 stdout closed early (a pipe into ``head``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import __version__
+from ._args import int_at_least
+from ._publish import check_output
 from .errors import H5FeedError
 
 __all__ = ["main"]
@@ -22,6 +25,8 @@ __all__ = ["main"]
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE
 
 # Each subcommand registers (name, add_arguments, run) here; run(args) -> int.
 Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
@@ -35,21 +40,6 @@ def _shape(text: str) -> tuple[int, ...]:
     if not dims or any(d < 1 for d in dims):
         raise argparse.ArgumentTypeError(f"expected positive dimensions. Received: {text!r}")
     return dims
-
-
-def int_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse ``type`` for integers ``>= minimum`` (shared by every command)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}. Received: {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}. Received: {text!r}")
-        return value
-
-    return parse
 
 
 _positive = int_at_least(1)
@@ -101,10 +91,11 @@ COMMANDS: list[Command] = [
 
 # The modules that add commands, and the commands each adds.
 _OPTIONAL = {
-    "h5feed.inspect": ("info", "verify"),
+    "h5feed.inspection": ("info", "verify"),
     "h5feed.convert.cli": ("convert",),
     "h5feed.benchmarks.cli": ("bench",),
     "h5feed.merge": ("merge",),
+    "h5feed.splits": ("split",),
 }
 
 
@@ -163,8 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Commands whose HDF5 writing runs in a child process, so that a crash of
-# HDF5 (as after a full disk) cannot take the command down with it: NOTE
-# [ Isolated writing ] in writer.py. Each has an ``output`` argument.
+# HDF5 (as after a full disk) cannot take the command down with it
+# (h5feed.writer.run_isolated). Each has an ``output`` argument.
 ISOLATED_COMMANDS = frozenset({"convert"})
 
 
@@ -247,29 +238,41 @@ def main(argv: Sequence[str] | None = None, *, _isolated: bool = True) -> int:
         stream=sys.stderr,
     )
     try:
-        if _isolated and args.command in ISOLATED_COMMANDS and getattr(args, "output", None):
-            from .writer import check_output_folder
-
-            # A missing or read-only output folder fails here, before any
-            # input is read. Arguments are checked above, in this process;
-            # the child parses them again and runs the command, printing
-            # its own results.
-            check_output_folder(args.output)
-            return _run_isolated_command(args.output, argv)
+        output = getattr(args, "output", None)
+        if output is not None and hasattr(args, "overwrite"):
+            # An output that cannot be written fails here, before any input
+            # is read, with a message that names the flag.
+            check_output(output, overwrite=args.overwrite, how="--overwrite")
+        if _isolated and args.command in ISOLATED_COMMANDS and output is not None:
+            # Arguments are checked above, in this process; the child parses
+            # them again and runs the command, printing its own results.
+            return _run_isolated_command(output, argv)
         return int(args._run(args))
     except H5FeedError as exc:
         print(f"h5feed {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except BrokenPipeError:
+        # Whoever read stdout has gone (`h5feed info FILE | head -1`): stop
+        # quietly, as a tool killed by SIGPIPE would.
+        _drop_stdout()
+        return EXIT_BROKEN_PIPE
     except OSError as exc:
         print(f"h5feed {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print(f"h5feed {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
-def _entry() -> Any:  # pragma: no cover - console_scripts shim
-    sys.exit(main())
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush of
+    what could not be written does not fail again at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError):  # stdout is no real file
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

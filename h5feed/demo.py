@@ -5,6 +5,10 @@
 2. Convert it into one h5feed file.
 3. Train a small Keras model for an epoch from an ``H5Sequence`` and report
    the samples per second.
+
+The demo is the ``h5feed demo`` command: like the command line, it sits on
+top of the converters (``h5feed.convert``, imported when it runs); the rest
+of the core package never imports them.
 """
 
 from __future__ import annotations

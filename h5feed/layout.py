@@ -7,7 +7,14 @@ An h5feed file is a plain HDF5 file that any HDF5 tool can read::
     /y                (N,) or (N, *target)  class indices or numeric targets
                                       (optional: absent for unlabelled data)
     /splits/<name>    (k,)            int64 rows, strictly increasing, < N
+    /w                (N,)            optional: sample weights (float32), as the
+                                      converters' --weights write them
     /<other>          (N, ...)        optional further per-row datasets
+    /ids_index/rows   (N,)  int64     optional: the rows of /ids in the
+    /ids_index/ends   (N,)  int64       order of their UTF-8 bytes, where
+    /ids_index/bytes  (B,)  uint8       each sorted ID ends, and their bytes
+    /meta/<column>    (N,)            optional per-sample metadata: int64,
+                                      float64 or UTF-8 strings, in row order
 
     root attributes:
     h5feed_format     1
@@ -18,18 +25,49 @@ An h5feed file is a plain HDF5 file that any HDF5 tool can read::
 The completion record is a JSON object ``{"rows": N, "sha256": {path: hex}}``
 with one SHA-256 per dataset (see :func:`hash_rows` for what is hashed). A
 writer sets it as the very last step, so a file without it was never finished
-and is refused.
+and is refused. The record and its hashing are implemented in
+``h5feed/_record.py``; its names are re-exported here with the rest of the
+format.
 
-:func:`validate` checks all of this once, when a file is opened, and returns a
-frozen :class:`Layout`; nothing else in h5feed guesses names or shapes.
+:func:`validate` checks what the metadata tells, once, when a file is opened,
+and returns a frozen :class:`Layout`; nothing else in h5feed guesses names or
+shapes. It reads no per-row data (NOTE [ Opening reads metadata only ]).
+Metadata columns (``meta/``, since h5feed 0.2; older readers ignore the
+group) are described here too: :func:`metadata_dtype` says how a column is
+stored, :func:`check_meta_name` which names are allowed, and
+:func:`validate` checks them with the rest. A
+file whose HDF5 structure is damaged is refused with a ``DamagedFileError``
+naming the object (NOTE [ Damaged files ] in ``h5feed/_damage.py``).
+:func:`write_attributes` is how writers set the root attributes.
+
+NOTE [ Opening reads metadata only ]
+Opening a file costs the same for a thousand rows as for a hundred million:
+:func:`validate` checks the format, the completion record, the storage of
+every dataset and their shapes and types, and nothing that needs a row. The
+checks that do are made where the rows are read anyway, or by the tools that
+read everything:
+
+- IDs unique and valid: the writer refuses a repeat (it sorts every ID once
+  when it closes) and vouches for the file with its completion record; an ID
+  lookup (``_ids.find_rows``) names a repeat it meets; ``h5feed verify``
+  checks all of them, and the ID index against ``/ids``.
+- class indices in ``[0, n_classes)``: each batch's labels
+  (:func:`check_labels`, in ``_batch.py``); ``h5feed verify`` checks all.
+- split rows strictly increasing and in range: :func:`read_split` checks the
+  split it reads; ``h5feed verify`` checks every split.
+- the IDs' strings sound (NOTE [ Global heap ] in ``h5feed/_heap.py``):
+  opening checks only that ``/ids`` stores one string descriptor per row (its
+  layout message or chunk index); the descriptors and the heap collections
+  of the rows read are checked before HDF5 reads them (``layout.read_ids``,
+  the lookups of ``_ids.py``, verify), so damaged IDs are a named h5feed
+  error where they are read.
+See the design note ``docs/design/scale.md``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace as _replace
 from types import MappingProxyType
 from typing import Any
@@ -37,10 +75,13 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ._damage import read_whole
+from . import _codecs
+from ._damage import decoded, read_whole, touching
 from ._files import open_h5
+from ._heap import check_attribute, check_dataset, check_storage, check_virtual_layout
+from ._record import ATTR_COMPLETE, hash_rows, read_record
 from .errors import (
-    IncompleteFileError,
+    DamagedFileError,
     LayoutError,
     UnknownSplitError,
     UnsupportedFormatVersionError,
@@ -54,17 +95,29 @@ __all__ = [
     "ATTR_N_CLASSES",
     "FORMAT_VERSION",
     "IDS",
+    "IDS_INDEX",
+    "META",
     "SPLITS",
+    "W",
     "X",
     "Y",
     "ColumnInfo",
     "Layout",
     "VirtualPart",
+    "check_labels",
+    "check_split_rows",
+    "check_meta_name",
+    "check_virtual_source",
+    "compression_of",
     "hash_rows",
+    "meta_path",
+    "metadata_dtype",
     "open_and_validate",
     "read_ids",
     "read_split",
+    "source_name",
     "validate",
+    "write_attributes",
 ]
 
 FORMAT_VERSION = 1
@@ -72,12 +125,16 @@ FORMAT_VERSION = 1
 IDS = "ids"
 X = "x"
 Y = "y"
+W = "w"  # sample weights, by convention: any per-row numeric dataset may serve
 SPLITS = "splits"
+# The optional sorted index of the IDs (format version 1, since h5feed 0.2):
+# rows, ends and bytes, listed in the completion record (docs/format.md).
+IDS_INDEX = "ids_index"
+META = "meta"  # per-sample metadata columns, one dataset each
 
 ATTR_FORMAT = "h5feed_format"
 ATTR_N_CLASSES = "n_classes"
 ATTR_CLASS_NAMES = "class_names"
-ATTR_COMPLETE = "h5feed_complete"
 
 # Caps for untrusted files: no real dataset of ours comes near them, and a
 # file that declares more is refused before any data is read.
@@ -88,9 +145,12 @@ MAX_CLASSES = 2**24  # one-hot batches grow with the class count
 # Deflate cannot compress better than about 1032:1; a dataset whose stored
 # bytes are fewer than its logical bytes / this limit is not real data.
 MAX_COMPRESSION_RATIO = 1100
+# Zstd stores a run of up to 128 KiB in 4 bytes (Blosc may hold Zstd): the
+# limit for datasets with those filters, whose headers are checked besides.
+MAX_ZSTD_RATIO = 33_000
 # Filters h5feed knows how to read: deflate, shuffle, fletcher32, szip,
-# scale-offset, n-bit, LZF.
-KNOWN_FILTERS = frozenset({1, 2, 3, 4, 5, 6, 32000})
+# scale-offset, n-bit, LZF; and, where hdf5plugin is installed, Blosc and Zstd.
+KNOWN_FILTERS = frozenset({1, 2, 3, 4, 5, 6, 32000, *_codecs.PLUGIN_FILTERS})
 
 
 @dataclass(frozen=True)
@@ -107,8 +167,8 @@ class ColumnInfo:
         offset: the byte offset of the data in the file when it is one
             contiguous, allocated, unfiltered block (memory-mappable), else
             None.
-        sources: for a trusted virtual dataset, where its rows live (see
-            NOTE [ Trusting virtual datasets ]), in row order; else None.
+        sources: for a trusted virtual dataset, where its rows live, in row
+            order (see :func:`validate`); else None.
     """
 
     name: str
@@ -148,8 +208,8 @@ class VirtualPart:
         start: the first virtual row mapped to it.
         stop: one past the last.
         source_start: the source row that holds virtual row ``start``.
-        column: the source dataset, as stored (its ``offset`` allows reading
-            it memory-mapped).
+        column: the source dataset, as stored, named by its path in the
+            source file (its ``offset`` allows reading it memory-mapped).
     """
 
     path: str
@@ -171,6 +231,7 @@ class Layout:
         n_classes: the number of classes when ``y`` holds class indices.
         class_names: the class names, when stored.
         completion: the parsed completion record.
+        metadata: the names of the metadata columns (``meta/<name>``), sorted.
     """
 
     path: str
@@ -180,6 +241,7 @@ class Layout:
     n_classes: int | None = None
     class_names: tuple[str, ...] | None = None
     completion: Mapping[str, Any] = field(default_factory=dict)
+    metadata: tuple[str, ...] = ()
 
     def column(self, name: str) -> ColumnInfo:
         """The per-row dataset ``name``, or a :class:`LayoutError`."""
@@ -210,59 +272,6 @@ class Layout:
 
 
 # --------------------------------------------------------------------------
-# Hashing: the completion record's digest of a dataset.
-
-
-def hash_rows(hasher: Any, block: np.ndarray | Iterable[str]) -> None:
-    """Feed one block of rows into ``hasher`` as the completion record does.
-
-    Numeric rows are hashed as their little-endian C-order bytes in the
-    stored dtype; string rows (the IDs, class names) as each string's UTF-8
-    bytes preceded by its length as 8 little-endian bytes. Feeding blocks in
-    row order gives the same digest whatever the block sizes.
-
-    Example:
-        >>> import hashlib
-        >>> h1, h2 = hashlib.sha256(), hashlib.sha256()
-        >>> hash_rows(h1, np.arange(6, dtype="<i4"))
-        >>> hash_rows(h2, np.arange(3, dtype="<i4")); hash_rows(h2, np.arange(3, 6, dtype="<i4"))
-        >>> h1.hexdigest() == h2.hexdigest()
-        True
-    """
-    if isinstance(block, np.ndarray) and block.dtype.kind not in "OUS":
-        arr = np.ascontiguousarray(block)
-        if arr.dtype.byteorder == ">" or (arr.dtype.byteorder == "=" and not _LITTLE):
-            arr = arr.astype(arr.dtype.newbyteorder("<"))
-        hasher.update(memoryview(arr).cast("B"))
-        return
-    parts = []
-    for item in block:
-        raw = item.encode("utf-8") if isinstance(item, str) else bytes(item)
-        parts.append(len(raw).to_bytes(8, "little"))
-        parts.append(raw)
-    hasher.update(b"".join(parts))
-
-
-_LITTLE = np.little_endian
-
-
-def dataset_sha256(dset: h5py.Dataset, block_bytes: int = 16 * 1024 * 1024) -> str:
-    """The completion-record digest of a whole dataset, read in blocks."""
-    hasher = hashlib.sha256()
-    n = dset.shape[0] if dset.shape else 0
-    is_str = h5py.check_string_dtype(dset.dtype) is not None
-    row_bytes = max(1, int(np.prod(dset.shape[1:], dtype=np.int64)) * dset.dtype.itemsize)
-    step = max(1, block_bytes // row_bytes)
-    for start in range(0, n, step):
-        stop = min(n, start + step)
-        if is_str:
-            hash_rows(hasher, dset.asstr()[start:stop])
-        else:
-            hash_rows(hasher, dset[start:stop])
-    return hasher.hexdigest()
-
-
-# --------------------------------------------------------------------------
 # Validation, one small check per field.
 
 
@@ -270,13 +279,35 @@ def _where(f: h5py.File, name: str = "") -> str:
     return f"{f.filename}:/{name}" if name else f.filename
 
 
+def _root_attr(f: h5py.File, name: str) -> Any:
+    """The root attribute ``name``, or None when the file has none."""
+    with touching(f.filename, f"/ (attribute {name!r})"):
+        if name not in f.attrs:
+            return None
+        check_attribute(f, name)  # NOTE [ Global heap ] (h5feed/_heap.py)
+        return f.attrs[name]
+
+
+def _members(f: h5py.File, group: h5py.Group) -> Any:
+    """``(name, object)`` of each member of ``group``, each opened under
+    :class:`~h5feed._damage.touching` (a damaged header names its object)."""
+    prefix = group.name.rstrip("/") + "/"
+    with touching(f.filename, group.name):
+        names = list(group)
+    for name in names:
+        with touching(f.filename, prefix + name):
+            check_virtual_layout(f, group, name)  # NOTE [ Virtual dataset mappings ] (h5feed/_heap.py)
+            obj = group.get(name)
+        yield name, obj
+
+
 def _check_format(f: h5py.File) -> int:
-    if ATTR_FORMAT not in f.attrs:
+    raw = _root_attr(f, ATTR_FORMAT)
+    if raw is None:
         raise UnsupportedFormatVersionError(
             f"{f.filename}: not an h5feed file: the root has no {ATTR_FORMAT!r} "
             f"attribute (expected {ATTR_FORMAT} = {FORMAT_VERSION})"
         )
-    raw = f.attrs[ATTR_FORMAT]
     value = raw.item() if isinstance(raw, np.ndarray) and raw.size == 1 else raw
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise UnsupportedFormatVersionError(
@@ -292,8 +323,11 @@ def _check_format(f: h5py.File) -> int:
 
 
 def _check_links(f: h5py.File, group: h5py.Group) -> None:
-    for name in group:
-        link = group.get(name, getlink=True)
+    with touching(f.filename, group.name):
+        names = list(group)
+    for name in names:
+        with touching(f.filename, group.name.rstrip("/") + "/" + name):
+            link = group.get(name, getlink=True)
         if isinstance(link, h5py.ExternalLink):
             raise UntrustedFileError(
                 f"{_where(f, group.name.strip('/') + '/' + name if group.name != '/' else name)}: "
@@ -354,6 +388,11 @@ def _check_storage(f: h5py.File, dset: h5py.Dataset, *, allow_virtual: bool = Fa
     plist = dset.id.get_create_plist()
     codes = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
     for code in codes:
+        if code in _codecs.PLUGIN_FILTERS and not h5py.h5z.filter_avail(code) and not _codecs.load_plugins():
+            raise UntrustedFileError(
+                f"{where}: uses hdf5plugin's {_codecs.PLUGIN_FILTERS[code]} filter ({code}), and hdf5plugin "
+                'is not installed here: pip install "h5feed[codecs]"'
+            )
         if code not in KNOWN_FILTERS or not h5py.h5z.filter_avail(code):
             raise UntrustedFileError(
                 f"{where}: uses HDF5 filter {code!r}, which h5feed does not read "
@@ -369,43 +408,61 @@ def _check_storage(f: h5py.File, dset: h5py.Dataset, *, allow_virtual: bool = Fa
                 f"{where}: declares {dset.shape!r} in {want} chunks but stores only {have}; "
                 "the rest would read as made-up fill values"
             )
-    if nbytes and stored and nbytes / stored > MAX_COMPRESSION_RATIO:
+    ratio = MAX_ZSTD_RATIO if any(code in _codecs.PLUGIN_FILTERS for code in codes) else MAX_COMPRESSION_RATIO
+    if nbytes and stored and nbytes / stored > ratio:
         raise UntrustedFileError(
             f"{where}: {nbytes} bytes stored in {stored}, a compression ratio "
             f"of {nbytes / stored:.0f}:1 that no real data has"
         )
     if any(code in _INFLATING_FILTERS for code in codes):
-        _check_chunks(where, dset, chunk_bytes)
+        _check_chunks(where, dset, chunk_bytes, ratio)
+    if codes:
+        _check_filtered_chunks(where, dset, plist)
 
 
 # Filters whose output can be much larger than their input (decompressors):
-# deflate, szip, LZF.
-_INFLATING_FILTERS = frozenset({1, 4, 32000})
+# deflate, szip, LZF, Blosc, Zstd.
+_INFLATING_FILTERS = frozenset({1, 4, 32000, *_codecs.PLUGIN_FILTERS})
 # Bytes a chunk may be stored larger than its data: the Fletcher32 checksum
-# and filter headers. Compressors that would grow a chunk store it raw.
+# and filter headers, plus a thousandth for the block headers of a
+# compressor that stores incompressible data as it is (Zstd's raw blocks).
 _CHUNK_OVERHEAD = 1024
 
 
-def _check_chunks(where: str, dset: h5py.Dataset, chunk_bytes: int) -> None:
-    """Refuse a compressed chunk that could inflate beyond its declared size.
-
-    A chunk's decompressor grows its buffer until the stream ends, so one
-    chunk stored larger than its data (a "zip bomb") would be inflated in
-    full before HDF5 notices; the whole-dataset ratio cannot see one such
-    chunk among many honest ones. Reads only the chunk index.
-    """
-    bad: list[tuple[tuple[int, ...], int]] = []
-
-    def visit(info: Any) -> None:
-        size = int(info.size)
-        if size > chunk_bytes + _CHUNK_OVERHEAD or (size and chunk_bytes / size > MAX_COMPRESSION_RATIO):
-            bad.append((tuple(int(o) for o in info.chunk_offset), size))
-
+def _each_chunk(dset: h5py.Dataset, visit: Any) -> None:
+    """Call ``visit(info)`` with the index entry of each stored chunk; reads
+    only the chunk index."""
     if hasattr(dset.id, "chunk_iter"):
         dset.id.chunk_iter(visit)
     else:  # older h5py: slower, same answer
         for i in range(dset.id.get_num_chunks()):
             visit(dset.id.get_chunk_info(i))
+
+
+def _check_chunks(where: str, dset: h5py.Dataset, chunk_bytes: int, ratio: float) -> None:
+    """Refuse a compressed chunk that could inflate beyond its declared size.
+
+    A chunk's decompressor grows its buffer until the stream ends, so one
+    chunk stored larger than its data (a "zip bomb") would be inflated in
+    full before HDF5 notices; the whole-dataset ratio cannot see one such
+    chunk among many honest ones. HDF5's Blosc and Zstd filters allocate
+    what a chunk's header declares: those headers are read and checked too
+    (:func:`h5feed._codecs.oversized_chunks`). Otherwise reads only the
+    chunk index.
+    """
+    bad: list[tuple[tuple[int, ...], int]] = []
+    stored: list[tuple[int, int, int, tuple[int, ...]]] = []
+    most = chunk_bytes + _CHUNK_OVERHEAD + chunk_bytes // 1024
+
+    def visit(info: Any) -> None:
+        size = int(info.size)
+        offset = tuple(int(o) for o in info.chunk_offset)
+        if size > most or (size and chunk_bytes / size > ratio):
+            bad.append((offset, size))
+        elif info.byte_offset is not None:
+            stored.append((int(info.byte_offset), size, int(info.filter_mask), offset))
+
+    _each_chunk(dset, visit)
     if bad:
         offset, size = bad[0]
         raise UntrustedFileError(
@@ -413,46 +470,146 @@ def _check_chunks(where: str, dset: h5py.Dataset, chunk_bytes: int) -> None:
             f"data, which no real compressed data does ({len(bad)} such chunk(s)); refusing "
             "to decompress it"
         )
+    lying = _codecs.oversized_chunks(dset.file.filename, _codecs.pipeline_of(dset), stored)
+    if lying:
+        offset, declared = lying[0]
+        said = "no size" if declared is None else f"{declared} bytes"
+        raise UntrustedFileError(
+            f"{where}: the chunk at {offset!r} declares {said} in its header for {chunk_bytes} bytes "
+            f"of data ({len(lying)} such chunk(s)); refusing to decompress it"
+        )
 
 
-# NOTE [ Trusting virtual datasets ]
-# A virtual dataset reads its rows from other HDF5 files, which an untrusted
-# file could point anywhere (absolute paths, "..", printf-style name
-# patterns); and HDF5 silently returns fill values for rows whose source is
-# missing, so a lost part would train on zeros. Virtual datasets are
-# therefore refused unless the caller passes ``allow_virtual=True``, and even
-# then every mapping must: name a relative file inside the virtual file's
-# folder (no "..", no "%" pattern), exist there as a plain, non-virtual,
-# same-named dataset of the same dtype and row shape, select whole rows
-# within that source's bounds; and the mappings together must cover every
-# row exactly once.
+def _check_filtered_chunks(where: str, dset: h5py.Dataset, plist: Any) -> None:
+    """Refuse a filtered chunk whose index entry HDF5 would mis-read.
+
+    HDF5 (through at least 1.14.6) runs the Fletcher32 filter over a chunk's
+    stored bytes less its 4-byte checksum without checking that there are 4:
+    a damaged chunk index that gives a size below that crashes the process.
+    A chunk that skips a mandatory filter (Fletcher32 is one) is damage too:
+    HDF5 would hand its bytes over unchecked. Reads only the chunk index.
+    """
+    least = 4 if plist.get_filter_by_id(h5py.h5z.FILTER_FLETCHER32) is not None else 1
+    mandatory = 0
+    for i in range(plist.get_nfilters()):
+        if not plist.get_filter(i)[1] & h5py.h5z.FLAG_OPTIONAL:
+            mandatory |= 1 << i
+    bad: list[tuple[tuple[int, ...], int, int]] = []
+
+    def visit(info: Any) -> None:
+        if int(info.size) < least or int(info.filter_mask) & mandatory:
+            bad.append((tuple(int(o) for o in info.chunk_offset), int(info.size), int(info.filter_mask)))
+
+    _each_chunk(dset, visit)
+    if bad:
+        offset, size, mask = bad[0]
+        raise DamagedFileError(
+            f"{where}: damaged: the index of its chunks gives the chunk at {offset!r} {size} stored bytes "
+            f"and filter mask {mask:#x}, which its filters cannot read ({len(bad)} such chunk(s))"
+        )
+
+
+# Trusting virtual datasets: they are refused unless the caller passes
+# allow_virtual=True, and even then every mapping must name a plain dataset
+# (at any path) of the same dtype and row shape in a file inside the virtual
+# file's folder, select whole rows within its bounds, and the mappings must
+# cover every row exactly once (else HDF5 reads fill values). Writers check
+# their sources by the same rules (source_name, check_virtual_source).
+# See docs/design/merged-files.md.
+
+
+def source_name(path: str | os.PathLike[str], folder: str | os.PathLike[str]) -> str | None:
+    """How a virtual dataset in ``folder`` names its source file ``path``.
+
+    Returns:
+        ``path`` relative to ``folder``, with forward slashes (as HDF5 stores
+        it), or None when ``path`` lies outside ``folder``: such a source is
+        never trusted.
+
+    Example:
+        >>> source_name("/data/run/parts/p0.h5", "/data/run"), source_name("/data/p0.h5", "/data/run")
+        ('parts/p0.h5', None)
+    """
+    try:
+        rel = os.path.relpath(os.path.abspath(os.fspath(path)), os.path.abspath(os.fspath(folder)))
+    except ValueError:  # another drive (Windows)
+        return None
+    if rel == os.curdir or rel.split(os.sep)[0] == os.pardir or os.path.isabs(rel):
+        return None
+    return rel.replace(os.sep, "/")
+
+
+def check_virtual_source(path: str | os.PathLike[str], dataset: str, *, where: str | None = None) -> ColumnInfo:
+    """Check that dataset ``dataset`` of the file ``path`` may be a virtual
+    dataset's source; describe it.
+
+    The source must be a plain dataset (not virtual: no chains) that passes
+    every storage check of :func:`validate` (no external storage, the same
+    caps, only known and available filters). Reads no data.
+
+    Args:
+        path: the source file.
+        dataset: the dataset's path inside it.
+        where: how messages name the virtual dataset (default: the source).
+
+    Returns:
+        The source as a :class:`ColumnInfo` named by its path inside the
+        source file (without the leading ``/``); ``offset`` set where it can
+        be memory-mapped.
+
+    Raises:
+        UntrustedFileError: missing file or dataset, or storage h5feed does
+            not read.
+    """
+    src_path = os.fspath(path)
+    where = where or f"{src_path}:/{dataset.lstrip('/')}"
+    if not os.path.isfile(src_path):
+        raise UntrustedFileError(
+            f"{where}: virtual source {src_path!r} is missing; its rows would read as "
+            "fill values. Put the part files back beside the merged file (the source beside a linked file)"
+        )
+    with open_h5(src_path) as g, touching(src_path, f"/{dataset.lstrip('/')}"):  # damage in a part names the part
+        src = g.get(dataset)
+        if not isinstance(src, h5py.Dataset):
+            raise UntrustedFileError(f"{where}: virtual source {src_path!r} has no plain dataset {dataset!r}")
+        if not os.path.samefile(src.file.filename, src_path):
+            raise UntrustedFileError(
+                f"{where}: virtual source {src_path!r}:{dataset!r} leads through an external link to "
+                f"{src.file.filename!r}; h5feed reads a source's data from the source file itself"
+            )
+        _check_storage(g, src)  # no virtual chains, same caps and filters
+        return _stored_as(src)
 
 
 def _with_virtual_sources(f: h5py.File, columns: dict[str, ColumnInfo]) -> dict[str, ColumnInfo]:
     """Check the sources of every virtual dataset (``allow_virtual=True``);
     record them in its :class:`ColumnInfo` so the reader can use the parts.
 
-    The IDs and splits must be stored in the file itself: they are small,
-    read whole at every open, and h5feed merge writes them so.
+    The IDs, their index and the splits must be stored in the file itself:
+    lookups and selections read them (memory-mapped where they can be), and
+    h5feed merge writes them so.
     """
-    group = f.get(SPLITS)
-    names = [IDS] + ([f"{SPLITS}/{s}" for s in group] if isinstance(group, h5py.Group) else [])
+    names = [IDS]
+    for group_name in (SPLITS, IDS_INDEX):
+        group = f.get(group_name)
+        if isinstance(group, h5py.Group):
+            names += [f"{group_name}/{s}" for s in group]
     for name in names:
         obj = f.get(name)
         if isinstance(obj, h5py.Dataset) and obj.is_virtual:
             raise UntrustedFileError(f"{_where(f, name)}: must be stored in the file, not as a virtual dataset")
     out = dict(columns)
     for name, info in columns.items():
-        dset = f[name]
-        if dset.is_virtual:
-            out[name] = _replace(info, sources=_virtual_sources(f, dset))
+        with touching(f.filename, f"/{name}"):
+            dset = f[name]
+            if dset.is_virtual:
+                out[name] = _replace(info, sources=_virtual_sources(f, dset))
     return out
 
 
 def _virtual_sources(f: h5py.File, dset: h5py.Dataset) -> tuple[VirtualPart, ...]:
     where = _where(f, dset.name.lstrip("/"))
     folder = os.path.dirname(os.path.abspath(f.filename))
-    name = dset.name.lstrip("/")
     n_rows = dset.shape[0] if dset.shape else 0
     row_elems = int(np.prod(dset.shape[1:], dtype=np.int64)) if dset.shape else 1
     covered: list[tuple[int, int]] = []
@@ -469,19 +626,9 @@ def _virtual_sources(f: h5py.File, dset: h5py.Dataset) -> tuple[VirtualPart, ...
         ):
             raise UntrustedFileError(
                 f"{where}: virtual source {source!r}:{vmap.dset_name!r} is not a file inside "
-                f"{folder!r}; h5feed only follows relative sources beside the merged file"
-            )
-        if vmap.dset_name.lstrip("/") != name:
-            raise UntrustedFileError(
-                f"{where}: virtual source {source!r} maps dataset {vmap.dset_name!r}; "
-                f"expected {name!r}"
+                f"{folder!r}; h5feed only follows relative sources beside the merged file (or linked file)"
             )
         src_path = os.path.join(folder, source)
-        if not os.path.isfile(src_path):
-            raise UntrustedFileError(
-                f"{where}: virtual source {src_path!r} is missing; its rows would read as "
-                "fill values. Put the part files back beside the merged file"
-            )
         (v_lo, *_), (v_hi, *_) = vmap.vspace.get_select_bounds()
         n_sel = int(vmap.vspace.get_select_npoints())
         if n_sel != (v_hi - v_lo + 1) * row_elems:
@@ -493,41 +640,27 @@ def _virtual_sources(f: h5py.File, dset: h5py.Dataset) -> tuple[VirtualPart, ...
             (s_lo, *_), (s_hi, *_) = vmap.src_space.get_select_bounds()
             if int(vmap.src_space.get_select_npoints()) != n_sel:
                 raise UntrustedFileError(f"{where}: virtual source {source!r} does not map whole rows")
-        with open_h5(src_path) as g:
-            src = g.get(name)
-            if not isinstance(src, h5py.Dataset):
-                raise UntrustedFileError(
-                    f"{where}: virtual source {src_path!r} has no plain dataset {name!r}"
-                )
-            _check_storage(g, src)  # no virtual chains, same caps and filters
-            if (
-                src.dtype != dset.dtype
-                or tuple(src.shape[1:]) != tuple(dset.shape[1:])
-                or s_hi >= src.shape[0]
-                or (whole_source and src.shape[0] != s_hi + 1)
-            ):
-                raise UntrustedFileError(
-                    f"{where}: virtual source {src_path!r}:/{name} has shape {src.shape!r} and dtype "
-                    f"{src.dtype!r}; the mapping needs rows {s_lo}..{s_hi} of {dset.dtype!r} rows "
-                    f"{tuple(dset.shape[1:])!r}"
-                )
-            parts.append(
-                VirtualPart(
-                    path=os.path.abspath(src_path),
-                    start=int(v_lo),
-                    stop=int(v_hi) + 1,
-                    source_start=int(s_lo),
-                    column=ColumnInfo(
-                        name=name,
-                        shape=tuple(int(d) for d in src.shape),
-                        dtype=np.dtype(src.dtype),
-                        chunks=None if src.chunks is None else tuple(int(c) for c in src.chunks),
-                        compression=src.compression,
-                        fletcher32=bool(src.fletcher32),
-                        offset=_contiguous_offset(src),
-                    ),
-                )
+        column = check_virtual_source(src_path, vmap.dset_name, where=where)
+        if (
+            column.dtype != dset.dtype
+            or column.row_shape != tuple(dset.shape[1:])
+            or s_hi >= column.shape[0]
+            or (whole_source and column.shape[0] != s_hi + 1)
+        ):
+            raise UntrustedFileError(
+                f"{where}: virtual source {src_path!r}:/{column.name} has shape {column.shape!r} and dtype "
+                f"{column.dtype!r}; the mapping needs rows {s_lo}..{s_hi} of {dset.dtype!r} rows "
+                f"{tuple(dset.shape[1:])!r}"
             )
+        parts.append(
+            VirtualPart(
+                path=os.path.abspath(src_path),
+                start=int(v_lo),
+                stop=int(v_hi) + 1,
+                source_start=int(s_lo),
+                column=column,
+            )
+        )
         covered.append((int(v_lo), int(v_hi) + 1))
     covered.sort()
     expect = 0
@@ -563,19 +696,42 @@ def _column_info(f: h5py.File, dset: h5py.Dataset) -> ColumnInfo:
             f"{_where(f, dset.name.lstrip('/'))}: expected a numeric dtype. "
             f"Received: {dset.dtype!r}"
         )
+    return _stored_as(dset)
+
+
+def _stored_as(dset: h5py.Dataset) -> ColumnInfo:
+    """``dset`` as stored, named by its path in its file."""
     return ColumnInfo(
         name=dset.name.lstrip("/"),
         shape=tuple(int(s) for s in dset.shape),
         dtype=np.dtype(dset.dtype),
         chunks=None if dset.chunks is None else tuple(int(c) for c in dset.chunks),
-        compression=dset.compression,
+        compression=compression_of(dset),
         fletcher32=bool(dset.fletcher32),
         offset=_contiguous_offset(dset),
     )
 
 
+def _get(f: h5py.File, name: str) -> Any:
+    """``f.get(name)``; a header that does not parse is a DamagedFileError naming it."""
+    with touching(f.filename, f"/{name}"):
+        if "/" not in name and name in f:
+            check_virtual_layout(f, f, name)  # NOTE [ Virtual dataset mappings ] (h5feed/_heap.py)
+        return f.get(name)
+
+
+def compression_of(dset: h5py.Dataset) -> str | None:
+    """A dataset's compression as h5feed names it (``"gzip"``, ``"lzf"``,
+    ``"zstd"``, ``"lz4"``, ...), or None."""
+    if dset.chunks is None:
+        return None
+    plist = dset.id.get_create_plist()
+    filters = [plist.get_filter(i) for i in range(plist.get_nfilters())]
+    return _codecs.compression_name([f[0] for f in filters], {f[0]: tuple(f[2]) for f in filters})
+
+
 def _require(f: h5py.File, name: str) -> h5py.Dataset:
-    obj = f.get(name)
+    obj = _get(f, name)
     if obj is None:
         raise LayoutError(f"{_where(f, name)}: missing dataset {name!r}")
     if not isinstance(obj, h5py.Dataset):
@@ -583,27 +739,25 @@ def _require(f: h5py.File, name: str) -> h5py.Dataset:
     return obj
 
 
-def _check_ids(f: h5py.File) -> tuple[int, np.ndarray]:
+def _check_ids(f: h5py.File) -> int:
+    """N, from the shape of ``/ids``; the IDs themselves are not read
+    (NOTE [ Opening reads metadata only ]), but their storage must hold one
+    string descriptor per row (h5feed/_heap.py: ``check_storage``)."""
     dset = _require(f, IDS)
     if dset.ndim != 1 or h5py.check_string_dtype(dset.dtype) is None:
         raise LayoutError(
             f"{_where(f, IDS)}: expected a 1-D dataset of UTF-8 strings. "
             f"Received: shape {dset.shape!r}, dtype {dset.dtype!r}"
         )
-    ids = np.asarray(read_whole(f.filename, dset, as_str=True), dtype=object)
-    if len(ids) != len(set(ids.tolist())):
-        uniq, counts = np.unique(ids.astype(str), return_counts=True)
-        dupes = uniq[counts > 1]
-        raise LayoutError(
-            f"{_where(f, IDS)}: sample IDs must be unique; {len(dupes)} repeat, "
-            f"e.g. {dupes[:5].tolist()!r}"
-        )
-    return len(ids), ids
+    with touching(f.filename, f"/{IDS}"):
+        check_storage(f, dset)
+    return int(dset.shape[0])
 
 
 def _check_rows(f: h5py.File, name: str, n_rows: int) -> ColumnInfo:
     dset = _require(f, name)
-    info = _column_info(f, dset)
+    with touching(f.filename, f"/{name}"):
+        info = _column_info(f, dset)
     if not info.shape or info.shape[0] != n_rows:
         raise LayoutError(
             f"{_where(f, name)}: first dimension must match {IDS!r} ({n_rows} rows). "
@@ -614,8 +768,8 @@ def _check_rows(f: h5py.File, name: str, n_rows: int) -> ColumnInfo:
 
 def _check_classes(f: h5py.File, columns: Mapping[str, ColumnInfo]) -> tuple[int | None, tuple[str, ...] | None]:
     n_classes = None
-    if ATTR_N_CLASSES in f.attrs:
-        raw = f.attrs[ATTR_N_CLASSES]
+    raw = _root_attr(f, ATTR_N_CLASSES)
+    if raw is not None:
         raw = raw.item() if isinstance(raw, np.ndarray) and raw.size == 1 else raw
         if isinstance(raw, (bool, np.bool_)) or not isinstance(raw, (int, np.integer)) or raw < 1:
             raise LayoutError(
@@ -637,20 +791,13 @@ def _check_classes(f: h5py.File, columns: Mapping[str, ColumnInfo]) -> tuple[int
                 f"{_where(f, Y)}: with {ATTR_N_CLASSES!r} set, expected 1-D integer class "
                 f"indices. Received: shape {y.shape!r}, dtype {y.dtype!r}"
             )
-        labels = read_whole(f.filename, f[Y])
-        if labels.size:
-            bad = np.flatnonzero((labels < 0) | (labels >= n_classes))
-            if bad.size:
-                raise LayoutError(
-                    f"{_where(f, Y)}: class index {labels[bad[0]].item()!r} at row {int(bad[0])} "
-                    f"is outside [0, {n_classes}) ({bad.size} rows out of range)"
-                )
     class_names = None
-    if ATTR_CLASS_NAMES in f.attrs:
-        raw_names = np.atleast_1d(f.attrs[ATTR_CLASS_NAMES])
-        class_names = tuple(
-            n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in raw_names.tolist()
-        )
+    raw_names = _root_attr(f, ATTR_CLASS_NAMES)
+    if raw_names is not None:
+        with touching(f.filename, f"/ (attribute {ATTR_CLASS_NAMES!r})"):  # names that are not UTF-8
+            class_names = tuple(
+                n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in np.atleast_1d(raw_names).tolist()
+            )
         if n_classes is not None and len(class_names) != n_classes:
             raise LayoutError(
                 f"{f.filename}: {ATTR_CLASS_NAMES!r} has {len(class_names)} names "
@@ -659,7 +806,9 @@ def _check_classes(f: h5py.File, columns: Mapping[str, ColumnInfo]) -> tuple[int
     return n_classes, class_names
 
 
-def _check_split(f: h5py.File, name: str, dset: Any, n_rows: int) -> int:
+def _check_split(f: h5py.File, name: str, dset: Any) -> int:
+    """The split's size, from its metadata; its rows are checked where they
+    are read (:func:`read_split`; NOTE [ Opening reads metadata only ])."""
     where = _where(f, f"{SPLITS}/{name}")
     if not isinstance(dset, h5py.Dataset):
         raise LayoutError(f"{where}: expected a dataset of row numbers, found a group")
@@ -668,112 +817,130 @@ def _check_split(f: h5py.File, name: str, dset: Any, n_rows: int) -> int:
             f"{where}: expected 1-D integer row numbers. "
             f"Received: shape {dset.shape!r}, dtype {dset.dtype!r}"
         )
-    rows = read_whole(f.filename, dset)
-    if rows.size:
-        if rows[0] < 0 or rows[-1] >= n_rows or rows.min() < 0 or rows.max() >= n_rows:
-            bad = rows[(rows < 0) | (rows >= n_rows)][0]
-            raise LayoutError(f"{where}: row {int(bad)!r} is outside [0, {n_rows})")
-        steps = np.diff(rows)
-        if steps.size and steps.min() <= 0:
-            at = int(np.flatnonzero(steps <= 0)[0])
-            raise LayoutError(
-                f"{where}: rows must be strictly increasing; "
-                f"row {int(rows[at + 1])!r} follows {int(rows[at])!r} at position {at + 1}"
-            )
-    return int(rows.size)
+    return int(dset.shape[0])
 
 
-def _check_completion(f: h5py.File, n_rows: int | None) -> dict[str, Any]:
-    """The parsed completion record; ``n_rows`` None checks its form only."""
-    if ATTR_COMPLETE not in f.attrs:
-        raise IncompleteFileError(
-            f"incomplete file: {f.filename} has no completion record "
-            f"({ATTR_COMPLETE!r}); its writer did not finish. Convert it again."
+def check_split_rows(where: str, rows: np.ndarray, n_rows: int, first: int = 0) -> None:
+    """Refuse split rows outside ``[0, n_rows)`` or not strictly increasing.
+
+    ``rows`` may be one block of a split whose position ``first`` it starts
+    at (the caller checks the step between blocks).
+
+    Raises:
+        LayoutError: naming ``where``, the row and its position.
+    """
+    if not rows.size:
+        return
+    if rows.min() < 0 or rows.max() >= n_rows:
+        bad = rows[(rows < 0) | (rows >= n_rows)][0]
+        raise LayoutError(f"{where}: row {int(bad)!r} is outside [0, {n_rows})")
+    steps = np.diff(rows)
+    if steps.size and steps.min() <= 0:
+        at = int(np.flatnonzero(steps <= 0)[0])
+        raise LayoutError(
+            f"{where}: rows must be strictly increasing; "
+            f"row {int(rows[at + 1])!r} follows {int(rows[at])!r} at position {first + at + 1}"
         )
-    raw = f.attrs[ATTR_COMPLETE]
-    if isinstance(raw, bytes):
-        raw = raw.decode("utf-8", "replace")
-    try:
-        record = json.loads(str(raw))
-        rows = record["rows"]
-        digests = record["sha256"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise IncompleteFileError(
-            f"incomplete file: {f.filename}: the completion record is unreadable: {raw!r}"
-        ) from exc
-    if not isinstance(digests, dict) or isinstance(rows, bool) or not isinstance(rows, int):
-        raise IncompleteFileError(
-            f"incomplete file: {f.filename}: the completion record is unreadable: {raw!r}"
-        )
-    if n_rows is not None and rows != n_rows:
-        raise IncompleteFileError(
-            f"incomplete file: {f.filename}: the completion record says {rows!r} rows, "
-            f"the file holds {n_rows}"
-        )
-    return record
+
+
+def check_labels(where: str, labels: np.ndarray, n_classes: int, rows: Any = None) -> None:
+    """Refuse class indices outside ``[0, n_classes)``.
+
+    Args:
+        where: the file and dataset, for the message.
+        labels: the labels read.
+        n_classes: the file's class count.
+        rows: the file row of each label (an array), or the row of the first
+            (an int; the labels are then consecutive rows); None: from row 0.
+
+    Raises:
+        LayoutError: naming ``where``, the first bad value and its row.
+    """
+    if not labels.size:
+        return
+    # One comparison finds negatives too: they wrap to huge unsigned values.
+    unsigned = labels.view(np.dtype(f"u{labels.dtype.itemsize}")) if labels.dtype.kind == "i" else labels
+    if int(unsigned.max()) < n_classes:
+        return
+    bad = np.flatnonzero((labels < 0) | (labels >= n_classes))
+    at = int(bad[0])
+    if rows is None or isinstance(rows, (int, np.integer)):
+        row = at + int(rows or 0)
+    else:
+        row = int(np.asarray(rows)[at])
+    raise LayoutError(
+        f"{where}: class index {labels[at].item()!r} at row {row} is outside [0, {n_classes}) "
+        f"({bad.size} of these {labels.size} labels are out of range)"
+    )
 
 
 def _check_untrusted(f: h5py.File, *, allow_virtual: bool) -> None:
     """Check the storage of every dataset h5feed reads, before reading any."""
     _check_links(f, f)
     ids = _require(f, IDS)
-    _check_storage(f, ids, allow_virtual=allow_virtual)
-    n = ids.shape[0] if ids.shape else 0
-    for name, obj in f.items():
-        if name == IDS or not isinstance(obj, h5py.Dataset):
-            continue
-        if name in (X, Y) or (obj.shape and obj.shape[0] == n):
-            _check_storage(f, obj, allow_virtual=allow_virtual)
-    group = f.get(SPLITS)
-    if isinstance(group, h5py.Group):
-        _check_links(f, group)
-        for obj in group.values():
-            if isinstance(obj, h5py.Dataset):
+    with touching(f.filename, f"/{IDS}"):
+        _check_storage(f, ids, allow_virtual=allow_virtual)
+        n = ids.shape[0] if ids.shape else 0
+    for name, obj in _members(f, f):
+        with touching(f.filename, f"/{name}"):
+            if name == IDS or not isinstance(obj, h5py.Dataset):
+                continue
+            if name in (X, Y) or (obj.shape and obj.shape[0] == n):
                 _check_storage(f, obj, allow_virtual=allow_virtual)
+    # Metadata is small and always stored in the file itself.
+    for group_name, virtual_ok in ((SPLITS, allow_virtual), (IDS_INDEX, allow_virtual), (META, False)):
+        group = _get(f, group_name)
+        if isinstance(group, h5py.Group):
+            _check_links(f, group)
+            for name, obj in _members(f, group):
+                if isinstance(obj, h5py.Dataset):
+                    with touching(f.filename, f"/{group_name}/{name}"):
+                        _check_storage(f, obj, allow_virtual=virtual_ok)
 
 
-def validate(
-    f: h5py.File, *, return_ids: bool = False, allow_virtual: bool = False
-) -> Layout | tuple[Layout, np.ndarray]:
+def validate(f: h5py.File, *, allow_virtual: bool = False) -> Layout:
     """Check that an open file follows format version 1; describe it.
 
-    Every check of storage (links, external storage, virtual datasets,
-    filters, sizes) runs before any data is read, so a hostile file costs
-    nothing but its metadata.
+    Reads metadata only: its cost does not grow with the number of rows
+    (NOTE [ Opening reads metadata only ]). Every check of storage (links,
+    external storage, virtual datasets, filters, sizes) runs before anything
+    else, so a hostile file costs nothing but its metadata.
 
     Args:
         f: an h5py file open for reading.
-        return_ids: also return the sample IDs (read anyway to check that
-            they are unique).
         allow_virtual: accept per-row datasets that are HDF5 virtual
             datasets (``h5feed merge`` makes them), provided every source
-            passes the checks of NOTE [ Trusting virtual datasets ].
+            passes the trust checks (``docs/design/merged-files.md``).
 
     Returns:
-        The file's :class:`Layout`, and with ``return_ids`` its IDs as an
-        object array of str.
+        The file's :class:`Layout`.
 
     Raises:
         UnsupportedFormatVersionError: no or an unknown ``h5feed_format``.
         IncompleteFileError: no valid completion record.
-        LayoutError: a dataset missing, of the wrong shape or dtype, duplicate
-            IDs, a class index or split row out of range, unsorted splits.
+        LayoutError: a dataset missing, or of the wrong shape or dtype.
         UntrustedFileError: external links or storage, virtual datasets
             (unless allowed, and then any source outside the file's folder,
             missing, or not covering every row),
             unknown filters, shapes beyond the caps, data declared but not
             stored, compression beyond any real data's.
-        ReadError: the IDs, labels or splits cannot be read (a damaged
-            chunk; the message names its rows).
+        DamagedFileError: HDF5 cannot read the file's structure (the
+            message names the object; NOTE [ Damaged files ]).
     """
+    # Each step names the object it touches; this names the file for the rest.
+    with touching(f.filename, "/"):
+        return _validate(f, allow_virtual=allow_virtual)
+
+
+def _validate(f: h5py.File, *, allow_virtual: bool) -> Layout:
     _check_format(f)
     # An unfinished file is refused before anything else is read from it.
-    _check_completion(f, None)
+    read_record(f, None)
     _check_untrusted(f, allow_virtual=bool(allow_virtual))
-    n_rows, ids = _check_ids(f)
-    completion = _check_completion(f, n_rows)
+    n_rows = _check_ids(f)
+    completion = read_record(f, n_rows)
     columns: dict[str, ColumnInfo] = {X: _check_rows(f, X, n_rows)}
-    for name, obj in f.items():
+    for name, obj in _members(f, f):
         if name in (IDS, X, SPLITS) or not isinstance(obj, h5py.Dataset):
             continue
         if name == Y:
@@ -792,7 +959,8 @@ def validate(
         if not isinstance(group, h5py.Group):
             raise LayoutError(f"{_where(f, SPLITS)}: expected a group of splits, found a dataset")
         for name in group:
-            splits[name] = _check_split(f, name, group[name], n_rows)
+            splits[name] = _check_split(f, name, group[name])
+    metadata = _check_metadata(f, n_rows)
     layout = Layout(
         path=os.fspath(f.filename),
         n_rows=n_rows,
@@ -801,42 +969,136 @@ def validate(
         n_classes=n_classes,
         class_names=class_names,
         completion=MappingProxyType(completion),
+        metadata=metadata,
     )
-    return (layout, ids) if return_ids else layout
+    return layout
 
 
-def open_and_validate(
-    path: str | os.PathLike[str], *, return_ids: bool = False, allow_virtual: bool = False
-) -> Any:
+# --------------------------------------------------------------------------
+# Metadata columns: meta/<name>, one value per row, in row order.
+
+
+def metadata_dtype(values: np.ndarray) -> Any:
+    """How a metadata column of ``values`` is stored: int64 for integers
+    (and bools), float64 for other numbers, UTF-8 strings for text.
+
+    Raises:
+        TypeError: values of another kind (objects that are not all str,
+            complex numbers, ...).
+
+    Example:
+        >>> metadata_dtype(np.array([1, 2])), metadata_dtype(np.array([0.5]))
+        (dtype('int64'), dtype('float64'))
+    """
+    kind = values.dtype.kind
+    if kind in "biu":
+        return np.dtype(np.int64)
+    if kind == "f":
+        return np.dtype(np.float64)
+    if kind == "U" or (kind == "O" and all(isinstance(v, str) for v in values.tolist())):
+        return h5py.string_dtype("utf-8")
+    raise TypeError(f"metadata values must be integers, floats or str. Received: dtype {values.dtype}")
+
+
+def check_meta_name(name: Any, where: str) -> str:
+    """A metadata column name: non-empty text without ``/`` or NUL, not ``id``.
+
+    Raises:
+        ValueError: otherwise (the error names ``where``).
+    """
+    if not isinstance(name, str) or not name or "/" in name or "\x00" in name or name == "id" or name.startswith("."):
+        raise ValueError(
+            f"{where}: metadata column names must be non-empty text without '/', not 'id' "
+            f"and not starting with '.'. Received: {name!r}"
+        )
+    return name
+
+
+def meta_path(name: str) -> str:
+    """The HDF5 path of metadata column ``name`` (``meta/<name>``)."""
+    return f"{META}/{name}"
+
+
+def _check_metadata(f: h5py.File, n_rows: int) -> tuple[str, ...]:
+    group = _get(f, META)
+    if group is None:
+        return ()
+    if not isinstance(group, h5py.Group):
+        raise LayoutError(f"{_where(f, META)}: expected a group of metadata columns, found a dataset")
+    names = []
+    for name, obj in _members(f, group):
+        names.append(name)
+        where = _where(f, meta_path(name))
+        if not isinstance(obj, h5py.Dataset):
+            raise LayoutError(f"{where}: expected a metadata column (a dataset), found a group")
+        with touching(f.filename, f"/{meta_path(name)}"):
+            is_text = h5py.check_string_dtype(obj.dtype) is not None
+        if obj.ndim != 1 or obj.shape[0] != n_rows or not (is_text or obj.dtype.kind in "biuf"):
+            raise LayoutError(
+                f"{where}: expected a metadata column of {n_rows} numbers or strings (one per row). "
+                f"Received: shape {obj.shape!r}, dtype {obj.dtype!r}"
+            )
+    return tuple(sorted(names))
+
+
+def write_attributes(f: h5py.File, *, n_classes: int | None, class_names: Sequence[str] | None) -> None:
+    """Set the root attributes of a file being written, all but the
+    completion record (which goes last: :func:`h5feed._record.write_record`)."""
+    f.attrs[ATTR_FORMAT] = np.int64(FORMAT_VERSION)
+    if n_classes is not None:
+        f.attrs[ATTR_N_CLASSES] = np.int64(n_classes)
+    if class_names is not None:
+        f.attrs.create(ATTR_CLASS_NAMES, list(class_names), dtype=h5py.string_dtype("utf-8"))
+
+
+def open_and_validate(path: str | os.PathLike[str], *, allow_virtual: bool = False) -> Layout:
     """Open ``path``, validate it and close it again; see :func:`validate`."""
     with open_h5(path) as f:
-        return validate(f, return_ids=return_ids, allow_virtual=allow_virtual)
+        return validate(f, allow_virtual=allow_virtual)
+
+
+def split_dataset(f: h5py.File, name: str) -> h5py.Dataset:
+    """The dataset of split ``name``, or :class:`UnknownSplitError`."""
+    with touching(f.filename, f"/{SPLITS}/{name}"):
+        group = f.get(SPLITS)
+        if not isinstance(group, h5py.Group) or name not in group:
+            have = sorted(group) if isinstance(group, h5py.Group) else []
+            raise UnknownSplitError(
+                f"{f.filename}: no split {name!r}; the file has {have!r}"
+            )
+        return group[name]
 
 
 def read_split(f: h5py.File, name: str) -> np.ndarray:
-    """The rows of split ``name`` as int64, or :class:`UnknownSplitError`."""
-    group = f.get(SPLITS)
-    if group is None or name not in group:
-        have = sorted(group) if group is not None else []
-        raise UnknownSplitError(
-            f"{f.filename}: no split {name!r}; the file has {have!r}"
-        )
-    return np.asarray(group[name][()], dtype=np.int64)
+    """The rows of split ``name`` as int64, checked (:func:`check_split_rows`).
+
+    Raises:
+        UnknownSplitError: no such split.
+        LayoutError: a row out of range, or rows not strictly increasing.
+        ReadError: a damaged chunk of the split.
+    """
+    dset = split_dataset(f, name)
+    rows = np.asarray(read_whole(f.filename, dset), dtype=np.int64)
+    n_rows = int(f[IDS].shape[0])
+    check_split_rows(_where(f, f"{SPLITS}/{name}"), rows, n_rows)
+    return rows
 
 
-def read_ids(f: h5py.File, rows: np.ndarray | slice | None = None) -> list[str]:
-    """The sample IDs of ``rows`` (all when None), in the order asked."""
-    dset = f[IDS].asstr()
-    if rows is None:
-        return list(dset[()])
-    if isinstance(rows, slice):
-        return list(dset[rows])
+def read_ids(f: h5py.File, rows: Any) -> list[str]:
+    """The sample IDs of ``rows`` (int row numbers), in the order asked.
+
+    The heap that holds them is checked first (NOTE [ Global heap ] in
+    ``h5feed/_heap.py``); an ID that is not UTF-8 is a ``ReadError`` naming
+    its row.
+    """
+    dset = f[IDS]
     rows = np.asarray(rows, dtype=np.int64)
     if rows.size == 0:
         return []
+    check_dataset(f, dset, rows)  # NOTE [ Global heap ] (h5feed/_heap.py)
     order = np.argsort(rows, kind="stable")
     uniq, inverse = np.unique(rows[order], return_inverse=True)
-    values = dset[uniq]
+    values = decoded(dset[uniq].tolist(), os.fspath(f.filename), dset.name, uniq)
     out = [None] * rows.size
     for pos, k in zip(order.tolist(), inverse.tolist()):
         out[pos] = values[k]

@@ -2,73 +2,80 @@
 
 By default the merged file holds *virtual* datasets (HDF5 VDS): ``x``, ``y``
 and the extras read their rows straight from the parts, so nothing is
-copied. The small datasets -- the IDs and the splits -- are written into the
-merged file itself (the IDs are read whole at every open, and a split must be
-one array). ``copy=True`` (``--copy``) writes a standalone file through
-:class:`~h5feed.writer.DatasetWriter` instead.
+copied. The small datasets -- the IDs, their sorted index, the splits and
+the metadata columns (``meta/``) -- are written into the merged file itself
+(lookups read the IDs and their index, memory-mapped where they can be, and
+a split must be one array). ``copy=True`` (``--copy``) writes a standalone
+file instead. Both are written by :class:`~h5feed.writer.DatasetWriter` (a
+virtual merge as its virtual columns).
 
-NOTE [ Merged files ]
-- Parts must agree: the same per-row datasets with the same row shapes and
-  dtypes, the same ``n_classes`` and ``class_names``. Sample IDs must be
-  unique across parts; the error names the repeated IDs and their parts.
-- Rows keep the order of the parts as given, then each part's own order; a
-  split of the merged file is the union of that split in every part (with
-  each part's rows shifted by its offset).
-- Every part's data is read once, block by block, to hash it: each part's
-  digests are checked against its own completion record (a damaged part is
-  refused), and the merged file gets a completion record over its own rows,
-  so ``verify`` checks a merged file like any other.
-- A virtual merged file names its parts by paths relative to its own folder,
-  so the parts must lie in that folder (or below it), and the folder can be
-  moved as a whole. Readers refuse virtual datasets unless asked
-  (``allow_virtual=True``; NOTE [ Trusting virtual datasets ] in layout.py),
-  and then read the parts directly (NOTE [ Reading virtual datasets ] in
-  _parts.py).
+The rules: parts must agree (per-row datasets, row shapes and dtypes,
+classes, metadata columns) and their sample IDs must be unique; rows keep the order of the
+parts, then each part's own order, and a split is the union of the parts'
+splits. Every part is read once to check it against its own completion
+record, and the merged file gets a record over its own rows and the sorted
+index of its IDs. The IDs are held encoded, never as a Python object each
+(NOTE [ IDs at scale ] in ``_ids.py``). A virtual merged file names its
+parts relative to its folder, so they must lie in it; readers refuse virtual
+datasets unless given ``allow_virtual=True``. See the design note
+``docs/design/merged-files.md``.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
 import os
-import secrets
-import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import h5py
 import numpy as np
 
+from . import _ids, _meta, _record
 from . import layout as L
+from ._damage import touching
 from ._files import open_h5
 from ._progress import Progress
-from .errors import LayoutError, WriterError
-from .writer import _TMP_SUFFIX, DatasetWriter, _fsync_dir, _remove_stale_temporaries
+from ._publish import check_output
+from .errors import LayoutError, ReadError, WriterInputError
+from .writer import DatasetWriter
 
 __all__ = ["COMMANDS", "merge_files"]
 
 logger = logging.getLogger("h5feed")
 
-_BLOCK_BYTES = 8 * 1024 * 1024
-
-
 @dataclass
 class _Part:
     path: str
     layout: L.Layout
-    ids: np.ndarray
     splits: dict[str, np.ndarray]
     offset: int = 0
 
 
 def _read_part(path: str) -> _Part:
     with open_h5(path) as f:
-        layout, ids = L.validate(f, return_ids=True)
+        layout = L.validate(f)
         splits = {name: L.read_split(f, name) for name in layout.splits}
-    return _Part(path, layout, ids, splits)
+    return _Part(path, layout, splits)
+
+
+def _read_ids(part: _Part) -> _ids.Encoded:
+    """The part's IDs, in blocks, checked against its completion record."""
+    hasher = hashlib.sha256()
+    blocks = []
+    with open_h5(part.path) as f:
+        for _, block in _ids.blocks(f[L.IDS]):
+            _record.hash_ids(hasher, block.data, block.starts, block.ends)
+            blocks.append(block)
+    recorded = part.layout.completion.get("sha256", {}).get(L.IDS)
+    if recorded is not None and recorded != hasher.hexdigest():
+        raise LayoutError(
+            f"{part.path}:/{L.IDS}: its data does not match the file's completion record "
+            f"(SHA-256 {hasher.hexdigest()} != {recorded}); the part is damaged, convert it again"
+        )
+    return _ids.Encoded.concat(blocks)
 
 
 def _check_compatible(parts: list[_Part]) -> None:
@@ -95,50 +102,56 @@ def _check_compatible(parts: list[_Part]) -> None:
                 )
 
 
-def _check_unique_ids(parts: list[_Part]) -> None:
-    seen: dict[str, int] = {}
-    dupes: list[str] = []
-    n_dupes = 0
-    for k, part in enumerate(parts):
-        for row, sid in enumerate(part.ids.tolist()):
-            first = seen.setdefault(sid, k)
-            if first != k:
-                n_dupes += 1
-                if len(dupes) < 5:
-                    dupes.append(f"{sid!r} in {parts[first].path} and {part.path} (row {row})")
-    if n_dupes:
-        raise LayoutError(
-            f"sample IDs must be unique across parts; {n_dupes} repeat: " + "; ".join(dupes)
-        )
+def _unique_ids(parts: list[_Part]) -> _ids.Encoded:
+    """Every part's IDs, in merged row order.
 
-
-def _stream_parts(parts: list[_Part], names: list[str], bar: Progress, sink: Any = None) -> dict[str, str]:
-    """Read every part's datasets ``names`` once, in blocks of whole rows.
-
-    Checks each part's digests against its completion record, hashes the
-    merged rows, and hands each block to ``sink(part, start, stop, blocks)``.
-
-    Returns:
-        The merged file's digest of each dataset in ``names``.
+    Raises:
+        LayoutError: an ID repeats (across parts or within one), naming the
+            IDs, their parts and rows.
     """
-    merged = {name: hashlib.sha256() for name in names}
+    ids = _ids.Encoded.concat([_read_ids(part) for part in parts])
+    order, repeats = _ids.sort(ids)
+    if repeats.size:
+        starts = np.array([p.offset for p in parts])
+
+        def where(row: int) -> tuple[_Part, int]:
+            k = int(np.searchsorted(starts, row, side="right")) - 1
+            return parts[k], row - parts[k].offset
+
+        dupes = []
+        for i in repeats[:5].tolist():
+            (a, ra), (b, rb) = where(int(order[i - 1])), where(int(order[i]))
+            sid = ids.item(int(order[i]))
+            dupes.append(
+                f"{sid!r} twice in {a.path} (rows {ra} and {rb})" if a is b else f"{sid!r} in {a.path} and {b.path} (row {rb})"
+            )
+        raise LayoutError(
+            f"sample IDs must be unique across parts; {repeats.size} repeat: " + "; ".join(dupes)
+        )
+    return ids
+
+
+def _stream_parts(parts: list[_Part], names: list[str], bar: Progress, sink: Any) -> None:
+    """Read every part's datasets ``names`` once, side by side, in blocks.
+
+    Checks each part's digests against its completion record and hands each
+    block to ``sink(part, start, stop, blocks)``.
+    """
     for part in parts:
         with open_h5(part.path) as f:
-            dsets = {name: f[name] for name in names}
+            dsets = {}
+            for name in names:
+                with touching(part.path, f"/{name}"):
+                    dsets[name] = f[name]
             own = {name: hashlib.sha256() for name in names}
-            row_bytes = sum(
-                max(1, int(np.prod(d.shape[1:], dtype=np.int64)) * d.dtype.itemsize) for d in dsets.values()
-            )
-            step = max(1, _BLOCK_BYTES // row_bytes)
-            n = part.layout.n_rows
-            for start in range(0, n, step):
-                stop = min(n, start + step)
-                blocks = {name: dsets[name][start:stop] for name in names}
+            for start, stop in _record.row_blocks(list(dsets.values())):
+                blocks = {}
+                for name, dset in dsets.items():
+                    with touching(part.path, f"/{name}", ReadError, dset=dset, rows=(start, stop)):
+                        blocks[name] = dset[start:stop]
                 for name, block in blocks.items():
-                    L.hash_rows(own[name], block)
-                    L.hash_rows(merged[name], block)
-                if sink is not None:
-                    sink(part, start, stop, blocks)
+                    _record.hash_rows(own[name], block)
+                sink(part, start, stop, blocks)
                 bar.update(stop - start)
         for name in names:
             recorded = part.layout.completion.get("sha256", {}).get(name)
@@ -147,7 +160,6 @@ def _stream_parts(parts: list[_Part], names: list[str], bar: Progress, sink: Any
                     f"{part.path}:/{name}: its data does not match the file's completion record "
                     f"(SHA-256 {own[name].hexdigest()} != {recorded}); the part is damaged, convert it again"
                 )
-    return {name: h.hexdigest() for name, h in merged.items()}
 
 
 def _merged_splits(parts: list[_Part]) -> dict[str, np.ndarray]:
@@ -166,7 +178,7 @@ def merge_files(
     overwrite: bool = False,
     progress: bool = False,
 ) -> str:
-    """Merge h5feed part files into one h5feed file; see NOTE [ Merged files ].
+    """Merge h5feed part files into one h5feed file (rules in the module docstring).
 
     Args:
         parts: the part files, in the order their rows should appear.
@@ -180,10 +192,13 @@ def merge_files(
 
     Raises:
         LayoutError: parts that disagree, repeated IDs, a damaged part.
-        FormatError: a part is not a valid h5feed file.
-        WriterError: no parts, a part given twice, the output exists
-            (without ``overwrite``) or is a part, or, for a virtual merge, a
-            part lies outside the output's folder.
+        FormatError: a part is not a valid h5feed file
+            (``DamagedFileError`` when HDF5 cannot read its structure).
+        ReadError: a part's data cannot be read back (a damaged chunk).
+        WriterInputError: no parts, a part given twice, the output is a
+            part or cannot be written, or, for a virtual merge, a part lies
+            outside the output's folder.
+        OutputExistsError: the output exists (without ``overwrite``).
 
     Example:
         >>> merge_files(["part-0.h5", "part-1.h5"], "all.h5")  # doctest: +SKIP
@@ -194,46 +209,51 @@ def merge_files(
     paths = [os.path.abspath(os.fspath(p)) for p in parts]
     output = os.path.abspath(os.fspath(output))
     if not paths:
-        raise WriterError(f"{output}: merge needs at least one part")
+        raise WriterInputError(f"{output}: merge needs at least one part")
     repeated = sorted({p for p in paths if paths.count(p) > 1})
     if repeated:
-        raise WriterError(f"{output}: each part may be given once; repeated: {repeated!r}")
+        raise WriterInputError(f"{output}: each part may be given once; repeated: {repeated!r}")
     if output in paths:
-        raise WriterError(f"{output}: is one of the parts; choose another output name")
+        raise WriterInputError(f"{output}: is one of the parts; choose another output name")
     folder = os.path.dirname(output)
     if not copy:
-        outside = [p for p in paths if os.path.relpath(p, folder).split(os.sep)[0] == os.pardir]
+        outside = [p for p in paths if L.source_name(p, folder) is None]
         if outside:
-            raise WriterError(
+            raise WriterInputError(
                 f"{output}: a virtual merge reads its parts by paths relative to {folder!r}, "
                 f"but {outside[:3]!r} lie outside it; move the parts there or pass --copy"
             )
-    if os.path.lexists(output) and not overwrite:
-        raise WriterError(f"{output}: already exists; pass overwrite=True (--overwrite) to replace it")
+    check_output(output, overwrite=overwrite)
 
     loaded = [_read_part(p) for p in paths]
     _check_compatible(loaded)
-    _check_unique_ids(loaded)
     offset = 0
     for part in loaded:
         part.offset = offset
         offset += part.layout.n_rows
     n_rows = offset
+    ids = _unique_ids(loaded)
     names = list(loaded[0].layout.columns)  # x first, then y and extras
     with Progress(n_rows, f"merging {len(loaded)} parts", enabled=progress) as bar:
-        if copy:
-            _merge_copy(loaded, output, names, n_rows, overwrite, bar)
-        else:
-            _merge_virtual(loaded, output, names, n_rows, overwrite, bar)
+        _merge(loaded, ids, output, names, n_rows, overwrite, bar, virtual=not copy)
     logger.info("merged %d parts (%d rows) into %s", len(loaded), n_rows, output)
     return output
 
 
-def _merge_copy(parts: list[_Part], output: str, names: list[str], n_rows: int, overwrite: bool, bar: Progress) -> None:
+def _merge(
+    parts: list[_Part], ids: _ids.Encoded, output: str, names: list[str], n_rows: int, overwrite: bool,
+    bar: Progress, *, virtual: bool,
+) -> None:
+    """Write the merged file through :class:`DatasetWriter`: copying the
+    rows, or with every per-row dataset a virtual column over the parts (the
+    writer still hashes their rows, so both files get the same record).
+    ``ids``: every part's IDs in merged row order, given to the writer a
+    block at a time."""
     first = parts[0].layout
     x = first.column(L.X)
     y = first.columns.get(L.Y)
     extras = {n: (first.column(n).row_shape, first.column(n).dtype) for n in names if n not in (L.X, L.Y)}
+    sources = {name: [(p.path, name) for p in parts] for name in names} if virtual else None
     with DatasetWriter(
         output,
         sample_shape=x.row_shape,
@@ -245,11 +265,13 @@ def _merge_copy(parts: list[_Part], output: str, names: list[str], n_rows: int, 
         expected_rows=n_rows,
         extras=extras,
         overwrite=overwrite,
+        virtual=sources,
     ) as writer:
 
         def append(part: _Part, start: int, stop: int, blocks: dict[str, np.ndarray]) -> None:
+            first, last = part.offset + start, part.offset + stop
             writer.extend(
-                part.ids[start:stop].tolist(),
+                ids.items(range(first, last)),
                 blocks[L.X],
                 blocks.get(L.Y),
                 **{name: blocks[name] for name in extras},
@@ -258,71 +280,42 @@ def _merge_copy(parts: list[_Part], output: str, names: list[str], n_rows: int, 
         _stream_parts(parts, names, bar, append)
         for name, rows in _merged_splits(parts).items():
             writer.add_split(name, rows)
+        if first.metadata:
+            writer.set_metadata(_merged_metadata(parts, ids))
 
 
-def _merge_virtual(parts: list[_Part], output: str, names: list[str], n_rows: int, overwrite: bool, bar: Progress) -> None:
-    folder, base = os.path.split(output)
-    _remove_stale_temporaries(folder, base)
-    tmp = os.path.join(folder, f".{base}.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}{_TMP_SUFFIX}")
-    try:
-        digests = _stream_parts(parts, names, bar)
-        ids = np.concatenate([p.ids for p in parts])
-        id_hasher = hashlib.sha256()
-        L.hash_rows(id_hasher, ids.tolist())
-        digests[L.IDS] = id_hasher.hexdigest()
-        first = parts[0].layout
-        with h5py.File(tmp, "w-", libver=("earliest", "latest")) as f:
-            f.create_dataset(L.IDS, data=ids.astype(object), dtype=h5py.string_dtype("utf-8"))
+def _merged_metadata(parts: list[_Part], ids: _ids.Encoded) -> _meta.MetaTable:
+    """The parts' metadata columns joined in row order, each part's read
+    whole and checked against its completion record. Parts must have the
+    same columns; a column that is int64 in one part and float64 in another
+    becomes float64; text and numbers do not mix."""
+    names = parts[0].layout.metadata
+    columns: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for part in parts:
+        if part.layout.metadata != names:
+            raise LayoutError(
+                f"{part.path}: has metadata columns {list(part.layout.metadata)!r}, but {parts[0].path} has "
+                f"{list(names)!r}; parts must have the same columns"
+            )
+        recorded = part.layout.completion.get("sha256", {})
+        with open_h5(part.path) as f:
             for name in names:
-                col = first.column(name)
-                vlayout = h5py.VirtualLayout(shape=(n_rows, *col.row_shape), dtype=col.dtype)
-                for part in parts:
-                    k = part.layout.n_rows
-                    if k == 0:
-                        continue
-                    rel = os.path.relpath(part.path, folder).replace(os.sep, "/")
-                    vlayout[part.offset : part.offset + k] = h5py.VirtualSource(rel, name, shape=(k, *col.row_shape))
-                f.create_virtual_dataset(name, vlayout)
-            splits = _merged_splits(parts)
-            if splits:
-                group = f.create_group(L.SPLITS)
-                for name, rows in splits.items():
-                    group.create_dataset(name, data=rows, dtype=np.int64)
-                    h = hashlib.sha256()
-                    L.hash_rows(h, rows)
-                    digests[f"{L.SPLITS}/{name}"] = h.hexdigest()
-            f.attrs[L.ATTR_FORMAT] = np.int64(L.FORMAT_VERSION)
-            if first.n_classes is not None:
-                f.attrs[L.ATTR_N_CLASSES] = np.int64(first.n_classes)
-            if first.class_names is not None:
-                f.attrs.create(L.ATTR_CLASS_NAMES, list(first.class_names), dtype=h5py.string_dtype("utf-8"))
-            record = {
-                "rows": n_rows,
-                "sha256": digests,
-                "parts": [os.path.relpath(p.path, folder).replace(os.sep, "/") for p in parts],
-            }
-            # The completion record goes last: a file with it is whole.
-            f.attrs[L.ATTR_COMPLETE] = json.dumps(record, sort_keys=True)
-        # The merged file must open as a trusted virtual file before it takes
-        # its final name.
-        L.open_and_validate(tmp, allow_virtual=True)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        if overwrite:
-            os.replace(tmp, output)
-        else:
-            try:
-                os.link(tmp, output)
-            except FileExistsError:
-                raise WriterError(f"{output}: appeared while merging; pass overwrite=True to replace it") from None
-            os.unlink(tmp)
-        _fsync_dir(folder)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+                path = L.meta_path(name)
+                values = _record.read_rows(f[path], 0, part.layout.n_rows)
+                if recorded.get(path) not in (None, _record.digest_of(values)):
+                    raise LayoutError(
+                        f"{part.path}:/{path}: its data does not match the file's completion record; "
+                        "the part is damaged, convert it again"
+                    )
+                columns[name].append(np.asarray(values))
+    joined = {}
+    for name, blocks in columns.items():
+        text = {b.dtype.kind == "O" for b in blocks}
+        if len(text) > 1:
+            raise LayoutError(f"metadata column {name!r} holds text in some parts and numbers in others; parts must agree")
+        joined[name] = np.concatenate(blocks) if text == {False} else np.concatenate(blocks).astype(object)
+    # A table is keyed by Python strings: only a merge with metadata holds them.
+    return _meta.MetaTable("merge", np.array(ids.items(range(len(ids))), dtype=object), joined)
 
 
 # -- the command line ---------------------------------------------------------

@@ -5,64 +5,44 @@ until it is first used; then it opens its own handles in the current process.
 
 NOTE [ Handles across processes ]
 HDF5 state must never cross a ``fork``: a child that uses (or even closes) a
-handle its parent opened shares the parent's library state and caches. Keras
-reads batches 0 and 1 in the parent on the TensorFlow backend and then forks
-a new worker pool every epoch, so a handle opened in the parent *will* be
-inherited. The reader therefore keys its handles by the process id
-(``_proc.this_pid``): in a new process it abandons the inherited objects without touching them (they are
-kept referenced, so their finalisers never run in the child) and opens fresh
-ones. Pickling drops handles entirely, which covers ``spawn`` and
-``forkserver``.
+handle its parent opened shares the parent's library state and caches, and
+Keras forks worker pools after reading batches in the parent. The reader keys
+its handles by the process id (``_proc.this_pid``): in a new process it
+abandons the inherited objects without touching them (kept referenced, so
+their finalisers never run in the child) and opens fresh ones. Pickling drops
+handles entirely, which covers ``spawn`` and ``forkserver``.
+See the design note ``docs/design/reading.md``.
 
 NOTE [ Fast path ]
-HDF5 costs roughly 10-40 us per read call, which is more than copying a small
-sample. For a dataset stored as one contiguous, unfiltered block (the
-writer's default when the row count is known) the reader memory-maps the
-data's bytes (the offset comes from HDF5 at validation) and gathers rows with
-one ``numpy.take`` -- the same work as indexing an in-memory array, with the
-page cache as the memory. Everything else (chunked, compressed, checksummed,
-non-native byte order) goes through HDF5 with a :func:`~h5feed._plan.plan_reads`
-plan: one slice read per span. ``tests/test_reader.py`` proves both paths
-return the same bytes.
+A dataset stored as one contiguous, unfiltered block is memory-mapped (the
+offset comes from HDF5 at validation) and rows are gathered with one
+``numpy.take``, with the page cache as the memory: an HDF5 call per read
+costs more than copying a small row. Everything else (chunked, compressed,
+checksummed, non-native byte order) goes through HDF5 with a
+:func:`~h5feed._plan.plan_reads` plan, one slice read per span.
+``tests/test_reader.py`` proves both paths return the same bytes.
+See the design note ``docs/design/reading.md``.
+
+NOTE [ Chunked path ]
+A dataset chunked by whole rows is read chunk by chunk outside HDF5's lock:
+each chunk a batch touches is read raw and decoded in the
+:class:`~h5feed._chunks.ChunkCache`'s threads, or taken from that cache,
+and its rows are copied into the batch (NOTE [ Decoding chunks ] in
+``_chunks.py``). ``decode_threads=0``, and chunks that do not span whole
+rows, take HDF5's path above.
 
 NOTE [ Cold cache ]
-On a cold page cache a fault on the map reads the page and its neighbours
-(the kernel's read-around: ``read_ahead_kb``, 128 KiB by default, 8 MiB on
-this project's machines). For small rows one fault brings in many rows; for
-large rows (the tutorial's 128 KiB volumes) every row is its own synchronous
-read, one at a time, and a shuffled epoch ran at about half the rate of one
-sequential read of the file. :meth:`Reader.advise` asks the kernel
-(``MADV_WILLNEED``) to start reading given rows without waiting for them;
-:class:`~h5feed._readahead.ReadAhead` uses it to keep what the next batches
-need in flight while batches come from disk: the rows of the next batches
-when rows are large; when rows are small, the pieces of the file that hold
-them (as large as one fault's read-around or one device request, whichever
-is smaller), each as soon as a batch ahead first needs it. It goes on for
-the epoch when the first batch's rows are not cached (:meth:`Reader.cached`,
-before reading them: a cold first batch read without advice took 200 ms
-here, each fault pulling in 8 MiB around it) or, for large rows, once
-reading a batch took a major page fault (waited for the disk; pages cached
-but new to the process, as in a fresh worker, fault as minor faults), where
-the OS counts those, or else ran slower than memory speed.
-
-What it was worth, measured here (``h5feed bench``, "cold" rows, with and
-without, in one run): the cold epoch of "volume" went from 51% to 85% of one
-sequential read of the file shuffled, from 62% to 81% block-shuffled. For
-"small" (784-byte rows), with ``read_ahead_kb`` set to the kernel's default
-128 KiB, pieces took a cold epoch from 590,000 to 935,000 samples/s
-shuffled and from 810,000 to 1,040,000 block-shuffled (medians of 4, against
-the code before, which advised nothing shuffled and whole windows of blocks
-block-shuffled). With this machine's 8 MiB read-around they change
-nothing measurable (about 950,000 either way, median of 6): a fault already
-reads a sixth of the 45 MiB file. An epoch of small rows that starts cached
-is not watched at all, and for large rows the watching costs nothing
-measurable while the pages are cached (best of 12 warm epochs, both shapes,
-both orders, old and new code alternating).
-
-One advice call reads at most ``max(read_ahead_kb, max_sectors_kb)`` of the
-device (``force_page_cache_ra`` in the kernel's ``mm/readahead.c``; measured
-here with ``mincore``: a 64 MiB ``WILLNEED`` brought in 8 MiB), so longer
-ranges are cut into pieces of that size (:meth:`Reader.read_ahead_limits`).
+On a cold page cache each fault on the map reads the page and the kernel's
+read-around (``read_ahead_kb``) and waits for it, so a shuffled epoch of
+large rows is read one synchronous row at a time. :meth:`Reader.advise` asks
+the kernel (``MADV_WILLNEED``) to start reading given rows without waiting;
+:class:`~h5feed._readahead.ReadAhead` uses it, with :meth:`Reader.cached`
+and :meth:`Reader.read_ahead_limits`, to keep what the next batches need in
+flight while batches come from disk. One advice call reads at most
+``max(read_ahead_kb, max_sectors_kb)`` of the device (``force_page_cache_ra``
+in the kernel's ``mm/readahead.c``), so longer ranges are cut into pieces of
+that size.
+See the design note ``docs/design/read-ahead.md``.
 """
 
 from __future__ import annotations
@@ -70,12 +50,15 @@ from __future__ import annotations
 import mmap
 import os
 import threading
-from typing import Any
+from typing import Any, TypeVar
 
 import h5py
 import numpy as np
 
-from ._damage import read_error
+from . import _codecs
+from ._args import check_int
+from ._chunks import DEFAULT_CACHE_BYTES, ChunkCache, ChunkedColumn, default_decode_threads
+from ._damage import touching
 from ._files import open_h5
 from ._plan import ReadPlan, advice_ranges, plan_reads, span_advice_ranges
 from ._proc import this_pid
@@ -117,20 +100,102 @@ def _read_ahead_limits(path: str) -> tuple[int, int]:
     return _DEFAULT_READ_AHEAD, _DEFAULT_READ_AHEAD
 
 
-class Reader:
+def checked_rows(path: str, col: ColumnInfo, rows: Any) -> np.ndarray:
+    """``rows`` of ``col`` as a 1-D int64 array, checked to be in range.
+
+    Raises:
+        IndexError: a row outside the dataset (the message names the file,
+            the dataset and the row).
+    """
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    if rows.size and (rows.min() < 0 or rows.max() >= col.shape[0]):
+        bad = rows[(rows < 0) | (rows >= col.shape[0])][0]
+        raise IndexError(f"{path}:/{col.name}: row {int(bad)} is outside [0, {col.shape[0]})")
+    return rows
+
+
+_R = TypeVar("_R", bound="_PicklesAsLayout")
+
+
+class _PicklesAsLayout:
+    """A reader that pickles as its layout and options only (never handles),
+    and closes as a context manager; its ``__init__(layout, use_mmap=...,
+    cache_bytes=..., decode_threads=...)`` rebuilds it."""
+
+    layout: Layout
+    use_mmap: bool
+    cache_bytes: int
+    decode_threads: int
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _R) -> _R:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            "layout": self.layout,
+            "use_mmap": self.use_mmap,
+            "cache_bytes": self.cache_bytes,
+            "decode_threads": self.decode_threads,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        layout = state.pop("layout")
+        self.__init__(layout, **state)  # type: ignore[misc]
+
+
+def reader_options(cache_bytes: int | None, decode_threads: int | None) -> tuple[int, int]:
+    """``(cache_bytes, decode_threads)`` checked, with None as the defaults.
+
+    Raises:
+        ValueError: not an int (a bool is not), or below 0.
+    """
+    cache = check_int(cache_bytes, "cache_bytes", minimum=0, none_ok=True)
+    threads = check_int(decode_threads, "decode_threads", minimum=0, none_ok=True)
+    return (
+        DEFAULT_CACHE_BYTES if cache is None else int(cache),
+        default_decode_threads() if threads is None else int(threads),
+    )
+
+
+class Reader(_PicklesAsLayout):
     """Reads rows of a file's per-row datasets, in any order.
 
     Args:
         layout: the validated layout of the file (see :func:`~h5feed.layout.validate`).
         use_mmap: use the memory-mapped fast path where the storage allows.
+        cache_bytes: bytes of decoded chunks of chunked (compressed)
+            datasets kept for later reads, per process (default 256 MiB);
+            0 keeps none.
+        decode_threads: threads that read and decode chunks outside HDF5's
+            lock (default: one per core, at most 4); 0 leaves decoding to
+            HDF5 in the calling thread, without the cache.
 
-    The reader is safe to pickle and to use after ``fork``; it is not meant
-    to be shared by threads without its own lock, which it has.
+    The reader is safe to pickle and to use after ``fork``, and safe to share
+    between threads: HDF5 calls take its lock; decoding chunks does not.
+    See the design note ``docs/design/chunks.md``.
     """
 
-    def __init__(self, layout: Layout, *, use_mmap: bool = True) -> None:
+    def __init__(
+        self,
+        layout: Layout,
+        *,
+        use_mmap: bool = True,
+        cache_bytes: int | None = None,
+        decode_threads: int | None = None,
+        _cache: ChunkCache | None = None,
+    ) -> None:
         self.layout = layout
         self.use_mmap = bool(use_mmap)
+        self.cache_bytes, self.decode_threads = reader_options(cache_bytes, decode_threads)
+        # Decoded chunks, shared with the readers of a merged file's parts.
+        self._cache = _cache if _cache is not None else ChunkCache(self.cache_bytes, self.decode_threads)
+        self._chunked: dict[str, ChunkedColumn] = {}
         self._pid: int | None = None
         self._file: h5py.File | None = None
         self._dsets: dict[str, h5py.Dataset] = {}
@@ -160,7 +225,8 @@ class Reader:
             return
         if self._pid is not None:
             # Inherited across fork: abandon, never close (NOTE above).
-            _ABANDONED.append((self._file, self._dsets, self._maps, self._mmaps))
+            _ABANDONED.append((self._file, self._dsets, self._maps, self._mmaps, self._chunked))
+        self._chunked = {}
         self._pid = pid
         self._file = None
         self._dsets = {}
@@ -214,6 +280,8 @@ class Reader:
                 self._dsets = {}
                 # Arrays may still view the maps; let the GC close them then.
                 self._mmaps = []
+                # Each closes its descriptor once no decoding uses it.
+                self._chunked = {}
                 if self._file is not None:
                     try:
                         self._file.close()
@@ -221,18 +289,7 @@ class Reader:
                         pass
             self._file = None
             self._pid = None
-
-    def __enter__(self) -> Reader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"layout": self.layout, "use_mmap": self.use_mmap}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["layout"], use_mmap=state["use_mmap"])  # type: ignore[misc]
+        self._cache.clear()
 
     # -- reading -----------------------------------------------------------
 
@@ -253,16 +310,18 @@ class Reader:
                 message names the dataset and the row range.
         """
         col = self.layout.column(name)
-        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-        if rows.size and (rows.min() < 0 or rows.max() >= col.shape[0]):
-            bad = rows[(rows < 0) | (rows >= col.shape[0])][0]
-            raise IndexError(f"{self.layout.path}:/{name}: row {int(bad)} is outside [0, {col.shape[0]})")
+        rows = checked_rows(self.layout.path, col, rows)
         with self._lock:
             mapped = self._mapped(col)
             if mapped is not None:
                 return _gather(mapped, rows, out)
-            if out is None:
-                out = np.empty((rows.size, *col.row_shape), dtype=col.dtype.newbyteorder("="))
+            chunked = self._chunked_column(col)
+        if out is None:
+            out = np.empty((rows.size, *col.row_shape), dtype=col.dtype.newbyteorder("="))
+        if chunked is not None:
+            # NOTE [ Chunked path ]: outside the lock.
+            return self._read_chunks(col, chunked, rows, out)
+        with self._lock:
             plan = plan_reads(rows, chunk_rows=col.chunk_rows)
             return self._read_plan(col, plan, out)
 
@@ -277,6 +336,11 @@ class Reader:
             mapped = self._maps.get(name)
             if mapped is not None:
                 return mapped[rows] if out is None else _gather(mapped, rows, out)
+            chunked = self._chunked.get(name)
+            if chunked is not None:  # NOTE [ Chunked path ]
+                if out is None:
+                    out = np.empty((rows.size, *chunked.row_shape), dtype=chunked.out_dtype)
+                return self._cache.read((self.layout.path, name), chunked, rows, out)
         return self.read(name, rows, out)
 
     def read_ahead_limits(self) -> tuple[int, int]:
@@ -360,26 +424,59 @@ class Reader:
 
     def _dataset(self, name: str) -> h5py.Dataset:
         # Kept open: HDF5 drops a dataset's chunk cache when the dataset is
-        # closed, so opening it per batch decompressed every chunk every time.
+        # closed, so opening it per batch would decompress every chunk every time.
         f = self._h5()
         dset = self._dsets.get(name)
         if dset is None:
-            dset = self._dsets[name] = f[name]
+            if _codecs.is_plugin(self.layout.column(name).compression):
+                _codecs.load_plugins()  # for HDF5 to decode hdf5plugin's filters
+            with touching(self.layout.path, f"/{name}", ReadError):
+                dset = self._dsets[name] = f[name]
         return dset
+
+    def _chunked_column(self, col: ColumnInfo) -> ChunkedColumn | None:
+        """``col``'s chunks in this process, or None where HDF5 reads it
+        (NOTE [ Chunked path ]); under the lock."""
+        if self.decode_threads == 0 or col.chunks is None or tuple(col.chunks[1:]) != col.row_shape:
+            return None
+        self._ensure_process()
+        if col.name not in self._chunked:
+            self._chunked[col.name] = ChunkedColumn(self.layout.path, self._dataset(col.name), self._lock)
+        return self._chunked[col.name]
+
+    def prefetch(self, name: str, rows: np.ndarray) -> bool:
+        """Start decoding the chunks that ``rows`` (checked) of ``name`` need,
+        into the chunk cache; return at once.
+
+        Returns:
+            False when ``name`` is not read through the chunk cache (nothing
+            to start): the caller can stop asking.
+        """
+        col = self.layout.column(name)
+        with self._lock:
+            if self._mapped(col) is not None:
+                return False
+            chunked = self._chunked_column(col)
+        if chunked is None:
+            return False
+        self._cache.prefetch((self.layout.path, col.name), chunked, rows)
+        return True
+
+    def _read_chunks(self, col: ColumnInfo, chunked: ChunkedColumn, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
+        return self._cache.read((self.layout.path, col.name), chunked, rows, out)
 
     def _read_plan(self, col: ColumnInfo, plan: ReadPlan, out: np.ndarray) -> np.ndarray:
         dset = self._dataset(col.name)
         direct = plan.take is None and plan.inverse is None
         buf = out if direct else np.empty((plan.span_rows, *col.row_shape), dtype=out.dtype)
         pos = 0
-        for start, stop in zip(plan.starts.tolist(), plan.stops.tolist()):
-            n = stop - start
-            try:
+        # A failed read names the damaged chunks' rows exactly (NOTE [ Damaged files ]).
+        with touching(self.layout.path, f"/{col.name}", ReadError, dset=dset) as guard:
+            for start, stop in zip(plan.starts.tolist(), plan.stops.tolist()):
+                n = stop - start
+                guard.rows = (start, stop)
                 dset.read_direct(buf, np.s_[start:stop], np.s_[pos : pos + n])
-            except OSError as exc:
-                # Names the damaged chunk's rows exactly (h5feed/_damage.py).
-                raise read_error(self.layout.path, dset, start, stop, exc) from exc
-            pos += n
+                pos += n
         if direct:
             return out
         # Spans -> distinct rows -> requested order, composed into one gather.
@@ -394,15 +491,16 @@ class Reader:
     def read_ids(self, rows: np.ndarray) -> list[str]:
         """The sample IDs of ``rows``, in the order given."""
         with self._lock:
-            return read_ids(self._h5(), rows)
+            f = self._h5()
+            with touching(self.layout.path, "/ids", ReadError):
+                return read_ids(f, rows)
 
 
 def _gather(source: np.ndarray, rows: np.ndarray, out: np.ndarray | None) -> np.ndarray:
     """``source[rows]``, into ``out`` when given; ``rows`` already checked.
 
     ``take(mode="clip")`` writes straight into ``out``: the default
-    ``mode="raise"`` buffers the whole output through a temporary, 10-20x
-    slower for large rows.
+    ``mode="raise"`` buffers the whole output through a temporary first.
     """
     if out is None:
         return source[rows]

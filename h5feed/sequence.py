@@ -4,42 +4,43 @@ Importing this module imports Keras (and so TensorFlow or the configured
 backend); ``import h5feed`` alone does not.
 
 NOTE [ Plugging own workers into Keras ]
-With ``use_multiprocessing=True`` the sequence serves batches from its own
-worker processes (:class:`~h5feed._workers.BatchPool`, shared memory instead
-of Keras's pickling; see NOTE [ Own workers ] there). Keras must then not start
-its own pool: Keras's adapter starts one whenever the dataset's ``workers``
-property is above 1 (or 1 with ``use_multiprocessing``), so the sequence
-reports ``workers=1, use_multiprocessing=False`` to Keras and keeps what the
-user asked in ``process_workers``.
+With ``use_multiprocessing=True`` the sequence serves batches from h5feed's
+own worker processes (:class:`~h5feed._workers.BatchPool`;
+NOTE [ Own workers ] there), and with ``workers=N`` alone from h5feed's own
+threads; either way it reports ``workers=1, use_multiprocessing=False`` to
+Keras, so that Keras starts no pool of its own; ``process_workers`` and
+``thread_workers`` keep what the user asked. Keras's ``fit(shuffle=True)``
+asks for indices in an unseeded order of its own, so a shuffled sequence binds
+batches late: in the process that built it, the k-th distinct index asked for
+in an epoch gets the k-th batch of the epoch order drawn from ``(seed,
+epoch)``, so the batches reach the model in the seed's order whatever order
+Keras asks in, each row is still read once per epoch, an index asked twice
+gets the same batch, and the workers can prefetch. A copy in another process
+serves index i = batch i; an unshuffled sequence always does. The process pool
+starts at the third request of an epoch, serves the following epochs too
+(:meth:`BatchPool.restart`), and stops on ``close()``, on garbage collection,
+at interpreter exit and when a worker fails.
+See the design note ``docs/design/late-binding.md``.
 
-Keras's ``fit(shuffle=True)`` (its default) asks for the batch indices of an
-epoch in a random order of its own, drawn from Python's unseeded ``random``,
-which no prefetcher can follow and which would make the same seed give a
-different sample order on every run. Since the sequence's epoch order is
-already a random permutation (or a block shuffle) drawn from ``(seed,
-epoch)``, a shuffled sequence serves the k-th distinct index asked for in an
-epoch with the k-th batch of its epoch order ("late binding"), in-process and
-with process workers alike: each row is still seen exactly once per epoch, an
-index asked twice gets the same batch, the batches reach the model in the
-seed's order whatever Keras's shuffle, and the workers can prefetch. Thread
-workers (``workers=N`` without ``use_multiprocessing``) are h5feed's too, for
-the same reason: with Keras's thread pool, which request binds to which batch
-would follow the threads' timing. h5feed's threads make the batches after the
-one just served, in the epoch order, so the order stays the seed's.
-The binding lives in the process that built the sequence, where Keras calls
-``on_epoch_end``; a copy of the sequence in another process (pickled into a
-pool of the user's own) serves index i = batch i, so that processes that split
-the indices between them still read each row exactly once.
-An unshuffled sequence keeps index i = batch i; the pool then prefetches along
-the order of the requests and reads in-process when they jump.
+NOTE [ Decoding ahead ]
+Reading in this process alone (no worker threads or processes), a sequence
+over chunked datasets starts the decoding of the chunks of the batches up to
+``DECODE_AHEAD`` after the one it makes (``Reader.prefetch``), so that the
+decoding threads work while the batches in between come from the chunk cache
+(NOTE [ The chunk cache ] in ``_chunks.py``). Only where the cache keeps what
+it starts: the budget holds four windows of blocks, and a full shuffle's
+file fits it whole. See the design note ``docs/design/chunks.md``.
 
-The pool starts at the third request of an epoch (the TensorFlow backend
-peeks at batches 0 and 1 before training, and a pool is not worth starting
-for them) and serves the following epochs too (:meth:`BatchPool.restart`:
-a new process each epoch would map the file's pages again, one fault at a
-time). It stops on ``close()``, on garbage collection and at interpreter
-exit, and when a worker fails; its shared memory never shows in
-``/dev/shm`` after the workers have started.
+NOTE [ Resuming mid-epoch ]
+:meth:`H5Sequence.load_state_dict` puts the sequence at batch ``b`` of an
+epoch's order: index ``i`` then serves batch ``b + i`` (late-bound as above)
+and ``len(seq)`` is the ``n - b`` batches left, until ``on_epoch_end``
+starts the next epoch whole. So a loop over ``range(len(seq))``, and Keras's
+``fit``, which asks for ``len(seq)`` batches each epoch, continue exactly
+where the state was saved. Every batch is made with its place ``(seed,
+epoch, b + i, shard)`` (NOTE [ Random streams ] in ``_streams.py``), so a
+transform that takes ``rng`` repeats itself too. See the design note
+``docs/design/resume.md``.
 """
 
 from __future__ import annotations
@@ -49,24 +50,26 @@ import functools
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
-from . import _plan
+from . import _plan, _state
 from ._batch import BatchMaker
 from ._keras import keras
 from ._origin import note_raised
 from ._proc import this_pid
 from ._readahead import ReadAhead
+from ._args import check_bool, check_int, check_shard
+from ._streams import BatchPlace
 from ._select import (
     DEFAULT_Y,
     ColumnSpec,
+    EpochRows,
     column_names as _column_names,
     resolve_columns as _resolve_columns,
-    normalize_shard as _normalize_shard,
-    positive_int as _positive_int,
+    resolve_sample_weight as _resolve_sample_weight,
     select_rows as _select_rows,
 )
 from ._workers import BatchPool
@@ -75,6 +78,9 @@ from .layout import Layout
 # Batches of large rows kept advised ahead of the one being read, past those
 # that h5feed's worker threads or processes already make.
 READ_AHEAD_DEPTH = 4
+# Batches after the one being made whose chunks are decoded ahead
+# (NOTE [ Decoding ahead ]): about a window of blocks at the default sizes.
+DECODE_AHEAD = 16
 
 __all__ = ["H5Sequence"]
 
@@ -82,7 +88,7 @@ _PYDATASET_KWARGS = ("workers", "use_multiprocessing", "max_queue_size")
 
 
 class H5Sequence(keras.utils.PyDataset):
-    """Batches ``(X, Y)`` from one h5feed file, for ``model.fit``.
+    """Batches ``(X, Y)`` (or ``(X, Y, W)``) from one h5feed file, for ``model.fit``.
 
     Args:
         path: the h5feed file.
@@ -95,8 +101,10 @@ class H5Sequence(keras.utils.PyDataset):
             quasi-random order that keeps reads contiguous (blocks of
             ``block_rows`` rows, mixed ``block_window`` blocks at a time);
             False for file (or ``ids``) order.
-        seed: the shuffling seed. None draws one; every worker process uses
-            the same, so all agree on the epoch order.
+        seed: the shuffling seed, also the seed of a transform's ``rng``.
+            None draws one (and :meth:`load_state_dict` then takes the
+            saved one); every worker process uses the same, so all agree
+            on the epoch order.
         one_hot: one-hot ``Y`` (float32). None means one-hot exactly when the
             file stores ``n_classes``.
         x: the input dataset(s): a name, a list of names (a tuple of arrays),
@@ -104,9 +112,13 @@ class H5Sequence(keras.utils.PyDataset):
         y: the target dataset(s), same forms; None for inputs only. The
             default is ``"y"`` when the file has it.
         drop_remainder: drop the last, short batch.
-        transform: ``fn(X, Y) -> (X, Y)`` applied to each batch in the process
-            that reads it; must be a module-level function to work with
-            process workers.
+        transform: ``fn(X, Y) -> (X, Y)`` or ``fn(X, Y, rng) -> (X, Y)``
+            applied to each batch in the process that reads it; must be a
+            module-level function to work with process workers. ``rng`` is
+            a ``numpy.random.Generator`` drawn from the seed, the epoch, the
+            batch's place in the epoch's order and the shard: the same
+            batch gets the same numbers with or without workers, and after
+            a resume.
         block_rows: block size for ``shuffle="block"`` (default: the chunk
             rows of ``x`` when chunked, else 64).
         block_window: blocks mixed together for ``shuffle="block"``.
@@ -117,11 +129,22 @@ class H5Sequence(keras.utils.PyDataset):
             rows of the epoch so that all shards have the same length.
         allow_virtual: accept a file whose datasets are HDF5 virtual datasets
             (made by ``h5feed merge``); its sources must lie in its folder.
+        sample_weight: a per-row dataset of sample weights: batches
+            are then ``(X, Y, W)``, which ``model.fit`` weighs as it does an
+            in-memory ``sample_weight`` (``W`` is not passed to the
+            transform, which must keep rows in place). Needs targets.
         readahead: while batches come from disk (cold page cache), ask the
-            kernel to start reading what the next batches need (memory-mapped
-            datasets: rows of 32 KiB or more, or blocks of smaller rows under
-            ``shuffle="block"``; NOTE [ Cold cache ] in ``reader.py``). False
-            never asks.
+            kernel to start reading what the next batches need: the rows of
+            large-row datasets, the pieces of the file that hold small rows
+            (memory-mapped datasets only, a merged file's parts included;
+            NOTE [ Cold cache ] in ``reader.py``). False never asks.
+        cache_bytes: bytes of decoded chunks of chunked (compressed)
+            datasets kept for the batches that follow, in each process that
+            reads (default 256 MiB); 0 keeps none. A file whose decoded size
+            fits is decoded once, whatever the shuffle.
+        decode_threads: threads that read and decode chunks outside HDF5's
+            lock, in each process that reads (default: one per core, at most
+            4); 0 leaves it to HDF5 (see ``docs/design/chunks.md``).
         **kwargs: ``workers``, ``use_multiprocessing``, ``max_queue_size``.
             With ``use_multiprocessing=True`` h5feed runs ``workers`` worker
             processes of its own that return batches through shared memory
@@ -134,6 +157,7 @@ class H5Sequence(keras.utils.PyDataset):
         UnknownIDError: an ID is not in the file.
         FormatError: the file is not a valid h5feed file.
         TypeError: an unknown keyword argument or an option of a wrong type.
+        ValueError: ``sample_weight`` without targets.
 
     Example:
         >>> seq = H5Sequence("data.h5", "train", batch_size=32, seed=0)  # doctest: +SKIP
@@ -153,12 +177,15 @@ class H5Sequence(keras.utils.PyDataset):
         x: ColumnSpec = "x",
         y: Any = DEFAULT_Y,
         drop_remainder: bool = False,
-        transform: Callable[[Any, Any], tuple[Any, Any]] | None = None,
+        transform: Callable[..., tuple[Any, Any]] | None = None,
         block_rows: int | None = None,
         block_window: int = 8,
         shard: tuple[int, int] | None = None,
         allow_virtual: bool = False,
+        sample_weight: str | None = None,
         readahead: bool = True,
+        cache_bytes: int | None = None,
+        decode_threads: int | None = None,
         **kwargs: Any,
     ) -> None:
         unknown = sorted(set(kwargs) - set(_PYDATASET_KWARGS))
@@ -167,12 +194,8 @@ class H5Sequence(keras.utils.PyDataset):
                 f"H5Sequence() got unexpected keyword argument(s) {unknown!r}; "
                 f"it passes only {list(_PYDATASET_KWARGS)!r} to keras.utils.PyDataset"
             )
-        workers = kwargs.get("workers", 1)
-        multi = kwargs.get("use_multiprocessing", False)
-        if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 0:
-            raise ValueError(f"workers must be an int >= 0. Received: {workers!r}")
-        if not isinstance(multi, (bool, np.bool_)):
-            raise TypeError(f"use_multiprocessing must be a bool. Received: {multi!r}")
+        workers = check_int(kwargs.get("workers", 1), "workers", minimum=0)
+        multi = check_bool(kwargs.get("use_multiprocessing", False), "use_multiprocessing")
         self._process_workers = int(workers) if multi and workers >= 1 else 0
         self._thread_workers = int(workers) if not multi and workers > 1 else 0
         if self._process_workers or self._thread_workers:
@@ -180,9 +203,7 @@ class H5Sequence(keras.utils.PyDataset):
             kwargs = dict(kwargs, workers=1, use_multiprocessing=False)
         super().__init__(**kwargs)
         self.path = os.path.abspath(os.fspath(path))
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1. Received: {batch_size!r}")
-        self.batch_size = int(batch_size)
+        self.batch_size = check_int(batch_size, "batch_size", minimum=1)
         if shuffle not in (True, False, "block"):
             raise ValueError(f"shuffle must be True, False or 'block'. Received: {shuffle!r}")
         self.shuffle = shuffle
@@ -192,16 +213,12 @@ class H5Sequence(keras.utils.PyDataset):
             raise ValueError(
                 f"shard={shard!r} with shuffling needs an explicit seed, the same in every worker. Received: seed=None"
             )
-        if seed is None:
-            seed = int(np.random.SeedSequence().entropy % (2**63))
-        elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise TypeError(f"seed must be an int or None. Received: {seed!r}")
-        self.seed = int(seed)
+        seed = check_int(seed, "seed", minimum=0, none_ok=True, error=TypeError)
+        self._seed_given = seed is not None
+        self.seed = int(np.random.SeedSequence().entropy % (2**63)) if seed is None else seed
         if one_hot is not None and not isinstance(one_hot, (bool, np.bool_)):
             raise TypeError(f"one_hot must be True, False or None. Received: {one_hot!r}")
-        if not isinstance(drop_remainder, (bool, np.bool_)):
-            raise TypeError(f"drop_remainder must be a bool. Received: {drop_remainder!r}")
-        self.drop_remainder = bool(drop_remainder)
+        self.drop_remainder = check_bool(drop_remainder, "drop_remainder")
         if transform is not None and not callable(transform):
             raise TypeError(f"transform must be callable. Received: {transform!r}")
         self.transform = transform
@@ -210,28 +227,33 @@ class H5Sequence(keras.utils.PyDataset):
         if split is not None and not isinstance(split, str):
             raise TypeError(f"split must be a split name (str). Received: {split!r}")
         self.split = split
-        self._shard = _normalize_shard(shard)
-        if not isinstance(allow_virtual, (bool, np.bool_)):
-            raise TypeError(f"allow_virtual must be a bool. Received: {allow_virtual!r}")
-        self.allow_virtual = bool(allow_virtual)
-        if not isinstance(readahead, (bool, np.bool_)):
-            raise TypeError(f"readahead must be a bool. Received: {readahead!r}")
+        self._shard = check_shard(shard)
+        self.allow_virtual = check_bool(allow_virtual, "allow_virtual")
+        readahead = check_bool(readahead, "readahead")
 
         # Validated once, here; workers trust this layout (NOTE [ Handles
-        # across processes ] in reader.py).
-        layout, rows = _select_rows(self.path, split, ids, allow_virtual=self.allow_virtual)
+        # across processes ] in reader.py) and get their batches' rows
+        # resolved (NOTE [ Selections ] in _select.py).
+        layout, selection = _select_rows(self.path, split, ids, allow_virtual=self.allow_virtual)
         self.layout: Layout = layout
-        self._rows = rows
+        self._selection = selection
+        # What a state's fingerprint says of the selection (NOTE [ Resume
+        # states ] in _state.py): ids select rows by a list, named by a digest.
+        self._selection_name = _state.selection_name(split, ids, selection.array() if ids is not None else None)
 
         self.x, self.y, self.one_hot = _resolve_columns(layout, x, y, one_hot)
+        self.sample_weight = _resolve_sample_weight(layout, sample_weight, self.y)
 
         x_col = layout.column(_column_names(self.x)[0])
         if block_rows is None:
             block_rows = x_col.chunk_rows or 64
-        self.block_rows = _positive_int(block_rows, "block_rows")
-        self.block_window = _positive_int(block_window, "block_window")
+        self.block_rows = check_int(block_rows, "block_rows", minimum=1)
+        self.block_window = check_int(block_window, "block_window", minimum=1)
 
-        self._maker = BatchMaker(layout, self.x, self.y, one_hot=self.one_hot, transform=transform)
+        self._maker = BatchMaker(
+            layout, self.x, self.y, one_hot=self.one_hot, transform=transform,
+            sample_weight=self.sample_weight, cache_bytes=cache_bytes, decode_threads=decode_threads,
+        )
         self._ahead = ReadAhead(
             self._maker.reader if readahead else None,
             self._maker.columns(),
@@ -239,6 +261,8 @@ class H5Sequence(keras.utils.PyDataset):
             depth=READ_AHEAD_DEPTH,
         )
         self._reset_pool_state()
+        self._decode_ahead = self._can_decode_ahead(x_col)
+        self._decoded_to = 0  # batches below this had their chunks started
         self._slot_bytes = 0
         # The multiprocessing context of the workers; None: the start
         # method in effect (multiprocessing.set_start_method).
@@ -246,6 +270,7 @@ class H5Sequence(keras.utils.PyDataset):
         self._pool_lock = threading.RLock()
         self._owner_pid = this_pid()  # where the late binding lives (NOTE above)
         self._epoch = 0
+        self._start = 0  # the epoch's first batch served (NOTE [ Resuming mid-epoch ])
         self._epoch_rows = self._compute_epoch_rows(0)
         # Every epoch has as many rows (a permutation of the same ones).
         self._n_batches = _plan.num_batches(self._epoch_rows.size, self.batch_size, drop_remainder=self.drop_remainder)
@@ -278,32 +303,52 @@ class H5Sequence(keras.utils.PyDataset):
 
     @property
     def rows(self) -> np.ndarray:
-        """The selected rows in selection order (read-only view)."""
-        view = self._rows.view()
-        view.flags.writeable = False
-        return view
+        """The selected rows in selection order (read-only; made on demand for all rows)."""
+        return self._selection.array()
 
-    def _compute_epoch_rows(self, epoch: int) -> np.ndarray:
-        n = self._rows.size
-        order = _plan.epoch_order(
-            n,
+    def _compute_epoch_rows(self, epoch: int) -> EpochRows:
+        # Costs nothing until batches are asked for (NOTE [ Epoch orders
+        # without a permutation array ] in _plan.py).
+        order = _plan.EpochOrder(
+            len(self._selection),
             shuffle=self.shuffle,
             seed=self.seed,
             epoch=epoch,
             block=self.block_rows,
             window=self.block_window,
+            shard=self._shard,
+            drop_remainder=self.drop_remainder,
         )
-        if self._shard is not None:
-            start, stop = _plan.shard_bounds(n, *self._shard, drop_remainder=self.drop_remainder)
-            order = order[start:stop]
-        return self._rows[order]
+        return EpochRows(self._selection, order)
+
+    def _can_decode_ahead(self, x_col: Any) -> bool:
+        """Whether the cache keeps what decoding ahead starts (NOTE [ Decoding ahead ])."""
+        row_bytes = self._maker.decodes_chunks()
+        if not row_bytes or x_col.chunk_rows is None:
+            return False
+        budget = self._maker.reader.cache_bytes
+        if budget < 4 * self.block_window * x_col.chunk_rows * row_bytes:
+            return False
+        return self.shuffle is not True or len(self._selection) * row_bytes <= budget
+
+    def _start_decoding_after(self, k: int) -> None:
+        """Start the chunks of the batches up to ``DECODE_AHEAD`` after ``k``."""
+        stop = min(self._n_batches, k + 1 + DECODE_AHEAD)
+        start = max(self._decoded_to, k + 1)
+        if start < stop:
+            self._decoded_to = stop
+            self._maker.prefetch(self._epoch_rows[start * self.batch_size : stop * self.batch_size])
 
     def set_epoch(self, epoch: int) -> None:
-        """Jump to ``epoch`` (to resume training): its order is recomputed."""
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-            raise ValueError(f"epoch must be an int >= 0. Received: {epoch!r}")
+        """Jump to the start of ``epoch``: its order is recomputed."""
+        self._move_to(check_int(epoch, "epoch", minimum=0), 0)
+
+    def _move_to(self, epoch: int, start: int) -> None:
+        """Serve ``epoch`` from batch ``start`` of its order on."""
         self._ahead.reset()
-        self._epoch = int(epoch)
+        self._decoded_to = 0
+        self._epoch = epoch
+        self._start = start
         self._epoch_rows = self._compute_epoch_rows(self._epoch)
         # Last: a worker that died meanwhile raises here, the epoch set.
         self._close_pool(keep_processes=True)
@@ -318,14 +363,116 @@ class H5Sequence(keras.utils.PyDataset):
         return self._shard
 
     def epoch_rows(self) -> np.ndarray:
-        """The rows of the current epoch, in batch order (a copy)."""
-        n = len(self) * self.batch_size
-        return self._epoch_rows[:n].copy()
+        """The rows the current epoch serves, in batch order (a new array, O(rows)).
+
+        From its first batch, or, after :meth:`load_state_dict`, from the
+        batch the state names.
+        """
+        return np.array(self._epoch_rows[self._start * self.batch_size:self._n_batches * self.batch_size])
+
+    # -- saving and restoring the position ---------------------------------
+
+    def _fingerprint(self) -> dict[str, Any]:
+        fingerprint: dict[str, Any] = {
+            "file": _state.file_digest(self.layout.completion),
+            "selection": self._selection_name,
+            "rows": len(self._selection),
+            "batch_size": self.batch_size,
+            "shuffle": self.shuffle,
+            "drop_remainder": self.drop_remainder,
+            "shard": self._shard,
+            "x": self.x,
+            "y": self.y,
+            "one_hot": self.one_hot,
+            "sample_weight": self.sample_weight,
+        }
+        if self.shuffle == "block":
+            fingerprint.update(block_rows=self.block_rows, block_window=self.block_window)
+        return fingerprint
+
+    def state_dict(self, *, epoch: int | None = None, batch: int | None = None) -> dict[str, Any]:
+        """Where this sequence stands, as a small dict of JSON values.
+
+        ``{"h5feed_state": 1, "kind": "H5Sequence", "epoch": e, "batch": b,
+        "seed": s, "fingerprint": {...}}``: ``b`` batches of epoch ``e``'s
+        order were served; the fingerprint names the file (a digest of its
+        completion record), the selection and the options. Save it with
+        ``json.dump``; :meth:`load_state_dict` continues from it.
+
+        Args:
+            epoch: describe this epoch instead of the current one.
+            batch: count this many batches of the epoch as served instead of
+                those this sequence served: for a loop that reads through a
+                :meth:`to_tf_dataset` copy, or a trainer that reads ahead of
+                what it trains on (:class:`h5feed.BackupAndRestore` passes
+                the batches the model trained on).
+
+        Raises:
+            ValueError: ``epoch`` below 0, or ``batch`` outside ``[0, batches
+                per epoch]``.
+
+        Example:
+            >>> seq = H5Sequence("data.h5", "train", seed=0)  # doctest: +SKIP
+            >>> for i in range(5): seq[i]  # doctest: +SKIP
+            >>> json.dump(seq.state_dict(), open("position.json", "w"))  # doctest: +SKIP
+        """
+        if epoch is None:
+            epoch = self._epoch
+        epoch = check_int(epoch, "epoch", minimum=0)
+        if batch is None:
+            with self._pool_lock:
+                batch = self._start + self._next_content if epoch == self._epoch else 0
+        return _state.make_state(
+            "H5Sequence", epoch=epoch, batch=self._check_batch(batch), seed=self.seed, fingerprint=self._fingerprint()
+        )
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a :meth:`state_dict`: the next batch served is the one after it.
+
+        The epoch and its order become the state's, index 0 serves the
+        batch after the ones the state counts as served, and ``len(seq)`` is
+        the batches left in that epoch (a full epoch again after
+        ``on_epoch_end``). A sequence made with ``seed=None`` takes the
+        state's seed. (NOTE [ Resuming mid-epoch ])
+
+        Raises:
+            StateMismatchError: the state was saved for another file,
+                selection, option set or seed (the message names every
+                difference), or is not a state.
+        """
+        epoch, batch, seed = _state.read_state(
+            state,
+            "H5Sequence",
+            fingerprint=self._fingerprint(),
+            seed=self.seed if self._seed_given else None,
+            n_batches=self._n_batches,
+            where=self.path,
+        )
+        self.seed = seed
+        self._move_to(epoch, batch)
+
+    def _check_batch(self, batch: Any) -> int:
+        """A position in an epoch: an int in ``[0, batches per epoch]``."""
+        batch = check_int(batch, "batch", minimum=0)
+        if batch > self._n_batches:
+            raise ValueError(f"batch must be at most {self._n_batches}, the batches per epoch. Received: {batch!r}")
+        return batch
+
+    def _place(self, k: int) -> BatchPlace | None:
+        """Where batch ``k`` of the current epoch's order sits, for a transform's
+        ``rng``; None when the transform takes none (a batch of small rows
+        costs little more than the calls that make it)."""
+        return BatchPlace(self.seed, self._epoch, k, self._shard) if self._maker.takes_place else None
+
+    def _task_place(self, k: int) -> BatchPlace:
+        """Where batch ``k`` sits, for a worker process (which seeds its
+        global generators by the epoch as well)."""
+        return BatchPlace(self.seed, self._epoch, k, self._shard)
 
     # -- the PyDataset protocol --------------------------------------------
 
     def __len__(self) -> int:
-        return self._n_batches
+        return self._n_batches - self._start
 
     @property
     def num_batches(self) -> int:
@@ -346,12 +493,17 @@ class H5Sequence(keras.utils.PyDataset):
         return self._epoch_rows[start:stop]
 
     def _content_of(self, index: int) -> int:
-        """Which batch of the epoch order serves ``index`` (late binding, NOTE above)."""
-        if self.shuffle is False or this_pid() != self._owner_pid:
-            return index
+        """Which batch of the epoch order serves ``index`` (late binding, NOTE above).
+
+        In the owning process every distinct index is counted as served
+        (what :meth:`state_dict` reports).
+        """
+        if this_pid() != self._owner_pid:
+            return self._start + index
         k = self._bound.get(index)
         if k is None:
-            k = self._bound[index] = self._next_content
+            late = self._next_content if self.shuffle is not False else index
+            k = self._bound[index] = self._start + late
             self._next_content += 1
         return k
 
@@ -365,13 +517,12 @@ class H5Sequence(keras.utils.PyDataset):
         """
         index = self._check_index(index)
         with self._pool_lock:
-            return self._content_rows(self._content_of(index))
+            return np.array(self._content_rows(self._content_of(index)))
 
     def __getitem__(self, index: int) -> Any:
         try:
-            # The per-batch path: a plain int in range skips the checks (a
-            # warm batch of "small" takes about 10 us in all).
-            if type(index) is not int or not 0 <= index < self._n_batches:
+            # The per-batch path: a plain int in range skips the checks.
+            if type(index) is not int or not 0 <= index < self._n_batches - self._start:
                 index = self._check_index(index)
             if not self._process_workers:
                 with self._pool_lock:
@@ -381,10 +532,14 @@ class H5Sequence(keras.utils.PyDataset):
                     if not self._ahead.enabled:
                         return pending.result()
                     return self._read_ahead_of(k, pending.result, lambda: self._read_times.pop(k, None))
+                if self._decode_ahead:
+                    self._start_decoding_after(k)
                 if self._ahead.enabled:
                     return self._make_reading_ahead(k, index)
                 start = k * self.batch_size
-                return self._maker.make(self._epoch_rows[start:start + self.batch_size], index)
+                return self._maker.make(
+                    self._epoch_rows[start:start + self.batch_size], index, place=self._place(k)
+                )
             return self._from_pool(index)
         except Exception as exc:
             # For h5feed.original_errors() (NOTE [ Exceptions through tf.data ]).
@@ -402,7 +557,9 @@ class H5Sequence(keras.utils.PyDataset):
                 pool = self._pool
                 try:
                     batch = self._read_ahead_of(
-                        k, lambda: pool.get(k, len(self), self._content_rows, index), lambda: pool.last_read
+                        k,
+                        lambda: pool.get(k, self._n_batches, self._content_rows, index, self._task_place),
+                        lambda: pool.last_read,
                     )
                 except BaseException:
                     # The pool closed itself before raising; the epoch's
@@ -413,7 +570,7 @@ class H5Sequence(keras.utils.PyDataset):
                     return batch
         if self._ahead.enabled:
             return self._make_reading_ahead(k, index)
-        return self._maker.make(self._content_rows(k), index)
+        return self._maker.make(self._content_rows(k), index, place=self._place(k))
 
     def _read_ahead_of(
         self, k: int, wait: Callable[[], Any], read_of: Callable[[], tuple[float, int | None] | None]
@@ -440,10 +597,10 @@ class H5Sequence(keras.utils.PyDataset):
         def read_ahead(read: tuple[float, int | None]) -> None:
             ahead.batch_read(k, read, order)
 
-        if k == 0:
+        if k == self._start:
             ahead.prime(order)
 
-        return self._maker.make(rows, index, on_read=read_ahead)
+        return self._maker.make(rows, index, on_read=read_ahead, place=self._place(k))
 
     # -- own worker processes ----------------------------------------------
 
@@ -463,11 +620,13 @@ class H5Sequence(keras.utils.PyDataset):
         for stale in [c for c in self._prefetched if not k < c <= k + depth]:
             self._prefetched.pop(stale).cancel()
             self._read_times.pop(stale, None)
-        for c in range(k + 1, min(len(self), k + depth + 1)):
+        for c in range(k + 1, min(self._n_batches, k + depth + 1)):
             if c not in self._prefetched:
                 # Each thread notes how its read went, for read-ahead.
                 on_read = functools.partial(self._read_times.__setitem__, c) if self._ahead.enabled else None
-                self._prefetched[c] = self._threads.submit(self._maker.make, self._content_rows(c), c, on_read=on_read)
+                self._prefetched[c] = self._threads.submit(
+                    self._maker.make, self._content_rows(c), c, on_read=on_read, place=self._place(c)
+                )
         return pending
 
     def _reset_pool_state(self) -> None:
@@ -520,28 +679,111 @@ class H5Sequence(keras.utils.PyDataset):
                 pool.restart()  # closes itself before raising
                 self._pool = pool
 
-    # -- other frameworks --------------------------------------------------
+    # -- copies and other frameworks ----------------------------------------
 
-    def to_tf_dataset(self, *, first_epoch: int | None = None, prefetch: int | None = -1) -> Any:
-        """The same batches as a ``tf.data.Dataset``; see :func:`h5feed.tf_data.dataset_from_sequence`."""
-        from .tf_data import dataset_from_sequence
+    def copy_at_epoch(self, epoch: int, *, batch: int = 0) -> H5Sequence:
+        """An independent copy of this sequence at ``epoch``, reading in this process.
 
-        return dataset_from_sequence(self, first_epoch=first_epoch, prefetch=prefetch)
+        The copy has the same file, rows, columns, seed, shard and transform,
+        and a file handle of its own; it never starts worker threads or
+        processes, and using it (or closing it) leaves this sequence alone.
+        For readers that run their own threads over a sequence, such as
+        :meth:`to_tf_dataset`. Close it when done. ``batch``: the copy
+        serves the epoch from that batch of its order on, as after
+        :meth:`load_state_dict`.
 
-    def _clone(self, epoch: int) -> H5Sequence:
-        """A shallow copy at ``epoch`` that reads in-process with its own reader.
-
-        Handles are never shared, and the clone never starts worker processes
-        (tf.data runs its own threads over it).
+        Raises:
+            ValueError: ``epoch`` is negative, or ``batch`` outside ``[0,
+                batches per epoch]``.
         """
+        epoch = check_int(epoch, "epoch", minimum=0)
+        batch = self._check_batch(batch)
         clone = copy.copy(self)
         clone._pool_lock = threading.RLock()
-        clone._reset_pool_state()  # the parent's pool stays the parent's
+        clone._reset_pool_state()  # this sequence's pool stays its own
         clone._process_workers = 0
         clone._thread_workers = 0
         clone._maker = self._maker.fresh()
-        clone.set_epoch(epoch)
+        # Read-ahead of its own, over its own reader, for its own reads.
+        clone._ahead = self._ahead.fresh(clone._maker.reader)
+        clone._ahead.depth = READ_AHEAD_DEPTH
+        clone._move_to(epoch, batch)
         return clone
+
+    def example_batch(self) -> Any:
+        """A batch like every batch of this sequence: its structure and dtypes.
+
+        ``seq[i]`` has the structure of this batch (``(X,)`` or ``(X, Y)``,
+        each an array or a tuple or dict of arrays), and its arrays have the
+        same dtypes and the same shapes past the first axis. Without a
+        ``transform`` the batch has zero rows and is made from the file's
+        layout, without reading; with one, only the transform knows what it
+        returns, so this is batch 0 of the current epoch, read through it by
+        :meth:`copy_at_epoch` (this sequence is left alone).
+        """
+        if self.transform is None:
+            return self._maker.empty()
+        probe = self.copy_at_epoch(self._epoch)
+        try:
+            return probe[0]
+        finally:
+            probe.close()
+
+    def to_tf_dataset(self, *, first_epoch: int | None = None, prefetch: int | None = -1) -> Any:
+        """The same batches as a ``tf.data.Dataset``, one epoch per iteration.
+
+        Iteration ``k`` of the dataset reads epoch ``first_epoch + k`` from a
+        :meth:`copy_at_epoch` of this sequence, so it gives the very batches
+        ``seq[i]`` gives in that epoch, and this sequence is not changed
+        (NOTE [ Epochs of a tf.data dataset ] in ``_tf.py``). ``model.fit(seq)``
+        calls ``on_epoch_end`` once before training, so it trains on epochs
+        1, 2, ...; ``model.fit(seq.to_tf_dataset())`` on epochs 0, 1, ...:
+        pass ``first_epoch=1`` to match it exactly. A sharded sequence's
+        dataset is not sharded again by ``tf.distribute``. Imports TensorFlow.
+
+        Without ``first_epoch``, the first iteration starts where this
+        sequence stands: after :meth:`load_state_dict`, at the batch the
+        state names (so it is shorter, and the dataset's cardinality is
+        unknown); the following iterations are whole epochs.
+
+        Args:
+            first_epoch: the epoch the first iteration reads, from its first
+                batch (default: this sequence's position).
+            prefetch: batches to read ahead in the background; ``-1``
+                (``tf.data.AUTOTUNE``) lets tf.data decide, 0 or None turns it off.
+
+        Returns:
+            A ``tf.data.Dataset`` of ``len(seq)`` batches per iteration, as
+            tensors with the spec of :meth:`example_batch`.
+
+        Raises:
+            ValueError: ``first_epoch`` below 0 or ``prefetch`` below -1.
+        """
+        from . import _tf
+
+        first_batch = 0
+        if first_epoch is None:
+            first_epoch, first_batch = self._epoch, self._start
+        first_epoch = check_int(first_epoch, "first_epoch", minimum=0)
+        prefetch = check_int(prefetch, "prefetch", minimum=-1, none_ok=True)
+
+        def batches_of(epoch: int, start: int) -> Iterator[Any]:
+            reader = self.copy_at_epoch(epoch, batch=start)
+            try:
+                for i in range(len(reader)):
+                    yield reader[i]
+            finally:
+                reader.close()
+
+        return _tf.epochs_dataset(
+            batches_of,
+            element_spec=_tf.spec_like(self.example_batch()),
+            n_batches=self._n_batches,
+            first_epoch=first_epoch,
+            first_batch=first_batch,
+            sharded=self._shard is not None,
+            prefetch=prefetch,
+        )
 
     # -- resources and pickling --------------------------------------------
 
@@ -575,8 +817,9 @@ class H5Sequence(keras.utils.PyDataset):
         self._pool_lock = threading.RLock()
 
     def __repr__(self) -> str:
-        what = f"split={self.split!r}" if self.split is not None else f"{self._rows.size} rows"
+        what = f"split={self.split!r}" if self.split is not None else f"{len(self._selection)} rows"
         return (
             f"<H5Sequence {self.path!r} {what} batch_size={self.batch_size} "
             f"shuffle={self.shuffle!r} epoch={self._epoch} batches={len(self)}>"
         )
+

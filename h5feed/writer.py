@@ -1,58 +1,33 @@
 """Writing h5feed files: checked appends, a temporary file, an atomic rename.
 
 :class:`DatasetWriter` streams samples into a temporary file beside the
-target and renames it into place only when the ``with`` block ends without an
-error; :func:`write_arrays` is the one-call form for arrays already in memory
-(or memory-mapped).
+target and gives it the target's name only when the ``with`` block ends
+without an error; :func:`write_arrays` is the one-call form for arrays
+already in memory (or memory-mapped).
 
-NOTE [ Atomic output ]
-The target name only ever holds a finished file. Writing goes to
-``.<name>.<host>.<pid>.<random>.h5feed-tmp`` in the same folder (same filesystem, so
-the final rename is atomic). On success the completion record is written
-last, the file is flushed and fsynced, and then renamed: with
-``overwrite=False`` through ``os.link`` (which refuses to replace an existing
-file, closing the race between the check in ``__init__`` and the rename),
-with ``overwrite=True`` through ``os.replace``. On any exception, including
-KeyboardInterrupt, the temporary file is removed and the target is left as it
-was. A writer killed outright (SIGKILL) leaves its temporary file behind; the
-next writer to the same target removes temporary files whose process is gone.
+Atomic output: the target name only ever holds a finished file. On any
+exception, KeyboardInterrupt included, the temporary file is removed and the
+target is left as it was; the temporary file of a writer killed outright is
+removed by the next writer to the same target (:mod:`h5feed._publish`).
 
-NOTE [ Isolated writing ]
-After a write fails with ENOSPC/EFBIG, HDF5 (checked on h5py 3.14 with HDF5
-1.14.6, and reported for HDF5 2.0) can leave its library state damaged so
-that the Python process segfaults later, at exit or when the broken file
-object is collected, even after a clean ``DiskFullError`` and ``close()``.
-No amount of care inside one process prevents that, so the conversions that
-the ``h5feed`` command runs do their HDF5 writing in a child process through
-:func:`run_isolated`: the child runs the whole conversion (reading the
-source and writing), sends back its result or its exception, and leaves with
-``os._exit`` so HDF5's exit handlers never run. The parent only waits. If the
-child dies anyway (a signal, a crash inside HDF5), the parent raises a
-:class:`~h5feed.errors.WriterError` naming the signal and removes the dead
-child's temporary file; a Ctrl-C is passed on to the child, which removes its
-temporary file itself. The child is started with ``spawn`` (a fork of a
-process that runs threads -- TensorFlow, say -- or holds HDF5 state is not
-safe) and asks the kernel for SIGINT when its parent dies, so a parent killed
-outright does not leave a writer running on. The cost is a Python start-up
-(about half a second) per conversion. In-process writing (``DatasetWriter``,
-``write_arrays``) stays the default of the Python API, where the caller owns
-its process; ``run_isolated`` is there for callers that want the same
-protection.
+Isolated writing: after a failed write (a full disk), HDF5 can leave its
+library state damaged so that the process crashes later, even after a clean
+error. The ``h5feed`` command therefore writes in a child process
+(:func:`run_isolated`), which leaves with ``os._exit``; in-process writing
+stays the default of the Python API.
+
+See the design note ``docs/design/atomic-writing.md``.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import logging
-import os
 import multiprocessing
-import secrets
+import os
 import signal
-import socket
 import sys
-import threading
 import traceback
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -61,28 +36,44 @@ from typing import Any
 import h5py
 import numpy as np
 
+from . import _codecs, _ids, _meta, _record
 from . import layout as L
-from ._files import create_h5
-from ._proc import pid_alive
-from .errors import DiskFullError, InvalidSampleIDError, SampleError, UnknownIDError, WriterError
+from ._args import check_bool, check_int
+from ._damage import first_line
+from ._publish import (
+    check_output,
+    create_h5,
+    discard,
+    publish,
+    remove_stale_temporaries,
+    sigint_deferred,
+    temporary_path,
+)
+from .errors import (
+    DiskFullError,
+    InvalidSampleIDError,
+    SampleError,
+    UnknownIDError,
+    WriterError,
+    WriterInputError,
+)
 
-__all__ = ["DatasetWriter", "check_output_folder", "run_isolated", "write_arrays"]
+__all__ = ["DatasetWriter", "run_isolated", "write_arrays"]
 
 logger = logging.getLogger("h5feed")
 
-_TMP_SUFFIX = ".h5feed-tmp"
 # Chunked datasets get chunks of about this many bytes (256 KiB - 1 MiB):
 # large enough that HDF5's per-chunk cost is small, small enough that a
 # random row does not drag in much else.
 _TARGET_CHUNK_BYTES = 512 * 1024
 # Rows are buffered and written in blocks of about this many bytes.
 _BLOCK_BYTES = 4 * 1024 * 1024
-_COMPRESSIONS = {None: None, "none": None, "gzip": "gzip", "lzf": "lzf"}
-# Blocks at least this big are hashed beside the HDF5 write (NOTE [ Hashing
-# beside writing ]); smaller ones are not worth a thread hand-off.
+_COMPRESSIONS = {None: None, "none": None, **{name: name for name in _codecs.COMPRESSIONS}}
+# Blocks at least this big are hashed in a helper thread beside the HDF5
+# write; smaller ones are not worth a thread hand-off.
 _THREAD_HASH_BYTES = 256 * 1024
 # After this many bytes written since the last sync, a helper thread syncs
-# the temporary file (NOTE [ Early writeback ]).
+# the temporary file (see _start_writeback).
 _WRITEBACK_BYTES = 64 * 1024 * 1024
 
 
@@ -142,11 +133,22 @@ class _Column:
         self.fill = 0
         self.hasher = hashlib.sha256()
         self.dset: h5py.Dataset | None = None
+        # Set when whole chunks are compressed here (compress_threads > 1).
+        self.pipeline: _codecs.Pipeline | None = None
         # Big blocks take turns between two buffers, so that one fills while
-        # the other is still being hashed (NOTE [ Hashing beside writing ]).
+        # the other is still being hashed.
         self._buffers: list[np.ndarray | None] = [self.buffer, None]
         self._hashing: list[Future[None] | None] = [None, None]
         self._turn = 0
+
+    def align(self, chunk_rows: int) -> None:
+        """Blocks of whole chunks (before anything is appended), so that each
+        flush compresses whole chunks only."""
+        rows = max(chunk_rows, self.block_rows // chunk_rows * chunk_rows)
+        if rows != self.block_rows:
+            self.block_rows = rows
+            self.buffer = np.empty((rows, *self.row_shape), dtype=self.dtype)
+            self._buffers = [self.buffer, None]
 
     def hashed_in_background(self, hashing: Future[None]) -> None:
         """The current buffer is being hashed: switch to the other one."""
@@ -198,6 +200,18 @@ def _check_cast(arr: np.ndarray, original: Any, dtype: np.dtype, where: str) -> 
 class DatasetWriter:
     """Write one h5feed file, sample by sample or block by block.
 
+    Virtual columns: a column named in ``virtual`` keeps its rows in other
+    HDF5 files (``h5feed merge`` and ``h5feed convert h5 --link`` write files
+    this way). Every source must lie in the target's folder (or below it),
+    since the file names it relative to that folder, and pass the checks
+    that readers apply to virtual sources (``docs/design/merged-files.md``),
+    with the column's dtype and row shape. The column's rows still go
+    through :meth:`append` or :meth:`extend`, in order: they are checked and
+    hashed into the completion record (so ``h5feed verify`` notices a source
+    that changed later) but not written. The record lists the source files
+    (``"parts"``); the file is validated with ``allow_virtual=True`` before
+    it takes its name, and reading it needs ``allow_virtual=True``.
+
     Args:
         path: the file to create.
         sample_shape: the shape of one sample (``x`` row).
@@ -210,17 +224,37 @@ class DatasetWriter:
         expected_rows: the number of rows, when known. With no compression or
             checksum, ``x`` is then stored contiguous, the fastest layout for
             random reads, and exactly this many rows must be appended.
-        compression: None, ``"gzip"`` or ``"lzf"``; implies chunked storage.
+        compression: None, ``"gzip"``, ``"lzf"``, ``"zstd"`` or ``"lz4"``;
+            implies chunked storage. ``"zstd"`` and ``"lz4"`` (LZ4 inside
+            Blosc) are hdf5plugin's filters (``pip install "h5feed[codecs]"``):
+            several times faster to read than gzip, and readable by any HDF5
+            tool that loads hdf5plugin. Bytes are shuffled before compressing
+            (see ``docs/performance.md`` for the trade-offs).
         overwrite: replace an existing file at ``path`` (only on success).
         chunk_rows: rows per chunk for chunked storage (default: about 512 KiB).
         checksum: store HDF5 Fletcher32 checksums so corruption is detected.
         extras: further per-row datasets, ``{name: (row_shape, dtype)}``,
             filled through keyword arguments of :meth:`append`/:meth:`extend`.
+        virtual: columns stored as HDF5 virtual datasets over other files,
+            ``{name: [(source file, dataset path), ...]}``: each source
+            dataset, whole, holds the next rows of the column (see
+            "Virtual columns" above). Needs ``expected_rows``.
+        compress_threads: compress chunks in this many threads (compressed
+            or checksummed storage): whole chunks are compressed here, side
+            by side, and written as they are (``write_direct_chunk``); 1
+            lets HDF5 compress them as it writes.
 
     Raises:
-        WriterError: the target exists (without ``overwrite``), is a folder,
-            or its folder is missing or not writable.
+        OutputExistsError: the target exists (without ``overwrite``).
+        WriterInputError: the target is a folder, or its folder is missing
+            or not writable; a virtual source outside the target's folder,
+            of another dtype or row shape, or whose rows do not add up to
+            ``expected_rows``.
+        UntrustedFileError: a virtual source that readers would refuse
+            (missing, itself virtual, stored in a way h5feed does not read).
+        WriterError: the temporary file could not be created.
         TypeError: an option of the wrong type.
+        ImportError: ``compression="zstd"`` or ``"lz4"`` without hdf5plugin.
 
     Example:
         >>> import numpy as np, tempfile, os
@@ -249,6 +283,8 @@ class DatasetWriter:
         chunk_rows: int | None = None,
         checksum: bool = False,
         extras: Mapping[str, tuple[Any, Any]] | None = None,
+        virtual: Mapping[str, Sequence[tuple[str | os.PathLike[str], str]]] | None = None,
+        compress_threads: int = 1,
     ) -> None:
         self.path = os.path.abspath(os.fspath(path))
         self.sample_shape = _normalize_shape(sample_shape, "sample_shape")
@@ -257,20 +293,20 @@ class DatasetWriter:
         self.target_dtype = None if target_dtype is None else _normalize_dtype(target_dtype, "target_dtype")
         if compression not in _COMPRESSIONS:
             raise ValueError(
-                f"compression must be None, 'none', 'gzip' or 'lzf'. Received: {compression!r}"
+                f"compression must be None, 'none', 'gzip', 'lzf', 'zstd' or 'lz4'. Received: {compression!r}"
             )
         self.compression = _COMPRESSIONS[compression]
-        for name, value in (("overwrite", overwrite), ("checksum", checksum)):
-            if not isinstance(value, (bool, np.bool_)):
-                raise TypeError(f"{name} must be a bool. Received: {value!r}")
-        self.overwrite = bool(overwrite)
-        self.checksum = bool(checksum)
-        self.expected_rows = _optional_count(expected_rows, "expected_rows", minimum=0)
-        self.chunk_rows = _optional_count(chunk_rows, "chunk_rows", minimum=1)
+        if self.compression is not None:
+            _codecs.dataset_options(self.compression, 1)  # ImportError now, before any file
+        self.compress_threads = check_int(compress_threads, "compress_threads", minimum=1)
+        self.overwrite = check_bool(overwrite, "overwrite")
+        self.checksum = check_bool(checksum, "checksum")
+        self.expected_rows = check_int(expected_rows, "expected_rows", minimum=0, none_ok=True)
+        self.chunk_rows = check_int(chunk_rows, "chunk_rows", minimum=1, none_ok=True)
         self.class_names = None if class_names is None else [str(c) for c in class_names]
         if class_names is not None and n_classes is None:
             n_classes = len(self.class_names)  # type: ignore[arg-type]
-        self.n_classes = _optional_count(n_classes, "n_classes", minimum=1)
+        self.n_classes = check_int(n_classes, "n_classes", minimum=1, none_ok=True)
         if self.class_names is not None and len(self.class_names) != self.n_classes:
             raise ValueError(
                 f"class_names has {len(self.class_names)} names for n_classes={self.n_classes}"
@@ -282,7 +318,7 @@ class DatasetWriter:
                     f"target_dtype. Received: target_shape={self.target_shape!r}, "
                     f"target_dtype={self.target_dtype!r}"
                 )
-        self._check_target()
+        check_output(self.path, overwrite=self.overwrite)
 
         self._columns: dict[str, _Column] = {L.X: _Column(L.X, self.sample_shape, self.dtype)}
         if self.target_dtype is not None:
@@ -293,16 +329,23 @@ class DatasetWriter:
             shape, dt = spec
             self._columns[name] = _Column(name, _normalize_shape(shape, f"extras[{name!r}] shape"), _normalize_dtype(dt, f"extras[{name!r}] dtype"))
         self._contiguous = self.expected_rows is not None and self.compression is None and not self.checksum
+        self._virtual = self._check_virtual(virtual or {})
 
-        self._row_of: dict[str, int] = {}
-        self._ids: list[str] = []
+        # The IDs, as UTF-8 bytes (NOTE [ IDs at scale ] in _ids.py): those
+        # written, a block each, and those waiting for the next flush (runs
+        # of appended str, or encoded extends).
+        self._ids_written: list[_ids.Encoded] = []
+        self._ids_pending: list[_ids.Encoded | list[str]] = []
+        self._n_ids = 0
         self._ids_hasher = hashlib.sha256()
         self._rows_written = 0
         self._splits: dict[str, Any] = {}
+        self._metadata: _meta.MetaTable | None = None
         self._file: h5py.File | None = None
         self._tmp: str | None = None
         self._done = False
         self._hash_thread: ThreadPoolExecutor | None = None
+        self._compress_pool: ThreadPoolExecutor | None = None
         self._sync_thread: ThreadPoolExecutor | None = None
         self._writeback: Future[None] | None = None
         self._unsynced = 0
@@ -310,17 +353,8 @@ class DatasetWriter:
 
     # -- set-up ------------------------------------------------------------
 
-    def _check_target(self) -> None:
-        check_output_folder(self.path)
-        if os.path.lexists(self.path) and not self.overwrite:
-            raise WriterError(f"{self.path}: already exists; pass overwrite=True to replace it")
-
     def _open(self) -> None:
-        folder, base = os.path.split(self.path)
-        _remove_stale_temporaries(folder, base)
-        self._tmp = os.path.join(
-            folder, f".{base}.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}{_TMP_SUFFIX}"
-        )
+        self._tmp = temporary_path(self.path)
         try:
             self._file = create_h5(self._tmp, libver=("earliest", "latest"))
             self._create_datasets()
@@ -334,11 +368,14 @@ class DatasetWriter:
     def _create_datasets(self) -> None:
         f = self._file
         assert f is not None  # noqa: S101 - internal invariant, set by _open
-        # The format goes first and the completion record last, so that a
+        # The attributes go first and the completion record last, so that a
         # killed writer's leftover reads as "an h5feed file, incomplete".
-        f.attrs[L.ATTR_FORMAT] = np.int64(L.FORMAT_VERSION)
+        L.write_attributes(f, n_classes=self.n_classes, class_names=self.class_names)
         n = self.expected_rows
         for col in self._columns.values():
+            if col.name in self._virtual:
+                col.dset = self._create_virtual(f, col, self._virtual[col.name])
+                continue
             kwargs: dict[str, Any] = {}
             if self._contiguous:
                 shape = (n, *col.row_shape)
@@ -347,40 +384,92 @@ class DatasetWriter:
                 rows = self.chunk_rows if (self.chunk_rows and col.name == L.X) else default_chunk_rows(col.row_nbytes)
                 kwargs.update(maxshape=(None, *col.row_shape), chunks=(rows, *col.row_shape))
                 if self.compression is not None:
-                    kwargs["compression"] = self.compression
-                    kwargs["shuffle"] = col.dtype.itemsize > 1
-                    if self.compression == "gzip":
-                        kwargs["compression_opts"] = 4
+                    kwargs.update(_codecs.dataset_options(self.compression, col.dtype.itemsize))
                 if self.checksum:
                     kwargs["fletcher32"] = True
             col.dset = f.create_dataset(col.name, shape=shape, dtype=col.dtype, **kwargs)
+            if kwargs.get("chunks") and self.compress_threads > 1 and (self.compression or self.checksum):
+                pipeline = _codecs.pipeline_of(col.dset)
+                if pipeline.encodable:
+                    col.pipeline = pipeline
+                    col.align(pipeline.chunk_shape[0])
         str_dt = h5py.string_dtype("utf-8")
         if self._contiguous:
             self._ids_dset = f.create_dataset(L.IDS, shape=(n,), dtype=str_dt)
         else:
             self._ids_dset = f.create_dataset(L.IDS, shape=(0,), maxshape=(None,), dtype=str_dt, chunks=(4096,))
 
+    def _check_virtual(
+        self, virtual: Mapping[str, Sequence[tuple[str | os.PathLike[str], str]]]
+    ) -> dict[str, list[tuple[str, str, int]]]:
+        """``{column: [(source name relative to the target's folder, dataset, rows)]}``,
+        each source checked as readers will check it (see Virtual columns)."""
+        if not virtual:
+            return {}
+        if self.expected_rows is None:
+            raise ValueError("virtual columns need expected_rows (the rows of their sources)")
+        folder = os.path.dirname(self.path)
+        checked: dict[str, list[tuple[str, str, int]]] = {}
+        for name, sources in virtual.items():
+            col = self._columns.get(name)
+            if col is None:
+                raise ValueError(f"virtual: {name!r} is not a column of this writer; expected one of {list(self._columns)!r}")
+            if isinstance(sources, (str, os.PathLike)) or isinstance(sources, tuple) and len(sources) == 2 and isinstance(sources[1], str):
+                raise TypeError(f"virtual[{name!r}] must be a list of (file, dataset) pairs. Received: {sources!r}")
+            checked[name] = []
+            for source, dataset in sources:
+                path = os.path.abspath(os.fspath(source))
+                rel = L.source_name(path, folder)
+                if rel is None:
+                    raise WriterInputError(
+                        f"{self.path}: a virtual dataset names its sources relative to its own folder "
+                        f"{folder!r}, but the source {path!r} lies outside it"
+                    )
+                if path == self.path:
+                    raise WriterInputError(f"{self.path}: a virtual source cannot be the file being written")
+                info = L.check_virtual_source(path, dataset)
+                if info.row_shape != col.row_shape or info.dtype != col.dtype:
+                    raise WriterInputError(
+                        f"{path}:/{info.name}: rows of shape {info.row_shape!r} and dtype {info.dtype}; "
+                        f"the virtual column {name!r} expected {col.row_shape!r} and {col.dtype}"
+                    )
+                checked[name].append((rel, dataset, info.shape[0]))
+            total = sum(rows for _, _, rows in checked[name])
+            if total != self.expected_rows:
+                raise WriterInputError(
+                    f"{self.path}: the sources of the virtual column {name!r} hold {total} rows; "
+                    f"expected_rows={self.expected_rows}"
+                )
+        return checked
+
+    def _create_virtual(self, f: h5py.File, col: _Column, sources: list[tuple[str, str, int]]) -> h5py.Dataset:
+        vlayout = h5py.VirtualLayout(shape=(self.expected_rows, *col.row_shape), dtype=col.dtype)
+        at = 0
+        for rel, dataset, rows in sources:
+            if rows:  # an empty source maps nothing
+                vlayout[at : at + rows] = h5py.VirtualSource(rel, dataset, shape=(rows, *col.row_shape))
+                at += rows
+        return f.create_virtual_dataset(col.name, vlayout)
+
     # -- appending ---------------------------------------------------------
 
     @property
     def rows(self) -> int:
         """Rows appended so far."""
-        return len(self._ids)
+        return self._n_ids
 
     def _check_id(self, sample_id: Any) -> str:
+        # A repeat of an earlier row is found when the writer closes, where
+        # every ID is sorted once (NOTE [ IDs at scale ] in _ids.py).
         if not isinstance(sample_id, str):
             raise InvalidSampleIDError(
                 f"{self.path}: sample IDs must be str. Received: {sample_id!r} ({type(sample_id).__name__})"
             )
         if not sample_id or "\x00" in sample_id:
             raise InvalidSampleIDError(f"{self.path}: invalid sample ID {sample_id!r}: empty or holds NUL")
-        if sample_id in self._row_of:
+        if self.expected_rows is not None and self._n_ids >= self.expected_rows:
             raise SampleError(
-                f"{self.path}: duplicate sample ID {sample_id!r} (first at row {self._row_of[sample_id]})"
-            )
-        if self.expected_rows is not None and len(self._ids) >= self.expected_rows:
-            raise SampleError(
-                f"{self.path}: sample {sample_id!r} would be row {len(self._ids)}, "
+                f"{self.path}: sample {sample_id!r} would be row {self._n_ids}, "
                 f"but expected_rows={self.expected_rows}"
             )
         return sample_id
@@ -451,7 +540,12 @@ class DatasetWriter:
         for name, col in self._columns.items():
             col.buffer[col.fill] = values[name]
             col.fill += 1
-        self._add_ids([sid])
+        pending = self._ids_pending
+        if pending and isinstance(pending[-1], list):
+            pending[-1].append(sid)
+        else:
+            pending.append([sid])
+        self._n_ids += 1
         if self._columns[L.X].fill == self._columns[L.X].block_rows or any(
             c.fill == c.block_rows for c in self._columns.values()
         ):
@@ -467,12 +561,6 @@ class DatasetWriter:
             raise SampleError(f"{self.path}: sample {sid!r}: missing extra dataset(s) {missing!r}")
         return {n: self._columns[n].check(extras[n], sid, self.path) for n in wanted}
 
-    def _add_ids(self, ids: Iterable[str]) -> None:
-        base = len(self._ids)
-        for k, sid in enumerate(ids):
-            self._row_of[sid] = base + k
-            self._ids.append(sid)
-
     def extend(self, ids: Sequence[str], xs: Any, ys: Any = None, **extras: Any) -> None:
         """Append many samples at once (faster than :meth:`append` per row).
 
@@ -486,18 +574,19 @@ class DatasetWriter:
             SampleError: as :meth:`append`; nothing of this call is written.
         """
         self._require_open()
-        ids = list(ids)
+        ids = ids if isinstance(ids, list) else list(ids)
         k = len(ids)
-        seen: set[str] = set()
-        for sid in ids:
-            self._check_id(sid)
-            if sid in seen:
-                raise SampleError(f"{self.path}: duplicate sample ID {sid!r} within one extend() call")
-            seen.add(sid)
-        if self.expected_rows is not None and len(self._ids) + k > self.expected_rows:
+        encoded = _ids.encode(ids, self.path)  # every ID a str, not empty, no NUL
+        if _ids.any_repeat(encoded):
+            seen: set[str] = set()
+            for sid in ids:
+                if sid in seen:
+                    raise SampleError(f"{self.path}: duplicate sample ID {sid!r} within one extend() call")
+                seen.add(sid)
+        if self.expected_rows is not None and self._n_ids + k > self.expected_rows:
             raise SampleError(
-                f"{self.path}: {len(self._ids) + k} rows would exceed expected_rows={self.expected_rows} "
-                f"(first extra ID {ids[self.expected_rows - len(self._ids)]!r})"
+                f"{self.path}: {self._n_ids + k} rows would exceed expected_rows={self.expected_rows} "
+                f"(first extra ID {ids[self.expected_rows - self._n_ids]!r})"
             )
         first = ids[0] if ids else None
         arrays = {L.X: self._check_block(L.X, xs, k, first)}
@@ -534,7 +623,8 @@ class DatasetWriter:
             for name, col in self._columns.items():
                 col.buffer[col.fill : col.fill + step] = arrays[name][pos : pos + step]
                 col.fill += step
-            self._add_ids(ids[pos : pos + step])
+            self._ids_pending.append(_slice(encoded, pos, pos + step))
+            self._n_ids += step
             pos += step
             if any(c.fill == c.block_rows for c in self._columns.values()):
                 self._flush()
@@ -567,11 +657,33 @@ class DatasetWriter:
             raise ValueError(f"{self.path}: split {name!r} was already added")
         self._splits[name] = list(ids_or_rows) if not isinstance(ids_or_rows, np.ndarray) else ids_or_rows
 
+    def set_metadata(self, metadata: Any) -> None:
+        """Record per-sample metadata, by sample ID; stored on close.
+
+        On close, the table must hold exactly the samples appended; each
+        column is stored as ``meta/<column>`` in row order (int64, float64
+        or UTF-8 strings), hashed into the completion record.
+
+        Args:
+            metadata: a CSV file with an ``id`` column, a mapping
+                ``{"id": [...], column: [...]}``, or a table from
+                :func:`h5feed._meta.load_table`.
+
+        Raises:
+            WriterInputError: a bad table (no ``id`` column, a bad column
+                name, repeated IDs, values neither numbers nor text), or
+                metadata given twice.
+        """
+        self._require_open()
+        if self._metadata is not None:
+            raise WriterInputError(f"{self.path}: metadata was already set")
+        self._metadata = _meta.load_table(metadata, error=WriterInputError)
+
     # -- flushing and finishing --------------------------------------------
 
     def _require_open(self) -> None:
         if self._done or self._file is None:
-            raise WriterError(f"{self.path}: the writer is closed")
+            raise WriterInputError(f"{self.path}: the writer is closed")
 
     def _flush(self) -> None:
         fill = self._columns[L.X].fill
@@ -583,29 +695,38 @@ class DatasetWriter:
             for col in self._columns.values():
                 block = col.buffer[:fill]
                 assert col.dset is not None  # noqa: S101 - set in _create_datasets
-                # NOTE [ Hashing beside writing ]: hashlib releases the GIL on
-                # large updates, so a big block is hashed in a helper thread
-                # while HDF5 writes it and the next block fills the column's
-                # other buffer. One thread hashes blocks in the order given,
-                # and a buffer is refilled only once its hash is done.
+                # Hashing beside writing: one helper thread hashes big blocks
+                # in order while HDF5 writes them (hashlib releases the GIL);
+                # a buffer is refilled only once its hash is done. See
+                # docs/design/atomic-writing.md.
                 hashed = None
                 if block.nbytes >= _THREAD_HASH_BYTES:
                     if self._hash_thread is None:
                         self._hash_thread = ThreadPoolExecutor(1, thread_name_prefix="h5feed-hash")
-                    hashed = self._hash_thread.submit(L.hash_rows, col.hasher, block)
+                    hashed = self._hash_thread.submit(_record.hash_rows, col.hasher, block)
                 else:
-                    L.hash_rows(col.hasher, block)
-                if not self._contiguous:
-                    col.dset.resize(stop, axis=0)
-                col.dset.write_direct(block, dest_sel=np.s_[start:stop])
+                    _record.hash_rows(col.hasher, block)
+                if col.name in self._virtual:
+                    pass  # hashed only: the rows stay in the sources
+                else:
+                    if not self._contiguous:
+                        col.dset.resize(stop, axis=0)
+                    if col.pipeline is not None:
+                        self._write_chunks(col, block, start)
+                    else:
+                        col.dset.write_direct(block, dest_sel=np.s_[start:stop])
                 if hashed is not None:
                     col.hashed_in_background(hashed)
                 col.fill = 0
-            new_ids = self._ids[start:stop]
-            L.hash_rows(self._ids_hasher, new_ids)
+            new_ids = _ids.Encoded.concat(
+                [p if isinstance(p, _ids.Encoded) else _ids.encode(p, self.path) for p in self._ids_pending]
+            )
+            self._ids_pending = []
+            _record.hash_ids(self._ids_hasher, new_ids.data, new_ids.starts, new_ids.ends)
             if not self._contiguous:
                 self._ids_dset.resize((stop,))
-            self._ids_dset[start:stop] = np.array(new_ids, dtype=object)
+            _ids.write_strings(self._ids_dset, start, new_ids)
+            self._ids_written.append(new_ids)
             self._unsynced += fill * sum(c.row_nbytes for c in self._columns.values())
             if self._unsynced >= _WRITEBACK_BYTES and (self._writeback is None or self._writeback.done()):
                 self._start_writeback()
@@ -619,6 +740,29 @@ class DatasetWriter:
             raise error from exc
         self._rows_written = stop
 
+    def _write_chunks(self, col: _Column, block: np.ndarray, start: int) -> None:
+        """Write rows ``start`` on: the whole chunks among them compressed in
+        ``compress_threads`` threads and written as they are; the rows of a
+        chunk begun or left unfinished by this block through HDF5."""
+        assert col.dset is not None and col.pipeline is not None  # noqa: S101 - set in _create_datasets
+        rows = col.pipeline.chunk_shape[0]
+        stop = start + len(block)
+        first = -(-start // rows) * rows  # the first whole chunk's first row
+        end = max(first, stop // rows * rows)  # one past the last whole chunk's rows
+        for a, b in ((start, min(first, stop)), (max(end, start), stop)):
+            if a < b:
+                col.dset.write_direct(block, np.s_[a - start : b - start], np.s_[a:b])
+        if first >= end:
+            return
+        if self._compress_pool is None:
+            self._compress_pool = ThreadPoolExecutor(self.compress_threads, thread_name_prefix="h5feed-compress")
+        pipeline = col.pipeline
+        starts = range(first, end, rows)
+        encoded = self._compress_pool.map(lambda row: pipeline.encode(block[row - start : row - start + rows]), starts)
+        zeros = (0,) * len(col.row_shape)
+        for row, (mask, data) in zip(starts, encoded):
+            col.dset.id.write_direct_chunk((row, *zeros), data, filter_mask=mask)
+
     def _os_error(self, exc: BaseException, doing: str) -> Exception:
         if _is_disk_full(exc):
             size = _size_or_none(self._tmp)
@@ -627,58 +771,102 @@ class DatasetWriter:
                 f"{self.path}: disk full (or the file size limit reached) while {doing}: "
                 f"{self._rows_written} of {self.rows} rows had been written{got}. The temporary "
                 f"file was removed and {os.path.basename(self.path)!r} was left as it was. "
-                f"Free some space (or write elsewhere) and run again. [{_first_line(exc)}]"
+                f"Free some space (or write elsewhere) and run again. [{first_line(exc)}]"
             )
         return WriterError(f"{self.path}: {doing} failed: {exc}")
 
-    def _resolve_split(self, name: str, items: Any) -> np.ndarray:
-        n = len(self._ids)
-        arr = np.asarray(items) if not isinstance(items, np.ndarray) else items
-        if arr.size == 0:
+    def _resolve_split(self, name: str, items: Any, ids: _ids.Encoded, index: _ids.Sorted) -> np.ndarray:
+        n = ids.size
+        if isinstance(items, np.ndarray):
+            by_row = items.dtype.kind in "iu"
+            values = items.reshape(-1) if by_row else items.reshape(-1).tolist()
+        else:
+            values = items
+            by_row = all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in values)
+        if len(values) == 0:
             rows = np.zeros(0, dtype=np.int64)
-        elif arr.dtype.kind in "iu":
-            rows = arr.astype(np.int64).reshape(-1)
+        elif by_row:
+            rows = np.asarray(values, dtype=np.int64).reshape(-1)
             bad = rows[(rows < 0) | (rows >= n)]
             if bad.size:
-                raise WriterError(f"{self.path}: split {name!r}: row {int(bad[0])} is outside [0, {n})")
+                raise WriterInputError(f"{self.path}: split {name!r}: row {int(bad[0])} is outside [0, {n})")
         else:
-            missing = [s for s in arr.reshape(-1).tolist() if s not in self._row_of]
+            wanted = values
+            valid = [isinstance(s, str) and bool(s) and "\x00" not in s for s in wanted]
+            if all(valid):
+                found = index.find(_ids.encode(wanted, self.path))
+                missing = [s for s, p in zip(wanted, found.tolist()) if p < 0]
+            else:  # no such ID can be in the file
+                missing = [s for s, ok in zip(wanted, valid) if not ok]
             if missing:
                 raise UnknownIDError(
                     f"{self.path}: split {name!r} names {len(missing)} unknown sample ID(s), "
                     f"e.g. {missing[:5]!r}"
                 )
-            rows = np.fromiter((self._row_of[s] for s in arr.reshape(-1).tolist()), dtype=np.int64, count=arr.size)
-        rows.sort()
+            rows = index.rows(found)
+        rows = np.sort(rows)
         if rows.size > 1 and np.any(rows[1:] == rows[:-1]):
             dup = rows[1:][rows[1:] == rows[:-1]]
-            raise WriterError(
+            raise WriterInputError(
                 f"{self.path}: split {name!r} lists {dup.size} sample(s) twice, e.g. "
-                f"{[self._ids[r] for r in dup[:5].tolist()]!r}"
+                f"{ids.items(dup[:5].tolist())!r}"
             )
         return rows
 
-    def _write_splits(self) -> dict[str, str]:
+    def _write_splits(self, ids: _ids.Encoded, index: _ids.Sorted) -> dict[str, str]:
         f = self._file
         assert f is not None  # noqa: S101
         digests: dict[str, str] = {}
-        resolved = {name: self._resolve_split(name, items) for name, items in self._splits.items()}
+        resolved = {name: self._resolve_split(name, items, ids, index) for name, items in self._splits.items()}
         names = sorted(resolved)
         for i, a in enumerate(names):
             for b in names[i + 1 :]:
                 both = np.intersect1d(resolved[a], resolved[b], assume_unique=True)
                 if both.size:
-                    raise WriterError(
+                    raise WriterInputError(
                         f"{self.path}: splits {a!r} and {b!r} overlap in {both.size} sample(s), "
-                        f"e.g. {[self._ids[r] for r in both[:5].tolist()]!r}"
+                        f"e.g. {ids.items(both[:5].tolist())!r}"
                     )
         if resolved:
             group = f.create_group(L.SPLITS)
             for name in names:
                 group.create_dataset(name, data=resolved[name], dtype=np.int64)
-                h = hashlib.sha256()
-                L.hash_rows(h, resolved[name])
-                digests[f"{L.SPLITS}/{name}"] = h.hexdigest()
+                digests[f"{L.SPLITS}/{name}"] = _record.digest_of(resolved[name])
+        return digests
+
+    def _index_ids(self) -> tuple[_ids.Encoded, np.ndarray]:
+        """Every ID, sorted once: a repeat of an earlier row is refused here,
+        naming both rows (NOTE [ IDs at scale ] in _ids.py)."""
+        ids = _ids.Encoded.concat(self._ids_written)
+        self._ids_written = [ids]
+        order, repeats = _ids.sort(ids)
+        if repeats.size:
+            at = int(repeats[0])
+            first = int(order[at - 1])  # equal IDs sort in row order
+            more = f"; {repeats.size} repeated IDs in all" if repeats.size > 1 else ""
+            raise SampleError(
+                f"{self.path}: duplicate sample ID {ids.item(int(order[at]))!r} (first at row {first}) "
+                f"at row {int(order[at])}{more}"
+            )
+        return ids, order
+
+    def _write_metadata(self, ids: _ids.Encoded) -> dict[str, str]:
+        """Write ``meta/<column>`` in row order; return their digests. (Only a
+        file with metadata holds its IDs as Python strings here, to match
+        them with the table's.)"""
+        table = self._metadata
+        if table is None:
+            return {}
+        assert self._file is not None  # noqa: S101
+        strings = ids.items(range(len(ids)))
+        table.check_covers(strings, "this file", WriterInputError)
+        rows = table.rows_of(strings)
+        group = self._file.create_group(L.META)
+        digests = {}
+        for name, values in table.columns.items():
+            ordered = values[rows]
+            group.create_dataset(name, data=ordered, dtype=L.metadata_dtype(ordered))
+            digests[L.meta_path(name)] = _record.digest_of(ordered)
         return digests
 
     def _finish(self) -> None:
@@ -686,62 +874,54 @@ class DatasetWriter:
         for col in self._columns.values():
             col.wait_hashed()
         self._stop_hash_thread()
-        n = len(self._ids)
+        n = self._n_ids
         if n == 0:
-            raise WriterError(f"{self.path}: no samples were appended; refusing to write an empty file")
+            raise WriterInputError(f"{self.path}: no samples were appended; refusing to write an empty file")
         if self.expected_rows is not None and n != self.expected_rows:
-            raise WriterError(
+            raise WriterInputError(
                 f"{self.path}: expected_rows={self.expected_rows}, but {n} samples were appended"
             )
         f = self._file
         assert f is not None  # noqa: S101
+        ids, order = self._index_ids()
         digests = {L.IDS: self._ids_hasher.hexdigest()}
         digests.update({name: col.hasher.hexdigest() for name, col in self._columns.items()})
-        digests.update(self._write_splits())
-        f.attrs[L.ATTR_FORMAT] = np.int64(L.FORMAT_VERSION)
-        if self.n_classes is not None:
-            f.attrs[L.ATTR_N_CLASSES] = np.int64(self.n_classes)
-        if self.class_names is not None:
-            f.attrs.create(L.ATTR_CLASS_NAMES, self.class_names, dtype=h5py.string_dtype("utf-8"))
+        digests.update(self._write_splits(ids, _ids.Sorted.of(ids, order)))
+        hashers = {name: hashlib.sha256() for name in _ids.INDEX_NAMES}
+        _ids.write_index(f, ids, order, hashers)
+        digests.update({name: h.hexdigest() for name, h in hashers.items()})
+        digests.update(self._write_metadata(ids))
+        parts = list(dict.fromkeys(rel for sources in self._virtual.values() for rel, _, _ in sources))
         # The completion record goes last: a file with it is whole.
-        f.attrs[L.ATTR_COMPLETE] = json.dumps({"rows": n, "sha256": digests}, sort_keys=True)
+        _record.write_record(f, n, digests, parts=parts or None)
         f.flush()
         f.close()
         self._file = None
         self._stop_writeback(wait=True)
-        tmp = self._tmp
-        assert tmp is not None  # noqa: S101
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        self._rename(tmp)
+        assert self._tmp is not None  # noqa: S101
+        if self._virtual:
+            # A file of virtual columns must open as a trusted virtual file
+            # before it takes its name.
+            L.open_and_validate(self._tmp, allow_virtual=True)
+        publish(self._tmp, self.path, overwrite=self.overwrite)
         self._tmp = None
-
-    def _rename(self, tmp: str) -> None:
-        if self.overwrite:
-            os.replace(tmp, self.path)
-        else:
-            try:
-                os.link(tmp, self.path)
-            except FileExistsError:
-                raise WriterError(
-                    f"{self.path}: appeared while writing; pass overwrite=True to replace it"
-                ) from None
-            except OSError:
-                # Filesystems without hard links: check, then rename.
-                if os.path.lexists(self.path):
-                    raise WriterError(f"{self.path}: already exists; pass overwrite=True to replace it") from None
-                os.replace(tmp, self.path)
-            else:
-                os.unlink(tmp)
-        _fsync_dir(os.path.dirname(self.path))
 
     def close(self) -> str:
         """Finish the file and move it into place; return its path.
 
         Raises:
-            WriterError: nothing was appended, the row count differs from
-                ``expected_rows``, a split is invalid, or writing failed. The
-                temporary file is removed and the target left as it was.
+            WriterInputError: nothing was appended, the row count differs
+                from ``expected_rows``, or a split is invalid (overlaps
+                another, lists a sample twice, a row out of range), or
+                the metadata misses a sample or names an ID that is none.
+            UnknownIDError: a split names a sample ID that was not appended.
+            OutputExistsError: the target appeared meanwhile (without
+                ``overwrite``).
+            DiskFullError: the disk or the file size limit ran out.
+            WriterError: writing failed otherwise.
+
+            In every case the temporary file is removed and the target is
+            left as it was.
         """
         if self._done:
             return self.path
@@ -759,7 +939,7 @@ class DatasetWriter:
                 raise error from exc
             raise
         self._done = True
-        logger.info("wrote %s (%d rows)", self.path, len(self._ids))
+        logger.info("wrote %s (%d rows)", self.path, self._n_ids)
         return self.path
 
     def abort(self) -> None:
@@ -767,12 +947,10 @@ class DatasetWriter:
         self._cleanup()
 
     def _start_writeback(self) -> None:
-        """NOTE [ Early writeback ]: the final fsync waits until every byte
-        of the file is on disk, which for a big file takes long and does
-        nothing else. Syncing the temporary file every 64 MiB in a helper
-        thread (through its own descriptor, so HDF5's is never touched) lets
-        the disk work while the conversion goes on and leaves little for the
-        end. At most one sync runs at a time; a failed one fails the write."""
+        """Early writeback: sync the temporary file in a helper thread, through
+        its own descriptor, so that little is left for the final fsync. At
+        most one sync runs at a time; a failed one fails the write. See the
+        design note ``docs/design/atomic-writing.md``."""
         if self._writeback is not None:
             self._writeback.result()  # finished: raise its error, if any
         if self._sync_thread is None:
@@ -792,11 +970,14 @@ class DatasetWriter:
         if self._hash_thread is not None:
             self._hash_thread.shutdown(wait=True)
             self._hash_thread = None
+        if self._compress_pool is not None:
+            self._compress_pool.shutdown(wait=True, cancel_futures=True)
+            self._compress_pool = None
 
     def _cleanup(self) -> None:
-        # A second Ctrl-C must not cut the clean-up short (NOTE [ Atomic
-        # output ]): SIGINT waits until the temporary file is gone.
-        with _sigint_deferred():
+        # A second Ctrl-C must not cut the clean-up short: SIGINT waits
+        # until the temporary file is gone.
+        with sigint_deferred():
             self._cleanup_now()
 
     def _cleanup_now(self) -> None:
@@ -809,12 +990,8 @@ class DatasetWriter:
             except Exception:  # already broken (disk full, say); removal follows
                 pass
             self._file = None
-        if self._tmp is not None:
-            try:
-                os.unlink(self._tmp)
-            except FileNotFoundError:
-                pass
-            self._tmp = None
+        discard(self._tmp)
+        self._tmp = None
 
     def __enter__(self) -> DatasetWriter:
         return self
@@ -833,44 +1010,13 @@ class DatasetWriter:
         return f"<DatasetWriter {self.path!r}: {self.rows} rows{' (closed)' if self._done else ''}>"
 
 
-def check_output_folder(path: str | os.PathLike[str]) -> str:
-    """Refuse an output path whose folder is missing or not writable.
-
-    Converters call this before they read any input, so that a typo in the
-    output path costs nothing; :class:`DatasetWriter` calls it again.
-
-    Returns:
-        The absolute path.
-
-    Raises:
-        WriterError: the folder is missing or not writable, or ``path`` is a
-            folder.
-    """
-    path = os.path.abspath(os.fspath(path))
-    folder = os.path.dirname(path)
-    if not os.path.isdir(folder):
-        raise WriterError(f"{path}: the output folder {folder!r} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise WriterError(f"{path}: the output folder {folder!r} is not writable")
-    if os.path.isdir(path):
-        raise WriterError(f"{path}: is a folder, expected a file name")
-    return path
-
-
-class _sigint_deferred:
-    """Hold SIGINT back (in the main thread, where Python handles it) for a block."""
-
-    def __enter__(self) -> None:
-        self._old = None
-        if hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread():
-            try:
-                self._old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-            except (OSError, ValueError):
-                self._old = None
-
-    def __exit__(self, *exc: object) -> None:
-        if self._old is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, self._old)
+def _slice(ids: _ids.Encoded, start: int, stop: int) -> _ids.Encoded:
+    """IDs ``start..stop-1`` of ``ids`` (NUL-terminated), over the bytes they use only."""
+    if start == 0 and stop == ids.size:
+        return ids
+    first = int(ids.starts[start])
+    last = int(ids.ends[stop - 1]) + 1  # with its NUL
+    return _ids.Encoded(ids.data[first:last], ids.starts[start:stop] - first, ids.ends[start:stop] - first)
 
 
 def _size_or_none(path: str | None) -> int | None:
@@ -878,11 +1024,6 @@ def _size_or_none(path: str | None) -> int | None:
         return os.path.getsize(path) if path else None
     except OSError:
         return None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _sync_file(path: str | None) -> None:
@@ -896,49 +1037,15 @@ def _sync_file(path: str | None) -> None:
         os.close(fd)
 
 
-def _optional_count(value: Any, name: str, *, minimum: int) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum} or None. Received: {value!r}")
-    return int(value)
-
-
-def _fsync_dir(folder: str) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _remove_stale_temporaries(folder: str, base: str) -> None:
-    """Remove temporary files of earlier writers to ``base`` that died."""
-    prefix = f".{base}."
-    host = socket.gethostname()
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return
-    for name in names:
-        if not (name.startswith(prefix) and name.endswith(_TMP_SUFFIX)):
-            continue
-        parts = name[len(prefix) : -len(_TMP_SUFFIX)].rsplit(".", 2)
-        if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
-            continue
-        pid = int(parts[1])
-        if pid == os.getpid() or pid_alive(pid):
-            continue
-        try:
-            os.unlink(os.path.join(folder, name))
-            logger.info("removed %s, left by a writer that died", name)
-        except OSError:
-            pass
+def _rows(value: Any) -> Any:
+    """``value`` as something to slice rows from: arrays, and array-likes that
+    read on slicing (an h5py dataset, a memory map), stay as they are, so
+    that only one block at a time is read; anything else becomes an array."""
+    if isinstance(value, np.ndarray):
+        return value
+    if all(hasattr(value, a) for a in ("shape", "dtype", "__getitem__", "__len__")):
+        return value
+    return np.asarray(value)
 
 
 def write_arrays(
@@ -949,23 +1056,29 @@ def write_arrays(
     splits: Mapping[str, Iterable[Any]] | None = None,
     *,
     extras: Mapping[str, Any] | None = None,
+    metadata: Any = None,
     **options: Any,
 ) -> str:
     """Write arrays already in memory (or memory-mapped) as one h5feed file.
 
     The sample and target shapes and dtypes come from the arrays; rows are
-    copied in blocks, so a memory-mapped ``x`` is never loaded whole.
+    copied in blocks, so a memory-mapped ``x`` or an h5py dataset is never
+    loaded whole.
 
     Args:
         path: the file to create.
         ids: N unique sample IDs.
-        x: samples, shape ``(N, *sample_shape)``.
+        x: samples, shape ``(N, *sample_shape)``: an array, a memory map, or
+            an h5py dataset (read a block of rows at a time).
         y: targets, shape ``(N,)`` or ``(N, *target_shape)``; None for none.
         splits: ``{name: rows or IDs}``.
         extras: further per-row arrays ``{name: array of first dimension N}``.
+        metadata: per-sample metadata, stored under ``meta/``: a CSV file
+            with an ``id`` column, or ``{"id": ids, column: values, ...}``
+            (see :meth:`DatasetWriter.set_metadata`).
         **options: :class:`DatasetWriter` keyword options (``n_classes``,
             ``class_names``, ``compression``, ``overwrite``, ``checksum``,
-            ``chunk_rows``).
+            ``chunk_rows``, ``compress_threads``).
 
     Returns:
         The path written.
@@ -980,14 +1093,14 @@ def write_arrays(
     for reserved in ("sample_shape", "dtype", "target_shape", "target_dtype", "expected_rows", "extras"):
         if reserved in options:
             raise TypeError(f"write_arrays() takes {reserved!r} from the arrays; do not pass it")
-    x = x if isinstance(x, np.ndarray) else np.asarray(x)
+    x = _rows(x)
     ids = [str(i) if isinstance(i, np.str_) else i for i in (ids.tolist() if isinstance(ids, np.ndarray) else list(ids))]
-    if x.ndim < 1 or x.shape[0] != len(ids):
+    if len(x.shape) < 1 or x.shape[0] != len(ids):
         raise SampleError(f"{os.fspath(path)}: x has shape {x.shape!r} for {len(ids)} IDs; expected ({len(ids)}, ...)")
-    yarr = None if y is None else (y if isinstance(y, np.ndarray) else np.asarray(y))
-    if yarr is not None and (yarr.ndim < 1 or yarr.shape[0] != len(ids)):
+    yarr = None if y is None else _rows(y)
+    if yarr is not None and (len(yarr.shape) < 1 or yarr.shape[0] != len(ids)):
         raise SampleError(f"{os.fspath(path)}: y has shape {yarr.shape!r} for {len(ids)} IDs; expected ({len(ids)}, ...)")
-    extra_arrays = {k: (v if isinstance(v, np.ndarray) else np.asarray(v)) for k, v in (extras or {}).items()}
+    extra_arrays = {k: _rows(v) for k, v in (extras or {}).items()}
     writer = DatasetWriter(
         path,
         sample_shape=x.shape[1:],
@@ -999,6 +1112,8 @@ def write_arrays(
         **options,
     )
     with writer:
+        if metadata is not None:
+            writer.set_metadata(metadata)
         step = max(1, _BLOCK_BYTES // max(1, int(np.prod(x.shape[1:], dtype=np.int64)) * x.dtype.itemsize))
         for start in range(0, len(ids), step):
             stop = min(len(ids), start + step)
@@ -1014,14 +1129,17 @@ def write_arrays(
 
 
 # --------------------------------------------------------------------------
-# Writing in a child process (NOTE [ Isolated writing ]).
+# Writing in a child process (isolated writing, see the module docstring).
 
 
 def run_isolated(path: str | os.PathLike[str], fn: Any, /, *args: Any, **kwargs: Any) -> Any:
     """Run ``fn(*args, **kwargs)`` in a child process that writes ``path``.
 
     A crash of HDF5 in the child (as after a full disk) cannot take the
-    calling process down; see NOTE [ Isolated writing ] in this module.
+    calling process down. The child is started with ``spawn`` and asks for
+    SIGINT when its parent dies; a Ctrl-C is passed on to it, and it removes
+    its temporary file itself. See the design note
+    ``docs/design/atomic-writing.md``.
 
     Args:
         path: the file ``fn`` writes (its folder is cleaned of the
@@ -1071,12 +1189,12 @@ def run_isolated(path: str | os.PathLike[str], fn: Any, /, *args: Any, **kwargs:
         child.join()
     except KeyboardInterrupt:
         _stop_child(child)
-        _remove_stale_temporaries(os.path.dirname(target), os.path.basename(target))
+        remove_stale_temporaries(target)
         raise
     finally:
         receiver.close()
     if message is None:
-        _remove_stale_temporaries(os.path.dirname(target), os.path.basename(target))
+        remove_stale_temporaries(target)
         code = child.exitcode
         if code is not None and code < 0:
             try:
@@ -1155,5 +1273,5 @@ def _isolated_child(conn: Any, parent_pid: int, fn: Any, args: Any, kwargs: Any)
         except Exception:
             pass
         # Skip interpreter shutdown: HDF5's exit handlers are what crash
-        # after a full disk (NOTE [ Isolated writing ]).
+        # after a full disk.
         os._exit(status)

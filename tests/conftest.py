@@ -1,4 +1,6 @@
-"""Shared fixtures: small h5feed files made in tmp_path."""
+"""Shared fixtures: small h5feed files made in tmp_path; and, from
+framework_skips.py, the rule that fails a CI run which skips a test for want
+of torch, torchdata or jax."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ import numpy as np
 import pytest
 
 import h5feed
+
+pytest_plugins = ["framework_skips", "faults._figures"]
 
 
 def make_arrays(n: int = 100, shape: tuple[int, ...] = (4, 3), n_classes: int = 5, seed: int = 0):
@@ -40,7 +44,7 @@ def small_file(tmp_path, arrays):
     return path
 
 
-@pytest.fixture(params=["contiguous", "chunked", "gzip", "lzf", "checksum"])
+@pytest.fixture(params=["contiguous", "chunked", "gzip", "lzf", "checksum", "zstd", "lz4"])
 def any_layout_file(request, tmp_path, arrays):
     """The same data in each storage layout the writer can make."""
     ids, x, y = arrays
@@ -51,6 +55,8 @@ def any_layout_file(request, tmp_path, arrays):
         "gzip": {"compression": "gzip", "chunk_rows": 7},
         "lzf": {"compression": "lzf", "chunk_rows": 16},
         "checksum": {"checksum": True, "chunk_rows": 5},
+        "zstd": {"compression": "zstd", "chunk_rows": 9},
+        "lz4": {"compression": "lz4", "chunk_rows": 8, "checksum": True},
     }[request.param]
     if request.param == "chunked":
         # chunk_rows alone does not chunk a file whose row count is known;

@@ -1,9 +1,10 @@
 """Run by test_shard.py as one of several separate processes ("workers").
 
 Usage:
-  python shard_worker_script.py sequence FILE INDEX COUNT DROP
-      Reads two epochs of H5Sequence(FILE, shard=(INDEX, COUNT)) and prints
-      {"epochs": [[rows], [rows]]}.
+  python shard_worker_script.py sequence FILE INDEX COUNT
+      Reads two epochs of H5Sequence(FILE, shard=(INDEX, COUNT)), keeping and
+      then dropping the remainder, and prints {"keep": [[rows], [rows]],
+      "drop": [[rows], [rows]]}.
   python shard_worker_script.py ddp FILE RANK WORLD RENDEZVOUS
       One rank of PyTorch DistributedDataParallel (gloo, CPU) training from
       h5feed.torch with BlockBatchSampler(shard=(RANK, WORLD)); rank 0 prints
@@ -20,16 +21,19 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 
-def sequence(path: str, index: int, count: int, drop: bool) -> None:
+def sequence(path: str, index: int, count: int) -> None:
     from h5feed import H5Sequence
 
-    seq = H5Sequence(path, batch_size=8, seed=42, shard=(index, count), drop_remainder=drop)
-    epochs = []
-    for _ in range(2):
-        rows = [int(r) for i in range(len(seq)) for r in seq[i][0][:, 0, 0]]
-        epochs.append(rows)
-        seq.on_epoch_end()
-    print(json.dumps({"epochs": epochs}))
+    result = {}
+    for name, drop in (("keep", False), ("drop", True)):  # both in one process: TensorFlow loads once
+        seq = H5Sequence(path, batch_size=8, seed=42, shard=(index, count), drop_remainder=drop)
+        epochs = []
+        for _ in range(2):
+            rows = [int(r) for i in range(len(seq)) for r in seq[i][0][:, 0, 0]]
+            epochs.append(rows)
+            seq.on_epoch_end()
+        result[name] = epochs
+    print(json.dumps(result))
 
 
 def ddp(path: str, rank: int, world: int, rendezvous: str) -> None:
@@ -69,6 +73,6 @@ def ddp(path: str, rank: int, world: int, rendezvous: str) -> None:
 if __name__ == "__main__":
     mode, path = sys.argv[1], sys.argv[2]
     if mode == "sequence":
-        sequence(path, int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1")
+        sequence(path, int(sys.argv[3]), int(sys.argv[4]))
     else:
         ddp(path, int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])

@@ -19,7 +19,7 @@ RAW = [
 
 @pytest.mark.slow
 def test_bench_quick_prints_every_row_with_ratios(tmp_path, capsys):
-    assert main(["bench", "--quick", "--dir", str(tmp_path), "--json", "-q", "--max-seconds", "0.5"]) == 0
+    assert main(["bench", "--quick", "--dir", str(tmp_path), "--json", "-q", "--max-seconds", "0.2"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["quick"] is True and result["machine"]["cores"] >= 1
     rows = result["rows"]
@@ -42,6 +42,13 @@ def test_bench_quick_prints_every_row_with_ratios(tmp_path, capsys):
             assert by[("workers", "volume", name)]["vs_baseline"] > 0
     memory = [r for r in rows if r["section"] == "memory"]
     assert memory and memory[0]["extra"]["rss_anon_peak"] > 0 and memory[0]["extra"]["budget"] > 0
+    # Every target of the scale section, with its verdict, and what it measured.
+    scale = {r["extra"]["target"]: r for r in rows if r["section"] == "scale"}
+    assert {"open", "split", "rss", "ids", "workers"} <= set(scale)
+    for key in ("open", "split", "rss", "ids", "workers"):
+        assert scale[key]["extra"]["ok"] in (True, False) and scale[key]["note"].endswith(("pass", "FAIL"))
+    assert scale["split"]["extra"]["small_seconds"] > 0 and scale["rss"]["extra"]["selected"] > 0
+    assert scale["workers"]["extra"]["rss"] > 0 and scale[None]["extra"]["bytes"] > 0  # the write
 
     # The human table, from the datasets built above (reused, not rebuilt).
     assert main(["bench", "--quick", "--dir", str(tmp_path), "-q", "--only", "raw", "--shape", "small",
@@ -56,3 +63,23 @@ def test_bench_quick_prints_every_row_with_ratios(tmp_path, capsys):
 def test_bench_rejects_unknown_section(capsys):
     assert main(["bench", "--only", "everything"]) == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_codecs_section_measures_each_compression_and_every_target(tmp_path, capsys):
+    assert main(["bench", "--quick", "--shape", "frames", "--dir", str(tmp_path), "--json", "-q",
+                 "--max-seconds", "0.3"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    codecs = {r["name"]: r for r in rows if r["section"] == "codecs" and r["samples"]}
+    for codec in ("gzip", "lzf", "zstd", "lz4"):
+        for case in ('shuffle="block", cache < file', 'shuffle="block", first epoch', "shuffle=True, first epoch"):
+            row = codecs[f"{codec} {case}"]
+            assert row["samples_per_s"] > 0 and row["vs_limit"] > 0 and row["extra"]["cpu_seconds"] >= 0
+        assert 0 < codecs[f'{codec} shuffle="block", cache < file']["extra"]["file_bytes"] < 8 << 20
+    for codec in ("gzip", "lzf"):
+        assert codecs[f'{codec} shuffle="block", cache < file, decode_threads=0 (as 0.1)']["samples_per_s"] > 0
+    memory = [r for r in rows if r["section"] == "codecs" and not r["samples"]]
+    assert memory and memory[0]["extra"]["peak"] > 0 and memory[0]["extra"]["cache_peak"] <= memory[0]["extra"]["budget"]
+    targets = [r for r in rows if r["section"] == "targets"]
+    assert len(targets) == 11 and all(r["extra"]["value"] > 0 for r in targets)
+    assert not any(r["section"] in ("raw", "cold") for r in rows)  # frames runs the codecs section only

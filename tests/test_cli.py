@@ -62,3 +62,26 @@ def test_a_command_whose_module_cannot_import_says_why(monkeypatch, capsys):
     assert main(["frobnicate", "anything", "--at-all"]) == 1
     err = capsys.readouterr().err
     assert "cannot import h5feed.no_such_module" in err and "pip install" in err
+
+
+def test_stdout_closed_early_ends_quietly_with_141(small_file, monkeypatch, capsys):
+    class ClosedPipe:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["info", str(small_file)]) == 141
+    assert capsys.readouterr().err == ""
+
+
+def test_results_go_to_stdout_and_errors_to_stderr(small_file, tmp_path):
+    command = [sys.executable, "-m", "h5feed", "info", str(small_file)]
+    ok = subprocess.run(command, capture_output=True, text=True)
+    assert ok.returncode == 0 and "100 rows" in ok.stdout and ok.stderr == ""
+    bad = subprocess.run([*command[:-1], str(tmp_path / "missing.h5")], capture_output=True, text=True)
+    assert bad.returncode == 1 and bad.stdout == "" and "no such file" in bad.stderr
+    usage = subprocess.run([*command[:3], "--no-such-command"], capture_output=True, text=True)
+    assert usage.returncode == 2 and usage.stdout == "" and "usage:" in usage.stderr

@@ -12,6 +12,7 @@ from h5feed.convert import from_arrays
 from h5feed.convert.arrays import NpyRows, map_npy
 
 from convert_helpers import leftovers, read_by_ids
+from readback import read_back
 
 
 @pytest.fixture
@@ -36,6 +37,10 @@ def test_round_trip_by_id(pair):
     X, Y = read_by_ids(result.path, pick)
     np.testing.assert_array_equal(X, x[[49, 3, 17]])
     np.testing.assert_array_equal(Y, y[[49, 3, 17]])
+    back = read_back(result.path)
+    assert back["ids"] == ids and back["splits"] == {"train": ids[:40], "validation": ids[40:]}
+    np.testing.assert_array_equal(back["x"], x)
+    np.testing.assert_array_equal(back["y"], y)
 
 
 def test_inputs_are_read_by_rows_not_loaded(pair):
@@ -57,6 +62,9 @@ def test_big_endian_and_fortran_order_arrays(tmp_path):
         path = from_arrays(tmp_path / name, None, tmp_path / f"{name}.h5").path
         X = read_by_ids(path, ["5", "0"], labels=False)
         np.testing.assert_array_equal(X, x[[5, 0]])
+        back = read_back(path)
+        assert back["ids"] == [str(i) for i in range(6)] and "y" not in back
+        np.testing.assert_array_equal(back["x"], x)
 
 
 def test_float_and_2d_targets_and_default_ids(pair):
@@ -69,6 +77,10 @@ def test_float_and_2d_targets_and_default_ids(pair):
     X, Y = read_by_ids(path, ["7"])
     np.testing.assert_array_equal(Y[0], targets[7])
     np.testing.assert_array_equal(X[0], x[7])
+    back = read_back(path)
+    assert back["ids"] == [str(i) for i in range(50)]
+    np.testing.assert_array_equal(back["x"], x)
+    np.testing.assert_array_equal(back["y"], targets)
 
 
 @pytest.mark.parametrize("seed", [0, 9])
@@ -90,6 +102,9 @@ def test_unlabelled_and_in_memory_arrays(tmp_path):
     path = from_arrays(x, None, tmp_path / "u.h5").path
     layout = h5feed.open_file(path)
     assert not layout.has_y and layout.column("x").dtype == np.int32
+    back = read_back(path)
+    assert back["ids"] == [str(i) for i in range(6)] and "y" not in back
+    np.testing.assert_array_equal(back["x"], x)
 
 
 BAD = [
@@ -116,3 +131,17 @@ def test_bad_arrays_are_named_and_leave_no_output(pair, kind, damage, options, m
     with pytest.raises(errors.SourceError, match=message):
         from_arrays(folder / "X.npy", folder / "Y.npy", out / "o.h5", ids=folder / "ids.txt", **options)
     assert leftovers(out) == []
+
+
+def test_default_ids_are_the_row_numbers(pair):
+    # Made a block at a time as the writer takes them (never a list of all).
+    folder, x, y, _ = pair
+    result = from_arrays(folder / "X.npy", folder / "Y.npy", folder / "d.h5", shuffle_rows=True, seed=2,
+                         partition={"train": [str(i) for i in range(40)], "validation": ["40", "49"]})
+    X, _ = read_by_ids(result.path, ["49", "0", "40"])
+    np.testing.assert_array_equal(X, x[[49, 0, 40]])
+    with h5py.File(result.path) as f:
+        assert sorted(f["ids"].asstr()[()].tolist(), key=int) == [str(i) for i in range(50)]
+    for bad in ("07", "50", "-1", "٣"):  # not the decimal of a row
+        with pytest.raises(errors.SourceError, match="have no sample"):
+            from_arrays(folder / "X.npy", folder / "Y.npy", folder / "e.h5", partition={"train": [bad]})

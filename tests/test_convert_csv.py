@@ -11,6 +11,7 @@ from h5feed import errors
 from h5feed.convert import from_csv
 
 from convert_helpers import leftovers, read_by_ids
+from readback import read_back
 
 
 def _table(path, header, rows):
@@ -33,12 +34,18 @@ def test_round_trip_with_string_labels_as_class_names(tmp_path):
     for k, i in enumerate((29, 0, 11)):
         np.testing.assert_array_equal(X[k], feats[i])
         assert layout.class_names[Y[k]] == species[i]
+    back = read_back(result.path)
+    assert back["ids"] == [f"p{i}" for i in range(30)]
+    np.testing.assert_array_equal(back["x"], feats)
+    assert [layout.class_names[c] for c in back["y"]] == species.tolist()
 
 
 def test_integer_labels_are_class_indices_and_floats_are_targets(tmp_path):
     ints = _table(tmp_path / "i.csv", ["x1", "x2", "label"], [(1, 2, 0), (3, 4, 2), (5, 6, 1)])
     layout = h5feed.open_file(from_csv(ints, tmp_path / "i.h5", label_column="label").path)
     assert layout.n_classes == 3 and layout.column("y").dtype == np.int64
+    back = read_back(tmp_path / "i.h5")
+    assert back["x"].tolist() == [[1, 2], [3, 4], [5, 6]] and back["y"].tolist() == [0, 2, 1]
     floats = _table(tmp_path / "f.csv", ["x1", "price"], [(1, 2.5), (3, -1), (5, 1e3)])
     path = from_csv(floats, tmp_path / "f.h5", label_column="price").path
     layout = h5feed.open_file(path)
@@ -46,8 +53,12 @@ def test_integer_labels_are_class_indices_and_floats_are_targets(tmp_path):
     X, Y = read_by_ids(path, ["1", "0"])  # row numbers as IDs
     np.testing.assert_array_equal(Y, [-1, 2.5])
     np.testing.assert_array_equal(X, [[3], [1]])
+    back = read_back(path)
+    assert back["ids"] == ["0", "1", "2"] and back["x"].tolist() == [[1], [3], [5]]
+    assert back["y"].tolist() == [2.5, -1, 1e3]
     names = from_csv(ints, tmp_path / "n.h5", label_column="label", label_type="name").path
     assert h5feed.open_file(names).class_names == ("0", "1", "2")
+    assert read_back(names)["y"].tolist() == [0, 2, 1]
 
 
 def test_feature_columns_select_and_order_x(tmp_path):
@@ -79,6 +90,8 @@ def test_unlabelled_table(tmp_path):
     table = _table(tmp_path / "t.csv", ["a", "b"], [(1, 2), (3, 4)])
     path = from_csv(table, tmp_path / "t.h5", label_column=None).path
     assert not h5feed.open_file(path).has_y
+    back = read_back(path)
+    assert back["ids"] == ["0", "1"] and back["x"].tolist() == [[1, 2], [3, 4]] and "y" not in back
 
 
 @pytest.mark.slow
@@ -89,6 +102,9 @@ def test_two_workers_write_the_same_file_as_one(tmp_path):
     one = from_csv(table, tmp_path / "one.h5", label_column="y")
     two = from_csv(table, tmp_path / "two.h5", label_column="y", workers=2)
     assert h5feed.open_file(one.path).completion["sha256"] == h5feed.open_file(two.path).completion["sha256"]
+    back = read_back(two.path)
+    np.testing.assert_array_equal(back["x"], np.array([r[:8] for r in rows], np.float32))
+    np.testing.assert_array_equal(back["y"], [r[8] for r in rows])
 
 
 BAD = [

@@ -13,6 +13,7 @@ from h5feed import errors
 from h5feed.convert import from_image_dir
 
 from convert_helpers import leftovers, read_by_ids
+from readback import read_back
 
 Image = pytest.importorskip("PIL.Image")
 
@@ -73,20 +74,27 @@ def test_resize_grayscale_and_nested_folders(tmp_path):
     assert Y.tolist() == [0, 1]
 
 
-@pytest.mark.parametrize("seed", [0, 3])
-def test_validation_split_is_seeded_and_covers_everything_once(tmp_path, seed):
+def test_validation_split_is_seeded_and_covers_everything_once(tmp_path):
     src = tmp_path / "images"
-    make_image_folder(str(src), per_class=10)
-    a = from_image_dir(src, tmp_path / "a.h5", size=(6, 5), validation_split=0.2, seed=seed)
-    b = from_image_dir(src, tmp_path / "b.h5", size=(6, 5), validation_split=0.2, seed=seed, shuffle_rows=True)
-    splits = []
-    for path in (a.path, b.path):
-        with h5py.File(path) as f:
-            ids = f["ids"].asstr()[()]
-            splits.append({name: sorted(ids[f["splits"][name][()]]) for name in f["splits"]})
-    assert splits[0] == splits[1]  # the split depends on the seed, not on the row order
-    assert len(splits[0]["validation"]) == 6 and len(splits[0]["train"]) == 24
-    assert not set(splits[0]["train"]) & set(splits[0]["validation"])
+    expected = make_image_folder(str(src), per_class=10)
+
+    def split_of(name, seed, **options):
+        path = from_image_dir(src, tmp_path / name, size=(6, 5), validation_split=0.2, seed=seed, **options).path
+        back = read_back(path)
+        assert len(back["ids"]) == 30
+        for row, sid in enumerate(back["ids"]):  # whatever the split, the rows hold their images
+            if sid in expected:
+                np.testing.assert_array_equal(back["x"][row], expected[sid][0])
+                assert back["y"][row] == expected[sid][1]
+        split = {name: sorted(ids) for name, ids in back["splits"].items()}
+        assert len(split["validation"]) == 6 and len(split["train"]) == 24
+        assert sorted(split["train"] + split["validation"]) == sorted(back["ids"])  # each image once
+        return split
+
+    seed_0 = split_of("a.h5", 0)
+    assert split_of("b.h5", 0, shuffle_rows=True) == seed_0  # the seed decides, not the row order
+    assert split_of("c.h5", 0) == seed_0  # the same seed, the same split
+    assert split_of("d.h5", 3) != seed_0  # another seed, another split
 
 
 @pytest.mark.slow
@@ -96,6 +104,12 @@ def test_two_workers_write_the_same_file_as_one(tmp_path):
     one = from_image_dir(src, tmp_path / "one.h5", size=(8, 8))
     two = from_image_dir(src, tmp_path / "two.h5", size=(8, 8), workers=2)
     assert h5feed.open_file(one.path).completion["sha256"] == h5feed.open_file(two.path).completion["sha256"]
+    a, b = read_back(one.path), read_back(two.path)
+    assert a["ids"] == b["ids"] and len(a["ids"]) == 120
+    np.testing.assert_array_equal(a["x"], b["x"])
+    np.testing.assert_array_equal(a["y"], b["y"])
+    assert a["x"].shape == (120, 8, 8, 3)
+    assert a["y"].tolist() == [("cat", "dog", "eel").index(sid.split("/")[0]) for sid in a["ids"]]
 
 
 @pytest.mark.parametrize(

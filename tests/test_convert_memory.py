@@ -32,12 +32,14 @@ def status(key):
 
 
 if __name__ == "__main__":
-    from h5feed.convert import from_arrays, from_npy_dir
+    from h5feed.convert import from_arrays, from_h5, from_npy_dir
 
     kind, source, labels, out = sys.argv[1:5]
     before = status("VmRSS")
     if kind == "npy":
         result = from_npy_dir(source, labels, out)
+    elif kind.startswith("h5"):
+        result = from_h5(source, out, x="/entry/data/data", y="/entry/labels")
     else:
         result = from_arrays(source, labels, out)
     print(json.dumps({"before_kib": before, "peak_kib": status("VmHWM"), "rows": result.rows}))
@@ -48,7 +50,7 @@ SHAPE = (128, 128, 8)  # 512 KiB of float32 per sample, 192 MiB in all
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["npy", "arrays"])
+@pytest.mark.parametrize("kind", ["npy", "arrays", "h5", "h5-gzip"])
 def test_peak_memory_added_is_a_small_fraction_of_the_dataset(tmp_path, kind):
     sample = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
     if kind == "npy":
@@ -60,6 +62,17 @@ def test_peak_memory_added_is_a_small_fraction_of_the_dataset(tmp_path, kind):
             np.save(source / f"{sid}.npy", sample)
         labels_path = tmp_path / "labels.json"
         labels_path.write_text(json.dumps(labels))
+    elif kind.startswith("h5"):
+        source = labels_path = tmp_path / "source.h5"
+        import h5py
+
+        with h5py.File(source, "w") as f:
+            options = {"chunks": (4, *SHAPE), "compression": "gzip", "compression_opts": 1} if kind == "h5-gzip" else {}
+            x = f.create_dataset("entry/data/data", shape=(ROWS, *SHAPE), dtype=np.float32, **options)
+            for i in range(ROWS):
+                sample.flat[0] = i
+                x[i] = sample
+            f["entry/labels"] = np.arange(ROWS) % 3
     else:
         source = tmp_path / "X.npy"
         x = np.lib.format.open_memmap(source, mode="w+", dtype=np.float32, shape=(ROWS, *SHAPE))
@@ -83,3 +96,15 @@ def test_peak_memory_added_is_a_small_fraction_of_the_dataset(tmp_path, kind):
         f"converting {dataset_kib // 1024} MiB added {added_kib // 1024} MiB of resident memory"
     )
     assert os.path.getsize(tmp_path / "o.h5") > ROWS * sample.nbytes
+    import h5py
+
+    with h5py.File(tmp_path / "o.h5") as f:  # what was written, row by row (a sample of rows)
+        ids = f["ids"].asstr()[()].tolist()
+        for row in (0, 1, ROWS // 2, ROWS - 1):
+            got = f["x"][row]
+            if kind == "npy":
+                sample.flat[0] = int(ids[row].split("-")[1])
+            elif kind.startswith("h5"):  # row i of the source starts with i; its ID is "i"
+                sample.flat[0] = int(ids[row])
+            np.testing.assert_array_equal(got, sample)
+            assert f["y"][row] == (int(ids[row].split("-")[1]) if kind == "npy" else int(ids[row])) % 3

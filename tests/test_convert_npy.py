@@ -15,6 +15,22 @@ from h5feed.convert import from_npy_dir
 from h5feed.convert._common import ordered_map
 
 from convert_helpers import TUTORIAL_LABELS, TUTORIAL_PARTITION, leftovers, make_npy_folder, read_by_ids
+from readback import read_back
+
+
+def _assert_holds(path, samples, labels, splits=None):
+    """The file holds exactly these samples and labels (and splits), by ID."""
+    back = read_back(path)
+    assert sorted(back["ids"]) == sorted(samples)
+    for row, sid in enumerate(back["ids"]):
+        np.testing.assert_array_equal(back["x"][row], samples[sid])
+        if labels is not None:
+            assert back["y"][row] == labels[sid]
+    if labels is None:
+        assert "y" not in back
+    if splits is not None:
+        assert {k: sorted(v) for k, v in back["splits"].items()} == {k: sorted(v) for k, v in splits.items()}
+    return back
 
 
 @pytest.fixture
@@ -68,6 +84,7 @@ def test_python_dicts_work_like_files(tutorial):
     result = from_npy_dir(data, TUTORIAL_LABELS, out / "d.h5", partition=TUTORIAL_PARTITION)
     X, Y = read_by_ids(result.path, ["id-3"])
     np.testing.assert_array_equal(X[0], samples["id-3"])
+    _assert_holds(result.path, samples, TUTORIAL_LABELS, TUTORIAL_PARTITION)
 
 
 def test_csv_labels_and_partition(tmp_path):
@@ -81,6 +98,8 @@ def test_csv_labels_and_partition(tmp_path):
     X, Y = read_by_ids(result.path, list(labels))
     np.testing.assert_array_equal(Y, list(labels.values()))
     np.testing.assert_array_equal(X, np.stack([samples[k] for k in labels]))
+    _assert_holds(result.path, samples, labels,
+                  {"train": [f"s{i}" for i in range(7)], "test": [f"s{i}" for i in range(7, 10)]})
 
 
 def test_no_labels_takes_every_file_in_natural_order(tmp_path):
@@ -94,6 +113,7 @@ def test_no_labels_takes_every_file_in_natural_order(tmp_path):
         assert f["x"].dtype == np.int16
     X = read_by_ids(result.path, ["id-10"], labels=False)
     np.testing.assert_array_equal(X[0], samples["id-10"])
+    _assert_holds(result.path, samples, None)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 7, 123])
@@ -114,10 +134,30 @@ def test_shuffle_rows_stores_a_seeded_permutation_keeping_ids_and_labels_togethe
 @pytest.mark.slow
 def test_two_workers_write_the_same_file_as_one(tmp_path):
     labels = {f"id-{i}": i % 5 for i in range(300)}
-    data, path_l, _, _ = make_npy_folder(str(tmp_path), labels, shape=(64, 64))
+    data, path_l, _, samples = make_npy_folder(str(tmp_path), labels, shape=(64, 64))
     one = from_npy_dir(data, path_l, tmp_path / "one.h5")
     two = from_npy_dir(data, path_l, tmp_path / "two.h5", workers=2)
     assert h5feed.open_file(one.path).completion["sha256"] == h5feed.open_file(two.path).completion["sha256"]
+    _assert_holds(two.path, samples, labels)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("compression", ["gzip", "lz4"])
+def test_two_workers_compress_chunks_in_threads_into_the_same_rows(tmp_path, monkeypatch, compression):
+    from h5feed import _codecs
+    from h5feed.inspection import verify
+
+    encoded = []
+    real = _codecs.Pipeline.encode
+    monkeypatch.setattr(_codecs.Pipeline, "encode", lambda self, chunk: encoded.append(1) or real(self, chunk))
+    labels = {f"id-{i}": i % 5 for i in range(300)}
+    data, path_l, _, _ = make_npy_folder(str(tmp_path), labels, shape=(64, 64))
+    one = from_npy_dir(data, path_l, tmp_path / "one.h5", compression=compression)
+    assert not encoded  # one worker: HDF5 compresses
+    two = from_npy_dir(data, path_l, tmp_path / "two.h5", workers=2, compression=compression)
+    assert encoded  # the writer's threads compressed whole chunks
+    assert h5feed.open_file(one.path).completion["sha256"] == h5feed.open_file(two.path).completion["sha256"]
+    assert verify(two.path).sound
 
 
 def _pid(_: object) -> int:
@@ -136,10 +176,12 @@ def test_ordered_map_really_uses_other_processes_and_keeps_order():
     [
         ({"compression": "gzip"}, lambda c: c.compression == "gzip"),
         ({"compression": "lzf"}, lambda c: c.compression == "lzf"),
+        ({"compression": "zstd"}, lambda c: c.compression == "zstd"),
+        ({"compression": "lz4"}, lambda c: c.compression == "lz4"),
         ({"checksum": True}, lambda c: c.fletcher32),
         ({"chunk_rows": 3}, lambda c: c.chunks is not None and c.chunks[0] == 3),
     ],
-    ids=["gzip", "lzf", "checksum", "chunk-rows"],
+    ids=["gzip", "lzf", "zstd", "lz4", "checksum", "chunk-rows"],
 )
 def test_storage_options_reach_the_file(tmp_path, options, check):
     labels = {f"id-{i}": i % 2 for i in range(10)}
@@ -148,6 +190,7 @@ def test_storage_options_reach_the_file(tmp_path, options, check):
     assert check(h5feed.open_file(result.path).column("x"))
     X, _ = read_by_ids(result.path, ["id-9"])
     np.testing.assert_array_equal(X[0], samples["id-9"])
+    _assert_holds(result.path, samples, labels)
 
 
 def test_fortran_order_and_big_endian_samples_are_read_right(tmp_path):
@@ -163,10 +206,11 @@ def test_fortran_order_and_big_endian_samples_are_read_right(tmp_path):
 
 def test_progress_callback_and_bar(tmp_path, capsys):
     labels = {f"id-{i}": 0 for i in range(5)}
-    data, path_l, _, _ = make_npy_folder(str(tmp_path), labels)
+    data, path_l, _, samples = make_npy_folder(str(tmp_path), labels)
     seen = []
     from_npy_dir(data, path_l, tmp_path / "o.h5", quiet=False, progress=lambda done, total: seen.append((done, total)))
     assert seen[-1] == (5, 5)
+    _assert_holds(tmp_path / "o.h5", samples, labels)
     err = capsys.readouterr().err
     assert "5/5 rows" in err and "rows/s" in err
     assert len(err.strip().splitlines()) == 1  # a short job off a terminal: its final line, once
@@ -355,21 +399,23 @@ def test_labels_and_no_labels_are_exclusive(tutorial):
 
 
 def test_existing_output_is_kept_unless_overwrite(tutorial):
-    data, labels, _, _, out = tutorial
+    data, labels, _, samples, out = tutorial
     (out / "data.h5").write_bytes(b"precious")
     with pytest.raises(errors.WriterError, match="already exists"):
         from_npy_dir(data, labels, out / "data.h5")
     assert (out / "data.h5").read_bytes() == b"precious"
     from_npy_dir(data, labels, out / "data.h5", overwrite=True)
     assert h5feed.open_file(out / "data.h5").n_rows == 4
+    _assert_holds(out / "data.h5", samples, TUTORIAL_LABELS)
 
 
 def test_json_partition_in_a_file_and_split_order(tutorial):
-    data, labels, partition, _, out = tutorial
+    data, labels, partition, samples, out = tutorial
     with open(partition, "w") as fh:
         json.dump({"validation": ["id-4"], "train": ["id-3", "id-1"]}, fh)
     result = from_npy_dir(data, labels, out / "d.h5", partition=partition)
     assert dict(h5feed.open_file(result.path).splits) == {"train": 2, "validation": 1}
+    _assert_holds(result.path, samples, TUTORIAL_LABELS, {"train": ["id-1", "id-3"], "validation": ["id-4"]})
 
 
 @pytest.mark.parametrize("workers", [1, pytest.param(2, marks=pytest.mark.slow)])
@@ -406,6 +452,8 @@ def test_a_symlink_out_of_data_dir_is_an_invalid_id_before_any_file_is_opened(tm
     monkeypatch.undo()
     os.remove(os.path.join(data, "b.npy"))
     assert from_npy_dir(data, None, tmp_path / "o.h5", no_labels=True).rows == 2
+    a = np.load(os.path.join(data, "a.npy"))
+    _assert_holds(tmp_path / "o.h5", {"a": a, "c": a}, None)  # c: the link inside, read through
 
 
 @pytest.mark.parametrize("problem", ["missing-folder", "exists"])

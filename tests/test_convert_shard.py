@@ -14,7 +14,7 @@ import pytest
 import h5feed
 from h5feed.cli import main
 from h5feed.convert import from_arrays, from_csv, from_npy_dir
-from h5feed.inspect import verify
+from h5feed.inspection import verify
 
 from convert_helpers import make_npy_folder
 

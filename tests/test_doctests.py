@@ -7,7 +7,10 @@ import importlib
 
 import pytest
 
-MODULES = ["h5feed._plan", "h5feed.layout", "h5feed.writer", "h5feed.convert._common"]
+MODULES = [
+    "h5feed._args", "h5feed._ids", "h5feed._plan", "h5feed._progress", "h5feed._record", "h5feed._select",
+    "h5feed.writer", "h5feed.convert._common",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)

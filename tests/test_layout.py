@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 
 import h5py
 import numpy as np
 import pytest
 
 import h5feed
-from h5feed import errors, layout
+from h5feed import _record, _select, errors, layout
+from h5feed._batch import BatchMaker
+from h5feed.inspection import verify
 
 
 def _valid(path, n=6):
@@ -56,12 +59,38 @@ INVALID = [
     ("missing-ids", _drop("ids"), errors.LayoutError, "missing dataset 'ids'"),
     ("short-x", _replace("x", np.zeros((5, 2), np.float32)), errors.LayoutError, r"/x.*6 rows"),
     ("short-y", _replace("y", np.zeros(4, np.int64)), errors.LayoutError, r"/y.*6 rows"),
-    ("duplicate-ids", _replace("ids", ["a", "b", "a", "c", "d", "e"], dtype=h5py.string_dtype()), errors.LayoutError, "'a'"),
-    ("split-out-of-range", _replace("splits/train", np.array([0, 6])), errors.LayoutError, r"splits/train.*row 6"),
-    ("split-unsorted", _replace("splits/train", np.array([3, 1])), errors.LayoutError, "strictly increasing"),
-    ("split-repeats", _replace("splits/train", np.array([1, 1])), errors.LayoutError, "strictly increasing"),
-    ("label-out-of-range", _replace("y", np.array([0, 1, 2, 3, 0, 0])), errors.LayoutError, r"class index 3 at row 3"),
     ("string-x", _replace("x", ["a"] * 6, dtype=h5py.string_dtype()), errors.LayoutError, "numeric"),
+    ("split-of-strings", _replace("splits/train", ["a"], dtype=h5py.string_dtype()), errors.LayoutError, "integer row"),
+]
+
+
+def _select_ids(path):
+    return _select.select_rows(str(path), None, ["s1", "s0"], allow_virtual=False)
+
+
+def _select_train(path):
+    return _select.select_rows(str(path), "train", None, allow_virtual=False)
+
+
+def _read_batch(path):
+    layout = h5feed.open_file(path)
+    maker = BatchMaker(layout, "x", "y", one_hot=False, transform=None)
+    try:
+        maker.make(np.arange(layout.n_rows), 0)
+    finally:
+        maker.close()
+
+
+# Damage that only the rows show: opening (metadata only) leaves it; the read
+# that meets those rows refuses it, and verify reports it, with one message.
+PER_ROW = [
+    ("duplicate-ids", _replace("ids", ["s0", "s1", "s0", "c", "d", "e"], dtype=h5py.string_dtype()), _select_ids,
+     r"/ids: sample ID 's0' is at rows 0 and 2", r"/ids: sample IDs must be unique; 1 repeat, e.g. \['s0'\] \(rows 0 and 2\)"),
+    ("split-out-of-range", _replace("splits/train", np.array([0, 6])), _select_train, r"splits/train: row 6 is outside \[0, 6\)", None),
+    ("split-unsorted", _replace("splits/train", np.array([3, 1])), _select_train, "strictly increasing", None),
+    ("split-repeats", _replace("splits/train", np.array([1, 1])), _select_train, "strictly increasing", None),
+    ("label-out-of-range", _replace("y", np.array([0, 1, 2, 3, 0, 0])), _read_batch, r"/y: class index 3 at row 3 is outside \[0, 3\)", None),
+    ("label-negative", _replace("y", np.array([0, 1, 2, -1, 0, 0])), _read_batch, r"/y: class index -1 at row 3 is outside \[0, 3\)", None),
 ]
 
 
@@ -82,6 +111,23 @@ def test_invalid_twin_is_refused_naming_file_and_dataset(tmp_path, edit, exc, ma
         h5feed.open_file(path)
     assert str(path) in str(info.value)
     assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    "edit, read, match, verify_match", [c[1:] for c in PER_ROW], ids=[c[0] for c in PER_ROW]
+)
+def test_damage_in_the_rows_is_refused_where_read_and_by_verify(tmp_path, edit, read, match, verify_match):
+    path = _valid(tmp_path / "v.h5")
+    read(path)  # the valid twin reads
+    with h5py.File(path, "a") as f:
+        edit(f)
+    h5feed.open_file(path)  # metadata only (NOTE [ Opening reads metadata only ])
+    with pytest.raises(errors.LayoutError, match=match) as info:
+        read(path)
+    assert str(path) in str(info.value)
+    problems = verify(path).problems
+    assert problems and problems[0].startswith("layout: "), problems
+    assert re.search(verify_match or match, problems[0]), problems
 
 
 @pytest.mark.parametrize(
@@ -150,4 +196,4 @@ def test_completion_record_matches_the_data(small_file):
     with h5py.File(small_file) as f:
         record = json.loads(f.attrs["h5feed_complete"])
         for name in ("ids", "x", "y", "splits/train"):
-            assert record["sha256"][name] == layout.dataset_sha256(f[name])
+            assert record["sha256"][name] == _record.dataset_sha256(f[name])

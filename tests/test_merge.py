@@ -220,6 +220,20 @@ def test_untrusted_virtual_sources_are_refused_even_when_allowed(tmp_path, sourc
         h5feed.open_file(path, allow_virtual=True)
 
 
+def test_a_virtual_source_that_links_to_another_file_is_refused(tmp_path):
+    outside = tmp_path / "outside.h5"
+    with h5py.File(outside, "w") as f:
+        f["x"] = np.zeros((3, 3), np.float32)
+    folder = tmp_path / "sub"
+    folder.mkdir()
+    with h5py.File(folder / "src.h5", "w") as f:
+        f["data"] = h5py.ExternalLink(str(outside), "/x")
+    path = folder / "v.h5"
+    _write_vds(path, "src.h5", name="data")
+    with pytest.raises(errors.UntrustedFileError, match="leads through an external link to .*outside.h5"):
+        h5feed.open_file(path, allow_virtual=True)
+
+
 def test_virtual_rows_without_a_source_are_refused(tmp_path):
     src = tmp_path / "src.h5"
     with h5py.File(src, "w") as f:
@@ -278,3 +292,25 @@ def test_virtual_ids_are_refused_even_when_allowed(tmp_path):
     # (Refused by the storage check or, where that lets virtual IDs through, by the source check.)
     with pytest.raises(errors.UntrustedFileError, match=r"/ids: (must be stored in the file|is a virtual dataset)"):
         h5feed.open_file(path, allow_virtual=True)
+
+
+@pytest.mark.parametrize("copy", [False, True], ids=["virtual", "copy"])
+def test_merge_writes_on_a_filesystem_that_refuses_locks(parts, monkeypatch, copy):
+    from h5feed import _files
+
+    real = h5py.File
+
+    def refusing(name, mode="r", *args, **kwargs):
+        if mode != "r" and kwargs.get("locking", None) is not False:
+            open(name, "a").close()  # HDF5 creates the file before it locks
+            raise OSError("Unable to create file (unable to lock file, errno = 38, "
+                          "error message = 'Function not implemented')")
+        return real(name, mode, *args, **kwargs)
+
+    monkeypatch.setattr(h5py, "File", refusing)
+    monkeypatch.setattr(_files, "_warned_no_locking", False)
+    out = parts[0].parent / f"all-nolock-{copy}.h5"
+    with pytest.warns(RuntimeWarning, match="refuses file locks"):
+        merge_files(parts, out, copy=copy)
+    assert h5feed.open_file(out, allow_virtual=not copy).n_rows == 3 * M
+    assert sorted(p.name for p in out.parent.iterdir() if p.name.endswith(".h5feed-tmp")) == []

@@ -106,6 +106,62 @@ def test_shards_partition_the_epoch(n, count, drop_remainder):
     assert covered.size == (n - n % count if drop_remainder else n)
 
 
+def _random_epoch_options(seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    return {
+        "n": int(rng.integers(0, 700)),
+        "shuffle": [False, True, "block"][seed % 3],
+        "seed": int(rng.integers(0, 2**31)),
+        "epoch": int(rng.integers(0, 50)),
+        "block": int(rng.integers(1, 40)),
+        "window": int(rng.integers(1, 10)),
+    }
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_epoch_positions_shards_visit_every_position_exactly_once(seed):
+    options = _random_epoch_options(seed)
+    n = options["n"]
+    count = 1 + seed % 5
+    parts = [_plan.epoch_positions(**options, shard=(k, count)) for k in range(count)]
+    whole = _plan.epoch_positions(**options)
+    # The shards are consecutive parts of the one unsharded order...
+    np.testing.assert_array_equal(np.concatenate(parts), whole)
+    # ... which visits every position exactly once.
+    np.testing.assert_array_equal(np.sort(whole), np.arange(n))
+    assert all(p.dtype == np.int64 for p in parts)
+    assert [p.size for p in parts] == [_plan.epoch_size(n, shard=(k, count)) for k in range(count)]
+    assert whole.size == _plan.epoch_size(n)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_epoch_positions_with_drop_remainder_give_disjoint_equal_shards(seed):
+    options = _random_epoch_options(seed)
+    n = options["n"]
+    count = 1 + seed % 5
+    parts = [_plan.epoch_positions(**options, shard=(k, count), drop_remainder=True) for k in range(count)]
+    assert {p.size for p in parts} == {n // count}
+    assert all(p.size == _plan.epoch_size(n, shard=(k, count), drop_remainder=True) for k, p in enumerate(parts))
+    seen = np.concatenate(parts)
+    assert np.unique(seen).size == seen.size  # disjoint
+    # Without a shard there is nothing to equalise: the batching drops.
+    np.testing.assert_array_equal(
+        _plan.epoch_positions(**options, drop_remainder=True), _plan.epoch_positions(**options)
+    )
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_epoch_positions_depend_only_on_their_arguments(seed):
+    options = _random_epoch_options(seed)
+    shard = (seed % 3, 3)
+    a = _plan.epoch_positions(**options, shard=shard)
+    np.testing.assert_array_equal(a, _plan.epoch_positions(**options, shard=shard))  # same seed, same order
+    if options["shuffle"] and options["n"] >= 100:
+        for change in ({"seed": options["seed"] + 1}, {"epoch": options["epoch"] + 1}):
+            b = _plan.epoch_positions(**{**options, **change}, shard=shard)
+            assert not np.array_equal(a, b)
+
+
 @pytest.mark.parametrize("bad", [(0, 0), (2, 2), (-1, 3)])
 def test_bad_shard_is_an_error_naming_it(bad):
     with pytest.raises(ValueError, match=r"shard"):

@@ -356,6 +356,40 @@ def test_read_ahead_changes_no_batch(request, monkeypatch, rows, shuffle):
         assert not ahead._ahead.active  # each epoch starts off
 
 
+def test_read_ahead_asks_the_kernel_for_every_byte_of_the_next_batches(big_rows_file, monkeypatch):
+    # The advice must reach the kernel: recorded at madvise itself, below
+    # Reader.advise, so that an advise() that stopped calling it fails here.
+    import mmap
+
+    if not hasattr(mmap, "MADV_WILLNEED"):
+        pytest.skip("no madvise here")
+    calls: list[tuple[int, int]] = []
+
+    class Recording(mmap.mmap):
+        def madvise(self, option, start=0, length=None):
+            if option == mmap.MADV_WILLNEED:
+                calls.append((start, start + (len(self) - start if length is None else length)))
+            return super().madvise(option, start, len(self) - start if length is None else length)
+
+    monkeypatch.setattr(mmap, "mmap", Recording)
+    seq = h5feed.H5Sequence(big_rows_file, batch_size=4, seed=5)
+    seq._ahead.ask_kernel = False
+    seq._ahead.cold_bytes_per_s = float("inf")  # every batch counts as cold...
+    seq._ahead.cold_min_seconds = 0.0  # ...however fast
+    seq[0]
+    reader = seq._maker.reader
+    _, first_byte = reader._map_at["x"]
+    row_nbytes = reader.layout.column("x").row_nbytes
+    advised = np.zeros(first_byte + 40 * row_nbytes, dtype=bool)
+    for start, stop in calls:
+        advised[start:stop] = True
+    for k in range(1, 1 + seq._ahead.depth):  # the batches after the one read
+        for row in seq._epoch_rows[4 * k : 4 * k + 4].tolist():
+            lo = first_byte + row * row_nbytes
+            assert advised[lo : lo + row_nbytes].all(), (k, row, calls)
+    seq.close()
+
+
 def test_readahead_must_be_a_bool(small_file):
     with pytest.raises(TypeError, match="readahead must be a bool"):
         h5feed.H5Sequence(small_file, readahead="yes")
@@ -414,11 +448,19 @@ def test_with_workers_this_process_reads_ahead_for_them(big_rows_file, workers):
 
 
 @pytest.mark.skipif(not hasattr(os, "posix_fadvise") or not hasattr(os, "RWF_NOWAIT"), reason="Linux only")
-def test_a_cold_first_batch_turns_read_ahead_on_before_it_is_read(big_rows_file):
+@pytest.mark.parametrize("kind", ["one file", "merged parts"])
+def test_a_cold_first_batch_turns_read_ahead_on_before_it_is_read(request, kind):
     from h5feed.benchmarks.bench import evict
 
-    evict(str(big_rows_file))
-    seq = h5feed.H5Sequence(big_rows_file, batch_size=4, seed=5)
+    if kind == "one file":
+        path = request.getfixturevalue("big_rows_file")
+        files, options = [path], {}
+    else:  # a merged file's rows lie in its parts
+        path, files = request.getfixturevalue("merged_big_rows")
+        options = {"allow_virtual": True}
+    for file in files:
+        evict(str(file))
+    seq = h5feed.H5Sequence(path, batch_size=4, seed=5, **options)
     cold = seq._maker.reader.cached("x", seq._epoch_rows[:4])
     if cold is not False:
         seq.close()
@@ -426,3 +468,107 @@ def test_a_cold_first_batch_turns_read_ahead_on_before_it_is_read(big_rows_file)
     seq[0]
     assert seq._ahead.active and seq._ahead._advised_to == 1 + 4  # batch 0 and the 4 after it
     seq.close()
+
+
+# -- merged files: read-ahead through the parts ---------------------------------
+
+PART_ROWS = (13, 14, 13)  # parts of a merged file: rows [0, 13), [13, 27), [27, 40)
+
+
+def _merged_file(folder, row_shape):
+    """A virtual merge of three parts; x's first value is the merged row."""
+    from h5feed.merge import merge_files
+
+    folder.mkdir()
+    parts, start = [], 0
+    for k, n in enumerate(PART_ROWS):
+        x = np.random.default_rng(k).standard_normal((n, *row_shape)).astype(np.float32)
+        x.reshape(n, -1)[:, 0] = np.arange(start, start + n)
+        path = folder / f"part-{k}.h5"
+        h5feed.write_arrays(path, [f"p{k}-{i}" for i in range(n)], x, np.arange(n) % 3, n_classes=3)
+        parts.append(path)
+        start += n
+    return merge_files(parts, folder / "merged.h5"), [str(p) for p in parts]
+
+
+@pytest.fixture
+def merged_big_rows(tmp_path):
+    return _merged_file(tmp_path / "big", (16, 32, 32))
+
+
+@pytest.fixture
+def merged_small_rows(tmp_path):
+    return _merged_file(tmp_path / "small", (16, 16))
+
+
+def _part_of(row):
+    bounds = np.cumsum((0, *PART_ROWS))
+    k = int(np.searchsorted(bounds, row, side="right")) - 1
+    return k, row - int(bounds[k])
+
+
+def test_parts_reader_splits_advice_and_cache_probes_at_the_parts_bounds(merged_big_rows):
+    from h5feed._parts import PartsReader
+
+    merged, parts = merged_big_rows
+    reader = PartsReader(h5feed.open_file(merged, allow_virtual=True))
+    calls, answers = [], {}
+    for k, path in enumerate(parts):
+        part = reader._parts[path]
+        part.advise = lambda name, rows=None, *, spans=None, k=k: calls.append(
+            (k, name, None if rows is None else rows.tolist(), None if spans is None else [s.tolist() for s in spans])
+        ) or answers.get(k, True)
+        part.cached = lambda name, rows, k=k: answers.get(k, True)
+    assert reader.advise("x", np.array([12, 13, 39, 0]))
+    assert calls == [(0, "x", [12, 0], None), (1, "x", [0], None), (2, "x", [12], None)]
+    calls.clear()
+    assert reader.advise("x", spans=(np.array([10, 30]), np.array([20, 40])))
+    assert calls == [(0, "x", None, [[10], [13]]), (1, "x", None, [[0], [7]]), (2, "x", None, [[3], [13]])]
+    # Cache probes: False if any part's rows are not cached, None if one cannot tell.
+    answers.update({0: True, 1: None, 2: False})
+    assert reader.cached("x", np.array([0, 13])) is None
+    assert reader.cached("x", np.array([0, 13, 30])) is False
+    assert reader.cached("x", np.array([0, 1])) is True
+    # A part that cannot be advised is not asked again; once none can, advise says so.
+    answers.update({0: False, 1: False, 2: False})
+    calls.clear()
+    assert reader.advise("x", np.array([0, 20]))  # part 2 not known yet
+    assert not reader.advise("x", np.array([0, 20, 30]))
+    assert [k for k, *_ in calls] == [0, 1, 2]
+    limits = [r.read_ahead_limits() for r in (reader._base, *reader._parts.values())]
+    assert reader.read_ahead_limits() == (min(a for a, _ in limits), min(b for _, b in limits))
+    reader.close()
+
+
+@pytest.mark.parametrize("rows", ["big", "small"])
+def test_a_cold_merged_file_advises_its_parts_rows(request, monkeypatch, rows):
+    merged, parts = request.getfixturevalue(f"merged_{rows}_rows")
+    monkeypatch.setattr(h5feed.reader, "_read_ahead_limits", lambda path: (128 << 10, 128 << 10))
+    plain = h5feed.H5Sequence(merged, batch_size=4, seed=5, allow_virtual=True, readahead=False)
+    seq = h5feed.H5Sequence(merged, batch_size=4, seed=5, allow_virtual=True)
+    assert seq._ahead.enabled
+    seq._ahead.ask_kernel = False
+    seq._ahead.cold_bytes_per_s = float("inf")  # every batch counts as cold...
+    seq._ahead.cold_min_seconds = 0.0  # ...however fast
+    advised: list[tuple[str, str, list[int]]] = []  # (file, column, its rows)
+    advise = Reader.advise
+
+    def record(self, name, rows=None, *, spans=None):
+        local = rows.tolist() if spans is None else [r for a, b in zip(*spans) for r in range(a, b)]
+        advised.append((self.layout.path, name, local))
+        return advise(self, name, rows, spans=spans)
+
+    monkeypatch.setattr(Reader, "advise", record)
+    for i in range(len(seq)):
+        a, b = seq[i], plain[i]
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+    # Only the parts are advised (the merged file holds no rows of x), and
+    # between them, every row of x the epoch read.
+    assert {path for path, _, _ in advised} == set(parts)
+    got = {parts.index(path) * 1000 + row for path, name, local in advised if name == "x" for row in local}
+    want = {1000 * k + r for k, r in map(_part_of, seq.epoch_rows().tolist())}
+    assert want <= got if rows == "small" else want == got  # small rows: whole pieces
+    seq.close()
+    plain.close()
+

@@ -124,6 +124,7 @@ def test_take_and_out_paths_read_the_same_bytes_as_plain_h5py(any_layout_file, s
 
 @pytest.mark.parametrize("seed", range(5))
 def test_compressed_batch_decompresses_each_chunk_at_most_once(tmp_path, arrays, monkeypatch, seed):
+    """HDF5's path (decode_threads=0): one read per chunk group of a batch."""
     ids, x, y = arrays
     path = tmp_path / "gz.h5"
     h5feed.write_arrays(path, ids, x, y, n_classes=5, compression="gzip", chunk_rows=6)
@@ -131,7 +132,7 @@ def test_compressed_batch_decompresses_each_chunk_at_most_once(tmp_path, arrays,
     with h5py.File(path) as f:
         data = f["x"][()]
     fake = _RecordingDataset(data)
-    reader = Reader(info)
+    reader = Reader(info, decode_threads=0)
     monkeypatch.setattr(reader, "_dataset", lambda name: fake)
     rng = np.random.default_rng(seed)
     for _ in range(10):

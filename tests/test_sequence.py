@@ -239,3 +239,60 @@ def _refuse_batch_3(X, Y):
     if X.reshape(len(X), -1)[0, 0] == 24:
         raise ArithmeticError("refused")
     return X, Y
+
+
+def test_a_copy_at_an_epoch_reads_that_epoch_and_leaves_the_sequence_alone(small_file):
+    seq = h5feed.H5Sequence(small_file, "train", batch_size=10, seed=4, workers=2)
+    seq.set_epoch(1)
+    first = [seq[i] for i in range(len(seq))]
+    copy = seq.copy_at_epoch(3)
+    assert (copy.epoch, seq.epoch) == (3, 1)
+    assert copy.thread_workers == 0 and copy.process_workers == 0  # reads in this process
+    assert copy._maker.reader is not seq._maker.reader and copy._ahead is not seq._ahead
+    got = [copy[i] for i in range(len(copy))]
+    copy.close()
+    # The sequence is where it was, and reads on with its own handle.
+    for i, (X, Y) in enumerate(first):
+        np.testing.assert_array_equal(seq[i][0], X)
+        np.testing.assert_array_equal(seq[i][1], Y)
+    seq.set_epoch(3)
+    for i, (X, Y) in enumerate(got):
+        np.testing.assert_array_equal(seq[i][0], X)
+        np.testing.assert_array_equal(seq[i][1], Y)
+    seq.close()
+    with pytest.raises(ValueError, match="epoch"):
+        seq.copy_at_epoch(-1)
+
+
+def _flatten_to_float16(X, Y):
+    return X.reshape(len(X), -1).astype(np.float16), Y
+
+
+def test_an_example_batch_has_the_structure_and_dtypes_of_every_batch(tmp_path, arrays):
+    ids, x, y = arrays
+    path = h5feed.write_arrays(
+        tmp_path / "m.h5", ids, x, y, n_classes=5, extras={"aux": np.arange(100, dtype=np.int16)[:, None]}
+    )
+    cases = [
+        ({}, 0),
+        ({"x": {"img": "x", "meta": "aux"}, "y": "y", "one_hot": False}, 0),
+        ({"x": ["x", "aux"], "y": None}, 0),
+        ({"transform": _flatten_to_float16}, 32),  # read through the transform: batch 0
+    ]
+    for options, rows in cases:
+        seq = h5feed.H5Sequence(path, batch_size=32, seed=1, **options)
+        example, batch = seq.example_batch(), seq[1]
+        flat_example, flat_batch = _leaves(example), _leaves(batch)
+        assert [type(a) for a in flat_example] == [type(b) for b in flat_batch]
+        for a, b in zip(flat_example, flat_batch):
+            assert a.dtype == b.dtype and a.shape == (rows, *b.shape[1:])
+        assert seq.epoch == 0
+        seq.close()
+
+
+def _leaves(tree):
+    if isinstance(tree, dict):
+        return [leaf for key in sorted(tree) for leaf in _leaves(tree[key])]
+    if isinstance(tree, tuple):
+        return [leaf for item in tree for leaf in _leaves(item)]
+    return [tree]

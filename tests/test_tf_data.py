@@ -171,3 +171,40 @@ def test_mirrored_strategy_on_two_logical_cpus_sees_every_row_once(small_file):
     # trailing short batches dropped: 68 of the 70 rows, each once.
     assert len(result["from_function_rows"]) == 68 == len(set(result["from_function_rows"]))
     assert all(np.isfinite(result["loss"]))
+
+
+def _imports(module) -> set[str]:
+    """The modules (and names) ``module`` imports anywhere in it."""
+    import ast
+    import inspect
+
+    found = set()
+    for node in ast.walk(ast.parse(inspect.getsource(module))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            found.add("." * node.level + (node.module or ""))
+            found |= {alias.name for alias in node.names}
+    return found
+
+
+def test_dependencies_point_one_way_from_tf_data_to_the_sequence():
+    import ast
+    import inspect
+
+    import h5feed._tf
+    import h5feed.sequence
+    import h5feed.tf_data
+
+    # The sequence never imports tf_data (it builds datasets through _tf).
+    assert not any("tf_data" in name for name in _imports(h5feed.sequence))
+    # _tf knows nothing of the sequence or the adapters.
+    assert not any(part in name for name in _imports(h5feed._tf) for part in ("sequence", "tf_data", "_batch"))
+    # tf_data uses the sequence's public API only: no private attribute of
+    # anything but its own helper module.
+    private = {
+        node.attr
+        for node in ast.walk(ast.parse(inspect.getsource(h5feed.tf_data)))
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+    }
+    assert private == set()

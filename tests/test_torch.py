@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import multiprocessing
 import pickle
+import subprocess
+import sys
 
 import h5py
 import numpy as np
@@ -145,6 +147,73 @@ def test_shards_partition_each_epoch_like_distributed_sampler(sized_files):
     # The dataset's shard is the sampler's default.
     sharded = H5Dataset(sized_files[100], shard=(1, 3))
     assert BlockBatchSampler(sharded, 7, seed=2).shard == (1, 3)
+
+
+def _stateful_loader(ds, num_workers):
+    """Makes StatefulDataLoaders over a BlockBatchSampler, as a (restarted) job builds them."""
+    stateful = pytest.importorskip(
+        "torchdata.stateful_dataloader", reason="resuming a DataLoader needs torchdata: pip install torchdata"
+    )
+
+    def loader():
+        sampler = BlockBatchSampler(ds, 8, seed=3)
+        return stateful.StatefulDataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers)
+
+    return loader
+
+
+@pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWarning")  # torchdata 0.11 on torch 2.13
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_stateful_dataloader_resumed_mid_epoch_1_serves_the_rest_of_epoch_1(sized_files, num_workers):
+    ds = H5Dataset(sized_files[100])
+    loader = _stateful_loader(ds, num_workers)
+
+    interrupted = loader()
+    list(interrupted)  # epoch 0
+    batches = iter(interrupted)
+    before = _rows([next(batches) for _ in range(5)])  # then 5 of epoch 1's 13 batches
+    state = interrupted.state_dict()
+    del batches
+    resumed = loader()  # as a restarted job builds it
+    resumed.load_state_dict(state)
+    after = _rows(list(resumed))
+    epoch_1 = BlockBatchSampler(ds, 8, seed=3).epoch_indices(1)
+    np.testing.assert_array_equal(before, epoch_1[:40])
+    np.testing.assert_array_equal(np.sort(np.concatenate([before, after])), np.arange(100))  # each row once
+    np.testing.assert_array_equal(after, epoch_1[40:])
+
+
+@pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWarning")  # torchdata 0.11 on torch 2.13
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("saved", ["after-the-last-batch", "after-the-epoch"])
+def test_stateful_dataloader_saved_at_an_epoch_end_resumes_with_the_next_epoch_whole(sized_files, num_workers, saved):
+    # A state saved after an epoch's last batch (before or after the loader
+    # noticed the end) resumes with nothing left of that epoch, then the
+    # next one whole: never an empty or a repeated epoch.
+    ds = H5Dataset(sized_files[33])
+    loader = _stateful_loader(ds, num_workers)
+
+    interrupted = loader()
+    batches = iter(interrupted)
+    for _ in range(5):
+        next(batches)  # all of epoch 0
+    if saved == "after-the-epoch":
+        assert next(batches, None) is None
+    state = interrupted.state_dict()
+    del batches
+    resumed = loader()
+    resumed.load_state_dict(state)
+    rest = list(resumed) if saved == "after-the-last-batch" else []
+    following = _rows(list(resumed))
+    assert rest == []
+    np.testing.assert_array_equal(following, BlockBatchSampler(ds, 8, seed=3).epoch_indices(1))
+
+
+def test_importing_h5feed_torch_imports_no_tensorflow():
+    code = "import sys, h5feed.torch; print(sorted(m for m in ('tensorflow', 'keras', 'jax') if m in sys.modules))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["[]"]
 
 
 def test_dataset_and_sampler_pickle_without_handles(small_file):

@@ -1,4 +1,6 @@
-"""DatasetWriter and write_arrays: checks, layout choices, atomicity."""
+"""DatasetWriter and write_arrays: checks, layout choices, atomicity.
+
+Every test whose write succeeds reads back what it wrote (readback.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ import pytest
 
 import h5feed
 from h5feed import errors
+
+from readback import read_back
 
 
 def _writer(path, **kw):
@@ -58,7 +62,10 @@ def test_existing_target_without_overwrite_is_refused_before_writing(small_file)
 def test_overwrite_replaces_target_only_on_success(tmp_path, small_file):
     with _writer(small_file, overwrite=True) as w:
         w.append("only", np.ones(3, np.float32), 2)
-    assert h5feed.open_file(small_file).n_rows == 1
+    back = read_back(small_file)
+    assert back["ids"] == ["only"] and back["splits"] == {}
+    np.testing.assert_array_equal(back["x"], np.ones((1, 3), np.float32))
+    np.testing.assert_array_equal(back["y"], [2])
 
 
 def test_missing_output_folder_is_refused_and_nothing_is_created(tmp_path):
@@ -100,6 +107,8 @@ def test_duplicate_id_names_both_rows(tmp_path):
 def test_python_numbers_that_fit_are_accepted(tmp_path):
     with _writer(tmp_path / "out.h5", dtype="uint8") as w:
         w.append("a", [1, 2, 255], 3)
+    back = read_back(tmp_path / "out.h5")
+    assert back["x"].dtype == np.uint8 and back["x"].tolist() == [[1, 2, 255]] and back["y"].tolist() == [3]
     with pytest.raises(errors.SampleError, match="dtype uint8"):
         with _writer(tmp_path / "out2.h5", dtype="uint8") as w:
             w.append("a", [1, 2, 256], 3)
@@ -130,16 +139,25 @@ def test_known_row_count_without_compression_is_contiguous(tmp_path, arrays):
     path = h5feed.write_arrays(tmp_path / "c.h5", ids, x, y, n_classes=5)
     with h5py.File(path) as f:
         assert f["x"].chunks is None and f["x"].compression is None
+    back = read_back(path)
+    assert back["ids"] == ids
+    np.testing.assert_array_equal(back["x"], x)
+    np.testing.assert_array_equal(back["y"], y)
 
 
 @pytest.mark.parametrize("options", [{"compression": "gzip"}, {"compression": "lzf"}, {"checksum": True}])
 def test_compressed_or_checksummed_data_is_chunked_256k_to_1m(tmp_path, options):
-    x = np.zeros((3000, 28, 28), np.uint8)
-    path = h5feed.write_arrays(tmp_path / "c.h5", [str(i) for i in range(3000)], x, np.zeros(3000, int), n_classes=1, **options)
+    x = np.random.default_rng(0).integers(0, 8, (3000, 28, 28), dtype=np.uint8)
+    y = np.arange(3000) % 2
+    path = h5feed.write_arrays(tmp_path / "c.h5", [str(i) for i in range(3000)], x, y, n_classes=2, **options)
     with h5py.File(path) as f:
         chunk_bytes = np.prod(f["x"].chunks) * f["x"].dtype.itemsize
         assert 256 * 1024 <= chunk_bytes <= 1024 * 1024
         assert f["x"].chunks[1:] == (28, 28)
+    back = read_back(path)
+    assert back["ids"] == [str(i) for i in range(3000)]
+    np.testing.assert_array_equal(back["x"], x)
+    np.testing.assert_array_equal(back["y"], y)
 
 
 def test_expected_rows_must_be_met(tmp_path):
@@ -162,29 +180,67 @@ def test_round_trip_by_id_across_buffer_flushes(tmp_path):
     with h5feed.DatasetWriter(path, sample_shape=(256,), dtype="float32", n_classes=7) as w:
         for i in range(0, n, 999):
             w.extend([f"r{j}" for j in range(i, min(n, i + 999))], x[i : i + 999], y[i : i + 999])
-    with h5py.File(path) as f:
-        np.testing.assert_array_equal(f["x"][()], x)
-        np.testing.assert_array_equal(f["y"][()], y)
-        assert f["ids"].asstr()[4321] == "r4321"
+    back = read_back(path)
+    np.testing.assert_array_equal(back["x"], x)
+    np.testing.assert_array_equal(back["y"], y)
+    assert back["ids"] == [f"r{j}" for j in range(n)]
 
 
 def test_unlabelled_data_has_no_y(tmp_path):
     path = tmp_path / "u.h5"
     with h5feed.DatasetWriter(path, sample_shape=(2,), dtype="float32", target_dtype=None) as w:
-        w.append("a", np.zeros(2, np.float32))
+        w.append("a", np.array([1.5, -2], np.float32))
     info = h5feed.open_file(path)
     assert not info.has_y and info.n_classes is None
+    back = read_back(path)
+    assert back["ids"] == ["a"] and "y" not in back and back["x"].tolist() == [[1.5, -2]]
 
 
 def test_regression_targets_and_extras(tmp_path):
     ids = ["a", "b", "c"]
-    path = h5feed.write_arrays(
-        tmp_path / "r.h5", ids, np.zeros((3, 2), np.float32), np.ones((3, 2), np.float32),
-        extras={"weight": np.array([1.0, 2.0, 3.0])},
-    )
+    x = np.arange(6, dtype=np.float32).reshape(3, 2)
+    targets = np.array([[0.5, 1], [2, 3], [-1, 4.25]], np.float32)
+    path = h5feed.write_arrays(tmp_path / "r.h5", ids, x, targets, extras={"weight": np.array([1.0, 2.0, 3.0])})
     info = h5feed.open_file(path)
     assert info.n_classes is None and info.column("y").shape == (3, 2)
     assert info.column("weight").shape == (3,)
+    back = read_back(path)
+    assert back["ids"] == ids
+    np.testing.assert_array_equal(back["x"], x)
+    np.testing.assert_array_equal(back["y"], targets)
+    np.testing.assert_array_equal(back["weight"], [1.0, 2.0, 3.0])
+
+
+def test_write_arrays_reads_an_h5py_dataset_a_block_at_a_time(tmp_path):
+    rows, shape = 64, (64, 64, 8)  # 128 KiB rows: 32 per block
+    x = np.random.default_rng(0).standard_normal((rows, *shape)).astype(np.float32)
+    with h5py.File(tmp_path / "src.h5", "w") as f:
+        f["x"], f["y"] = x, np.arange(rows) % 3
+
+    class Recording:
+        """An h5py dataset that records its reads and refuses to be read whole."""
+
+        def __init__(self, dset):
+            self.dset, self.reads = dset, []
+            self.shape, self.dtype = dset.shape, dset.dtype
+
+        def __len__(self):
+            return len(self.dset)
+
+        def __getitem__(self, key):
+            self.reads.append(key)
+            return self.dset[key]
+
+        def __array__(self, *args, **kwargs):
+            raise AssertionError("read whole")
+
+    with h5py.File(tmp_path / "src.h5") as f:
+        recording = Recording(f["x"])
+        path = h5feed.write_arrays(tmp_path / "o.h5", [str(i) for i in range(rows)], recording, f["y"], n_classes=3)
+    assert len(recording.reads) == 2 and all(k.stop - k.start == 32 for k in recording.reads)
+    with h5py.File(path) as f:
+        np.testing.assert_array_equal(f["x"][()], x)
+        np.testing.assert_array_equal(f["y"][()], np.arange(rows) % 3)
 
 
 def test_write_arrays_rejects_unknown_options(tmp_path, arrays):
@@ -199,5 +255,7 @@ def test_stale_temporary_of_a_dead_writer_is_removed(tmp_path):
     stale = tmp_path / f".out.h5.{socket.gethostname()}.999999999.abcd.h5feed-tmp"
     stale.write_bytes(b"leftover")
     with _writer(tmp_path / "out.h5") as w:
-        w.append("a", np.zeros(3, np.float32), 0)
+        w.append("a", np.full(3, 7, np.float32), 0)
     assert _leftovers(tmp_path) == ["out.h5"]
+    back = read_back(tmp_path / "out.h5")
+    assert back["ids"] == ["a"] and back["x"].tolist() == [[7, 7, 7]] and back["y"].tolist() == [0]

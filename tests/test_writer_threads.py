@@ -15,21 +15,23 @@ import numpy as np
 import pytest
 
 import h5feed
-from h5feed import layout as L
-from h5feed.inspect import verify
+from h5feed import _record
+from h5feed.inspection import verify
+
+from readback import read_back
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["contiguous", "chunked"])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_digests_match_the_data_read_back(tmp_path, monkeypatch, chunked, seed):
-    real_hash_rows = L.hash_rows
+    real_hash_rows = _record.hash_rows
 
     def slow_hash_rows(hasher, block):  # a slow hasher exposes any buffer reuse race
         if threading.current_thread() is not threading.main_thread():
             time.sleep(0.01)
         real_hash_rows(hasher, block)
 
-    monkeypatch.setattr(L, "hash_rows", slow_hash_rows)
+    monkeypatch.setattr(_record, "hash_rows", slow_hash_rows)
     rng = np.random.default_rng(seed)
     n = int(rng.integers(40, 90))
     x = rng.standard_normal((n, 128, 256)).astype(np.float32)  # 128 KiB rows: threaded hashing
@@ -46,11 +48,14 @@ def test_digests_match_the_data_read_back(tmp_path, monkeypatch, chunked, seed):
                 k = int(min(n - pos, rng.integers(1, 70)))
                 w.extend([f"id-{i}" for i in range(pos, pos + k)], x[pos : pos + k], y[pos : pos + k])
                 pos += k
+    back = read_back(path)
+    np.testing.assert_array_equal(back["x"], x)
+    np.testing.assert_array_equal(back["y"], y)
+    assert back["ids"] == [f"id-{i}" for i in range(n)]
     with h5py.File(path) as f:
-        np.testing.assert_array_equal(f["x"][()], x)
         recorded = h5feed.open_file(path).completion["sha256"]
-        assert recorded["x"] == L.dataset_sha256(f["x"])
-        assert recorded["y"] == L.dataset_sha256(f["y"])
+        assert recorded["x"] == _record.dataset_sha256(f["x"])
+        assert recorded["y"] == _record.dataset_sha256(f["y"])
     assert verify(path).sound
 
 
@@ -70,7 +75,9 @@ def test_early_writeback_syncs_while_writing(tmp_path, monkeypatch):
     monkeypatch.setattr(W, "_WRITEBACK_BYTES", 8 * 1024 * 1024)
     _write_big(tmp_path / "big.h5", rows=24)
     assert synced and all(p.endswith(".h5feed-tmp") for p in synced)
-    assert verify(tmp_path / "big.h5").sound
+    back = read_back(tmp_path / "big.h5")  # verify finds it sound, too
+    assert back["ids"] == [f"r{i}" for i in range(24)]
+    assert back["x"].shape == (24, 1024, 512) and (back["x"] == 1).all()
 
 
 def test_a_failed_writeback_fails_the_write_and_leaves_nothing(tmp_path, monkeypatch):

@@ -2,7 +2,8 @@
 
 A case takes JSON-able keyword arguments and returns a JSON-able dict; an
 exception it raises is reported as ``error_type``/``error_mro``/``message``
-with ``seconds``, the time from the start of the case to the error.
+(and ``cause_type``, the type of its ``__cause__``) with ``seconds``, the
+time from the start of the case to the error.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def main(func: str) -> None:
         answer = {
             "error_type": type(exc).__name__,
             "error_mro": [c.__name__ for c in type(exc).__mro__],
+            "cause_type": None if exc.__cause__ is None else type(exc.__cause__).__name__,
             "message": str(exc),
             "seconds": time.perf_counter() - start,
             "traceback": traceback.format_exc()[-3000:],
@@ -82,6 +84,22 @@ def read_all(path: str, batch: int = 16, seed: int = 0, use_mmap: bool = True, *
         out[name] = data.tolist()
     reader.close()
     return out
+
+
+def read_everything(path: str, allow_virtual: bool = False) -> dict[str, Any]:
+    """Open ``path``, read every row of every column, every ID and every split,
+    as training would (the reader, the rows of each split)."""
+    import h5feed
+    from h5feed._parts import make_reader
+    from h5feed._select import select_rows
+
+    info = h5feed.open_file(path, allow_virtual=allow_virtual)
+    with make_reader(info) as reader:
+        rows = np.arange(info.n_rows)
+        sums = {name: float(np.sum(reader.read(name, rows), dtype=np.float64)) for name in info.columns}
+        ids = reader.read_ids(rows)
+    splits = {name: int(select_rows(path, name, None, allow_virtual=allow_virtual)[1].size) for name in info.splits}
+    return {"sums": sums, "ids": len(ids), "splits": splits}
 
 
 def read_rows(path: str, name: str, rows: list[int]) -> list[Any]:

@@ -4,7 +4,7 @@ Every fault case runs in a fresh Python process with a timeout (see
 :func:`run_case`), so a hang fails its test instead of blocking CI, and a
 crash (a segfault inside HDF5, say) shows up as a negative exit status rather
 than taking pytest down. :data:`STATS` collects the figures the reliability
-issue asks for; ``tests/faults/conftest.py`` prints them at the end of a run
+issue asks for; ``tests/faults/_figures.py`` prints them at the end of a run
 and ``tests/faults/measure.py`` re-measures them on a larger sweep.
 """
 
@@ -31,7 +31,20 @@ STATS: dict[str, Any] = {
     "faults": 0,  # every fault case that was expected to end in an error
     "max_surface_s": 0.0,  # the longest time a fault took to become an error
     "max_surface_case": "",
+    "fuzz_mutants": 0,  # damaged files opened, read and verified (test_faults_fuzz.py)
+    "fuzz_failures": 0,  # ... that missed a target (a raw exception, a hang, ...)
 }
+
+
+def add_stats(other: dict[str, Any]) -> None:
+    """Add the figures ``other`` (another process's :data:`STATS`) to these."""
+    for key, value in other.items():
+        if key == "max_surface_s":
+            if value > STATS["max_surface_s"]:
+                STATS["max_surface_s"] = float(value)
+                STATS["max_surface_case"] = other.get("max_surface_case", "")
+        elif key != "max_surface_case":
+            STATS[key] += value
 
 
 def note_surfaced(case: str, seconds: float, count: int = 1) -> None:

@@ -11,12 +11,19 @@ after a random delay; :func:`judge` then decides whether data was lost:
   left is either refused at open (incomplete) or whole, and the next writer
   to the same target removes it;
 - the killed command exits non-zero.
+
+A kill must also have landed where it was aimed (:func:`aim_problems`):
+after the kill point was reached (the hook's mark on stderr, or READY for a
+timed kill), and by the signal -- death by SIGKILL, or the KeyboardInterrupt
+exit status 130 -- so that a writer that fails early with an ordinary error
+cannot pass as "killed, nothing lost".
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -27,7 +34,7 @@ import h5py
 import numpy as np
 
 import h5feed
-from h5feed import errors, layout
+from h5feed import _record, errors
 
 from _harness import CHILD_CWD, FAULTS, PYTHON, child_env, leftovers
 
@@ -70,10 +77,48 @@ class Outcome:
     completed: bool  # the write finished before the kill landed
     lost: list[str]  # empty when nothing was lost
     seconds: float
+    missed: list[str] = dataclasses.field(default_factory=list)  # why the kill was not where aimed
 
     @property
     def ok(self) -> bool:
-        return not self.lost
+        """Nothing was lost, and the kill landed where it was aimed."""
+        return not self.lost and not self.missed
+
+    def __str__(self) -> str:
+        return f"{self.case}: exit status {self.returncode}; lost: {self.lost}; missed its aim: {self.missed}"
+
+
+def aim_problems(*, signame: str, rc: int, stderr: str, point: str | None, in_child: bool,
+                 ready: bool = True) -> list[str]:
+    """Why a kill did not land where it was aimed (empty when it did).
+
+    Args:
+        signame: ``KILL`` or ``INT``.
+        rc: the exit status of the command that was killed (or whose
+            writing child was).
+        stderr: its standard error.
+        point: the deterministic kill point, or None for a timed kill.
+        in_child: the hook fired in the writing child of ``run_isolated``,
+            whose death the command reports as an error.
+        ready: a timed kill was sent after the writer said READY.
+    """
+    problems = []
+    tail = stderr.strip()[-400:]
+    marks = re.findall(rf"^{re.escape(writer_script.KILL_POINT_MARK)} (\S+) pid (\d+)$", stderr, re.M)
+    if point is not None and [m[0] for m in marks] != [point]:
+        problems.append(f"the kill point {point!r} was not reached once (marks {marks!r}); stderr: {tail}")
+    if point is None and not ready:
+        problems.append(f"the writer died before it was ready; stderr: {tail}")
+    if signame == "KILL" and in_child:
+        pid = marks[0][1] if marks else r"\d+"
+        if rc != 1 or not re.search(rf"\(pid {pid}\) was killed by SIGKILL", stderr):
+            problems.append(f"exit status {rc}, not the report of a writing child killed by SIGKILL; stderr: {tail}")
+    elif signame == "KILL":
+        if rc != -signal.SIGKILL:
+            problems.append(f"exit status {rc}, not death by SIGKILL; stderr: {tail}")
+    elif rc != 130 or "interrupted" not in stderr:
+        problems.append(f"exit status {rc}, not 130 after KeyboardInterrupt; stderr: {tail}")
+    return problems
 
 
 def write_version(target: Path, version: int) -> bytes:
@@ -101,7 +146,7 @@ def whole_version(path: Path) -> int | None:
         if "splits" in f and not np.array_equal(f["splits/train"][()], np.arange(0, len(ids), 2)):
             return None
         for name, digest in info.completion["sha256"].items():
-            if layout.dataset_sha256(f[name]) != digest:
+            if _record.dataset_sha256(f[name]) != digest:
                 return None
     return version
 
@@ -128,26 +173,32 @@ def kill_once(
         args += [point, signame]
     start = time.perf_counter()
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(), cwd=CHILD_CWD)
+    ready = True
     try:
         if delay is not None:
             assert proc.stdout is not None
-            proc.stdout.readline()  # READY: imports done, the write starts now
+            ready = proc.stdout.readline().strip() == "READY"  # imports done, the write starts now
             time.sleep(delay)
             sig = {"KILL": signal.SIGKILL, "INT": signal.SIGINT}[signame]
             try:
                 proc.send_signal(sig)
             except ProcessLookupError:
                 pass
-        _, stderr = proc.communicate(timeout=timeout)
+        stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate()
         return Outcome(case, -1, False, [f"the writer hung for {timeout} s after the signal"], timeout)
     seconds = time.perf_counter() - start
     rc = proc.returncode
-    completed = rc == 0
+    # A timed signal may come after the write is done (a fast writer), even
+    # while Python exits: the write completed.
+    completed = rc == 0 or (delay is not None and "WRITTEN" in stdout)
     lost = judge(folder, target, previous, version, signame, rc, completed, stderr)
-    return Outcome(case, rc, completed, lost, seconds)
+    missed = [] if completed and point is None else aim_problems(
+        signame=signame, rc=rc, stderr=stderr, point=point, in_child=mode == "isolated" and point is not None,
+        ready=ready)
+    return Outcome(case, rc, completed, lost, seconds, missed)
 
 
 def judge(folder: Path, target: Path, previous: bytes | None, version: int, signame: str,
@@ -240,23 +291,17 @@ def sweep(folder: Path, *, random_kills: int, seed: int = 0, modes=("arrays", "s
     return outcomes
 
 
-def write_seconds(folder: Path, mode: str, cli: bool = False) -> float:
-    """How long a write takes here, from READY (or the start, ``cli``) to exit."""
+def write_seconds(folder: Path, mode: str) -> float:
+    """How long a write takes here, from READY to exit."""
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / "timing.h5"
     if target.exists():
         target.unlink()
-    if cli:
-        args = [PYTHON, "-m", "h5feed", "convert", "arrays", *cli_sources(folder, 0), "-o", str(target),
-                "--quiet", "--checksum", "--compression", "gzip", "--chunk-rows", "100"]
-    else:
-        args = [PYTHON, SCRIPT, str(target), "0", mode]
-    start = time.perf_counter()
+    args = [PYTHON, SCRIPT, str(target), "0", mode]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(), cwd=CHILD_CWD)
-    if not cli:
-        assert proc.stdout is not None
-        proc.stdout.readline()
-        start = time.perf_counter()
+    assert proc.stdout is not None
+    proc.stdout.readline()
+    start = time.perf_counter()
     proc.communicate(timeout=120)
     return time.perf_counter() - start
 
@@ -285,14 +330,17 @@ def kill_cli_once(
     point: str | None = None,
     delay: float | None = None,
     checksum: bool = False,
+    slow: float = 0.0,
     timeout: float = 60.0,
 ) -> Outcome:
     """``h5feed convert arrays`` version ``version`` to ``folder/data.h5``, killed.
 
     With ``point`` the hook fires in whichever process of the command reaches
     it first (the writing child, for every writing point); with ``delay``
-    the signal goes to the command itself after it printed nothing for
-    ``delay`` seconds past start-up.
+    the signal goes to the command itself ``delay`` seconds after its
+    writing child created the temporary file (the write is under way: a
+    signal during the seconds of start-up would test nothing). ``slow``
+    pauses that many seconds after each block written (``H5FEED_TEST_SLOW_WRITES``).
     """
     folder.mkdir(parents=True, exist_ok=True)
     out = folder / "out"
@@ -313,28 +361,38 @@ def kill_cli_once(
     if point is not None:
         env["H5FEED_TEST_KILL_POINT"] = f"{point} {signame}"
         env["H5FEED_TEST_KILL_ONCE"] = str(once)
-    case = f"h5feed convert v{version} {signame} at {point or f'{delay:.3f}s'}"
+    if slow:
+        env["H5FEED_TEST_SLOW_WRITES"] = str(slow)
+    case = f"h5feed convert v{version} {signame} at {point or f'{delay:.3f}s into the write'}"
     start = time.perf_counter()
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=CHILD_CWD)
+    started = True
     try:
         if delay is not None:
+            deadline = time.monotonic() + timeout
+            while not leftovers(out) and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.005)
+            started = bool(leftovers(out))
             time.sleep(delay)
             try:
                 proc.send_signal(SIGNALS[signame])
             except ProcessLookupError:
                 pass
-        _, stderr = proc.communicate(timeout=timeout)
+        stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate()
         return Outcome(case, -1, False, [f"the command hung for {timeout} s after the signal"], timeout)
     seconds = time.perf_counter() - start
     rc = proc.returncode
-    completed = rc == 0
-    if point is not None and not once.exists() and not completed:
-        return Outcome(case, rc, False, [f"the command failed before the hook fired: {stderr[-500:]}"], seconds)
+    # A timed signal may come after the write is done (a fast writer), even
+    # while Python exits: the write completed.
+    completed = rc == 0 or (delay is not None and "WRITTEN" in stdout)
     lost = judge(out, target, previous, version, signame, rc, completed, stderr)
-    return Outcome(case, rc, completed, lost, seconds)
+    # Every writing point is reached in the command's writing child.
+    missed = [] if completed and point is None else aim_problems(
+        signame=signame, rc=rc, stderr=stderr, point=point, in_child=point is not None, ready=started)
+    return Outcome(case, rc, completed, lost, seconds, missed)
 
 
 SIGNALS = {"KILL": signal.SIGKILL, "INT": signal.SIGINT}

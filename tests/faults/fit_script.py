@@ -74,15 +74,17 @@ def main() -> None:
         with wrap:
             model.fit(seq, epochs=int(epochs), verbose=0, callbacks=[NewEpoch()], shuffle=fit_shuffle)
     except BaseException as exc:  # noqa: BLE001 - the answer is the point
-        after = None
+        after = killed = None
         if os.path.exists(marker):
             with open(marker) as fh:
-                after = time.time() - float(fh.read().split()[0])
+                when, killed = fh.read().split()
+            after = time.time() - float(when)
         print(json.dumps({
             "error_type": type(exc).__name__,
             "error_mro": [c.__name__ for c in type(exc).__mro__],
             "message": str(exc),
             "after_kill_s": after,
+            "killed_pid": None if killed is None else int(killed),
         }))
         sys.stdout.flush()
         os._exit(0)

@@ -12,7 +12,7 @@ import h5feed
 
 from _harness import STATS, note_surfaced, run_case
 
-HAVE_VERIFY = importlib.util.find_spec("h5feed.inspect") is not None
+HAVE_VERIFY = importlib.util.find_spec("h5feed.inspection") is not None
 
 CHECKED = {
     "checksum": {"checksum": True, "chunk_rows": 25},

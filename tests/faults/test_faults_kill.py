@@ -3,7 +3,9 @@
 Each case runs a real writer in its own process and kills it (SIGKILL or
 SIGINT) at a deterministic point of the write -- mid-write, at the completion
 record, at close, at fsync, around the rename -- or after a random delay;
-``_killing.judge`` says what lost data means.
+``_killing.judge`` says what lost data means, and ``_killing.aim_problems``
+that the kill landed where it was aimed: after the point was reached, by the
+signal.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ def test_writer_killed_at_a_point_loses_nothing(tmp_path, point, version, signam
     outcome = _record(kill_once(tmp_path, mode=mode, version=version, signame=signame, point=point))
     assert not outcome.completed, f"{outcome.case}: the hook never fired"
     assert outcome.returncode != 0
-    assert outcome.ok, f"{outcome.case}: {outcome.lost}"
+    assert outcome.ok, outcome
 
 
 @pytest.mark.slow
@@ -40,7 +42,7 @@ def test_writer_killed_at_a_point_loses_nothing(tmp_path, point, version, signam
 def test_isolated_writer_killed_in_its_child_loses_nothing(tmp_path, point, version, signame):
     outcome = _record(kill_once(tmp_path, mode="isolated", version=version, signame=signame, point=point))
     assert not outcome.completed and outcome.returncode != 0
-    assert outcome.ok, f"{outcome.case}: {outcome.lost}"
+    assert outcome.ok, outcome
 
 
 @pytest.mark.slow
@@ -53,14 +55,14 @@ def test_writer_killed_at_a_random_moment_loses_nothing(tmp_path, seed):
     signame = ("KILL", "INT")[seed % 2]
     delay = float(rng.uniform(0.0, 0.25 if mode != "isolated" else 0.9))
     outcome = _record(kill_once(tmp_path, mode=mode, version=int(rng.integers(0, 2)), signame=signame, delay=delay))
-    assert outcome.ok, f"{outcome.case}: {outcome.lost}"
+    assert outcome.ok, outcome
 
 
 def test_flushed_leftover_of_a_killed_writer_is_refused_as_incomplete(tmp_path):
     # SIGKILL after HDF5 flushed some rows: the temporary file opens cleanly
     # in h5py with part of the rows, and h5feed must refuse it.
     outcome = _record(kill_once(tmp_path / "k", mode="stream", version=0, signame="KILL", point="flushed#5"))
-    assert outcome.ok, outcome.lost  # judge() ran the next writer, which removed the leftover
+    assert outcome.ok, outcome  # judge() ran the next writer, which removed the leftover
     # Again without the clean-up, and open the leftover in a child.
     import subprocess
 
@@ -70,8 +72,9 @@ def test_flushed_leftover_of_a_killed_writer_is_refused_as_incomplete(tmp_path):
     from _killing import SCRIPT
 
     target = tmp_path / "again.h5"
-    proc = subprocess.run([PYTHON, SCRIPT, str(target), "0", "stream", "flushed#5", "KILL"], capture_output=True, env=child_env(), timeout=60)
-    assert proc.returncode == -9
+    proc = subprocess.run([PYTHON, SCRIPT, str(target), "0", "stream", "flushed#5", "KILL"], capture_output=True,
+                          text=True, env=child_env(), timeout=60)
+    assert proc.returncode == -9 and f"{writer_script.KILL_POINT_MARK} flushed#5 pid " in proc.stderr
     (leftover,) = leftovers(tmp_path)
     with h5py.File(tmp_path / leftover, "r") as f:  # the fact this guards against
         assert 0 < f["x"].shape[0] < len(writer_script.expected(0)[0])
@@ -79,6 +82,21 @@ def test_flushed_leftover_of_a_killed_writer_is_refused_as_incomplete(tmp_path):
     assert result.raised("IncompleteFileError"), result
     assert result["message"].startswith("incomplete file: ")
     assert "no completion record" in result["message"]
+
+
+@pytest.mark.parametrize("timed", [False, True], ids=["at-a-point", "at-a-moment"])
+def test_a_writer_that_fails_before_the_kill_does_not_pass_as_killed(tmp_path, timed):
+    # An ordinary early error (here: an unknown mode) writes nothing, so
+    # nothing is lost; but no kill landed, and the harness must say so.
+    if timed:
+        outcome = kill_once(tmp_path, mode="no-such-mode", version=0, signame="KILL", delay=3.0)
+    else:
+        outcome = kill_once(tmp_path, mode="no-such-mode", version=0, signame="INT", point="write#1")
+    assert outcome.returncode == 1 and not outcome.lost
+    assert not outcome.ok and outcome.missed, outcome
+    if not timed:
+        assert "was not reached" in outcome.missed[0]
+    assert any("not death by SIGKILL" in m or "not 130" in m for m in outcome.missed), outcome.missed
 
 
 @pytest.mark.parametrize("damage", ["missing", "not-json", "wrong-rows"])

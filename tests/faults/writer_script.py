@@ -9,7 +9,12 @@ contiguous), ``stream`` (``DatasetWriter.extend`` in small blocks, gzip and
 checksums: the slow, chunked path) or ``isolated`` (``stream`` through
 ``run_isolated``, as the ``h5feed`` command writes). With ``H5FEED_TEST_PAUSE``
 set, the stream pauses that many seconds after each block of 50 rows (a
-slow source). It prints ``READY`` once imported, so the harness can time random kills from there.
+slow source). It prints ``READY`` once imported, so the harness can time random kills from there,
+and ``WRITTEN`` when the write returned.
+With ``H5FEED_TEST_SLOW_WRITES`` set (by ``_hooks/sitecustomize.py``, in any
+process of a command), each block goes to HDF5 in small pieces and that many
+seconds pass after each (:func:`slow_writes`), so that a timed kill lands
+mid-write.
 
 With POINT and SIGNAL the script sends itself SIGNAL (``KILL`` or ``INT``) at
 a deterministic point of the write: ``NAME[#K][:after]`` = just before (or
@@ -17,7 +22,7 @@ just after) the K-th call (default 1st) of NAME, one of
 
     create   the temporary file is created      (h5feed.writer.create_h5)
     write    a block of rows goes to HDF5        (h5py Dataset.write_direct)
-    ids      a block of IDs goes to HDF5         (h5py Dataset.__setitem__)
+    ids      a block of IDs goes to HDF5         (h5feed._ids.write_strings)
     attr     the completion record is set        (AttributeManager.__setitem__)
     flush    the file is flushed                 (h5py File.flush)
     close    the file is closed                  (h5py File.close)
@@ -26,6 +31,11 @@ just after) the K-th call (default 1st) of NAME, one of
     replace  the replacing rename                (os.replace)
     unlink   the temporary name is removed       (os.unlink)
     flushed  after a block of rows, HDF5 is flushed (then the signal)
+
+Just before it sends the signal, the hook prints ``KILL_POINT_MARK`` with
+the point and its pid to stderr, so the harness can tell a kill that landed
+where it was aimed from a writer that failed before reaching it
+(``_killing.aim_problems``).
 
 Exit status: 0 when the write completed, 130 after KeyboardInterrupt, 1 on
 any other error (printed to stderr).
@@ -94,7 +104,29 @@ def stream(target: str, version: int) -> str:
     return w.path
 
 
+def slow_writes(pause: float) -> None:
+    """Write in small blocks, pausing ``pause`` seconds after each."""
+    import h5py
+
+    _small_blocks()
+    real = h5py.Dataset.write_direct
+
+    def slowly(self, *args, **kwargs):
+        result = real(self, *args, **kwargs)
+        time.sleep(pause)
+        return result
+
+    h5py.Dataset.write_direct = slowly
+
+
 SIGNALS = {"KILL": signal.SIGKILL, "INT": signal.SIGINT}
+KILL_POINT_MARK = "h5feed-test: kill point reached:"
+
+
+def _fire(point: str, sig: int) -> None:
+    """Say so on stderr, then send ``sig`` to this process."""
+    print(f"{KILL_POINT_MARK} {point} pid {os.getpid()}", file=sys.stderr, flush=True)
+    os.kill(os.getpid(), sig)
 
 
 def install_hook(point: str, sig: int, once: str | None = None) -> None:
@@ -105,6 +137,7 @@ def install_hook(point: str, sig: int, once: str | None = None) -> None:
     """
     import h5py
 
+    import h5feed._ids as ids_module
     import h5feed.writer as writer_module
 
     after = point.endswith(":after")
@@ -131,10 +164,10 @@ def install_hook(point: str, sig: int, once: str | None = None) -> None:
             calls["n"] += 1
             fire = calls["n"] == nth_call and claim()
             if fire and not after:
-                os.kill(os.getpid(), sig)
+                _fire(point, sig)
             result = real(*args, **kwargs)
             if fire and after:
-                os.kill(os.getpid(), sig)
+                _fire(point, sig)
             return result
 
         setattr(owner, attr, hooked)
@@ -143,7 +176,7 @@ def install_hook(point: str, sig: int, once: str | None = None) -> None:
     targets = {
         "create": (writer_module, "create_h5", lambda *a, **k: True),
         "write": (h5py.Dataset, "write_direct", lambda *a, **k: True),
-        "ids": (h5py.Dataset, "__setitem__", lambda self, *a, **k: self.name == "/ids"),
+        "ids": (ids_module, "write_strings", lambda dset, *a, **k: dset.name == "/ids"),
         "attr": (h5py.AttributeManager, "__setitem__", lambda self, key, *a, **k: key == "h5feed_complete"),
         "flush": (h5py.File, "flush", lambda *a, **k: True),
         "close": (h5py.File, "close", lambda *a, **k: True),
@@ -163,7 +196,7 @@ def install_hook(point: str, sig: int, once: str | None = None) -> None:
             calls["n"] += 1
             if calls["n"] == nth_call and claim():
                 self._file.flush()
-                os.kill(os.getpid(), sig)
+                _fire(point, sig)
 
         writer_module.DatasetWriter._flush = flushed
         return
@@ -181,9 +214,14 @@ def main(argv: list[str]) -> int:
             os.environ["H5FEED_TEST_CHILD_KILL_POINT"] = f"{point} {signame}"
         else:
             install_hook(point, sig)
+    import h5feed.writer  # noqa: F401 - READY means the next instruction is the write's
+
     print("READY", flush=True)
     try:
         write(target, version, mode)
+        # A timed signal that comes after this finds the write done; it may
+        # land while Python exits, after its handler of SIGINT is gone.
+        print("WRITTEN", flush=True)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

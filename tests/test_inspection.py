@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 import h5feed
+from h5feed import _record
 from h5feed import layout as L
 from h5feed.cli import main
-from h5feed.inspect import describe, verify
+from h5feed.inspection import describe, verify
 
 from conftest import make_arrays
 
@@ -71,7 +72,7 @@ def test_info_on_a_file_that_is_not_h5feed_exits_1(tmp_path, capsys):
 def test_verify_passes_every_layout(any_layout_file, capsys):
     report = verify(any_layout_file)
     assert report.sound, report.problems
-    assert set(report.checked) == {"ids", "x", "y", "splits/train"}
+    assert set(report.checked) == {"ids", "x", "y", "splits/train", "ids_index/rows", "ids_index/ends", "ids_index/bytes"}
     assert main(["verify", str(any_layout_file), "-q"]) == 0
     out = capsys.readouterr().out
     assert out.strip().splitlines()[-1] == f"{any_layout_file}: sound"
@@ -125,7 +126,7 @@ def test_verify_sha256_matches_the_layout_digests(small_file):
     layout = h5feed.open_file(small_file)
     with h5py.File(small_file) as f:
         for name, digest in layout.completion["sha256"].items():
-            assert L.dataset_sha256(f[name]) == digest
+            assert _record.dataset_sha256(f[name]) == digest
 
 
 @pytest.mark.parametrize(
@@ -184,3 +185,38 @@ def test_verify_of_a_missing_file_is_an_error_not_damage(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "h5feed verify: error:" in captured.err and "no such file" in captured.err
     assert "DAMAGED" not in captured.out
+
+
+def test_a_failed_read_leaves_no_handle_that_hides_new_damage(tmp_path, arrays):
+    # A reader dropped after a ReadError (as a crashed loop drops it) must
+    # let its file go: if naming the damaged chunk kept the dataset alive (an
+    # exception's traceback in a reference cycle), HDF5 would hand the next
+    # open of the same path the old file state, whose cached chunks hide new
+    # damage.
+    import gc
+    import shutil
+
+    from h5feed.reader import Reader
+
+    ids, x, y = arrays
+    sound = tmp_path / "sound.h5"
+    h5feed.write_arrays(sound, ids, x, y, checksum=True, compression="gzip", chunk_rows=10, n_classes=5)
+    copy = tmp_path / "copy.h5"
+    shutil.copyfile(sound, copy)
+    offset, size = _chunk_offset(copy, "x", 5)
+    _flip_byte(copy, offset + size // 2)
+    gc.disable()  # only reference counting may let the file go
+    try:
+        reader = Reader(h5feed.open_file(copy))
+        reader.read("x", np.arange(0, 10))  # chunk 0, sound, now cached
+        with pytest.raises(h5feed.errors.ReadError, match=r"rows 50\.\.59"):
+            reader.read("x", np.arange(50, 60))
+        del reader
+        shutil.copyfile(sound, copy)
+        offset, size = _chunk_offset(copy, "x", 0)
+        _flip_byte(copy, offset + size // 2)
+        reader = Reader(h5feed.open_file(copy))
+        with pytest.raises(h5feed.errors.ReadError, match=r"rows 0\.\.9"):
+            reader.read("x", np.arange(0, 10))
+    finally:
+        gc.enable()

@@ -6,31 +6,34 @@ every dataset once, chunk by chunk, comparing each dataset with the SHA-256
 of the completion record; a chunk that cannot be read (a failed Fletcher32
 checksum, a damaged compressed block) is reported with its rows, and the
 check goes on with the next chunk, so one run lists every damaged place.
+Reading the rows, it also makes every check that opening a file leaves out
+(NOTE [ Opening reads metadata only ] in ``layout.py``): the IDs valid and
+unique, the ID index consistent with them, every class index in range, every
+split sorted and in range.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import h5py
 import numpy as np
 
+from . import _ids, _record
 from . import layout as L
+from ._damage import damaged_chunks, first_line, touching
 from ._files import open_h5
 from ._progress import Progress
-from .errors import FormatError, NotH5FeedFileError
+from .errors import FormatError, H5FeedError, InvalidSampleIDError, LayoutError, NotH5FeedFileError, ReadError
 
 __all__ = ["COMMANDS", "VerifyReport", "describe", "verify"]
 
 EXIT_OK, EXIT_FAILED = 0, 1
-# Datasets are read in blocks of about this many bytes, whole chunks each.
-_BLOCK_BYTES = 16 * 1024 * 1024
 # Above this many classes the text output shows the first ones only.
 _MAX_CLASSES_SHOWN = 20
 
@@ -45,7 +48,7 @@ def _dataset_info(dset: h5py.Dataset) -> dict[str, Any]:
         "dtype": "utf-8 string" if is_str else str(dset.dtype),
         "layout": "virtual" if dset.is_virtual else "chunked" if dset.chunks is not None else "contiguous",
         "chunks": None if dset.chunks is None else [int(c) for c in dset.chunks],
-        "compression": dset.compression,
+        "compression": L.compression_of(dset),
         "checksum": bool(dset.fletcher32),
         "stored_bytes": int(dset.id.get_storage_size()),
     }
@@ -61,6 +64,7 @@ def _class_counts(f: h5py.File, n_classes: int, splits: dict[str, np.ndarray]) -
     for start in range(0, n, step):
         stop = min(n, start + step)
         block = y[start:stop]
+        L.check_labels(f"{f.filename}:/{L.Y}", block, n_classes, start)
         counts["all"] += np.bincount(block, minlength=n_classes)[:n_classes]
         for name, rows in splits.items():
             lo, hi = np.searchsorted(rows, [start, stop])
@@ -74,18 +78,22 @@ def describe(path: str | os.PathLike[str], *, allow_virtual: bool = False) -> di
 
     Keys: ``path``, ``format``, ``rows``, ``file_bytes``, ``datasets``
     (name -> shape, dtype, layout, chunks, compression, checksum,
-    stored_bytes), ``n_classes``, ``class_names``, ``splits`` (name -> rows)
+    stored_bytes; metadata columns as ``meta/<column>``), ``metadata``
+    (the metadata column names), ``n_classes``, ``class_names``, ``splits`` (name -> rows)
     and, when ``y`` holds class indices, ``class_counts`` (``"all"`` and each
     split -> one count per class).
 
     Raises:
         FormatError: the file is not a valid h5feed file (the subclass says
-            why).
+            why; ``DamagedFileError`` when HDF5 cannot read its structure).
+        ReadError: the labels or a split cannot be read.
     """
     with open_h5(path) as f:
         layout = L.validate(f, allow_virtual=allow_virtual)
-        datasets = {L.IDS: _dataset_info(f[L.IDS])}
-        datasets.update({name: _dataset_info(f[name]) for name in layout.columns})
+        datasets = {}
+        for name in (L.IDS, *layout.columns, *(L.meta_path(m) for m in layout.metadata)):
+            with touching(f.filename, f"/{name}"):
+                datasets[name] = _dataset_info(f[name])
         split_rows = {name: L.read_split(f, name) for name in layout.splits}
         info: dict[str, Any] = {
             "path": os.path.abspath(os.fspath(path)),
@@ -96,9 +104,11 @@ def describe(path: str | os.PathLike[str], *, allow_virtual: bool = False) -> di
             "n_classes": layout.n_classes,
             "class_names": None if layout.class_names is None else list(layout.class_names),
             "splits": {name: int(rows.size) for name, rows in split_rows.items()},
+            "metadata": list(layout.metadata),
         }
         if layout.n_classes is not None:
-            info["class_counts"] = _class_counts(f, layout.n_classes, split_rows)
+            with touching(f.filename, f"/{L.Y}", ReadError):
+                info["class_counts"] = _class_counts(f, layout.n_classes, split_rows)
     return info
 
 
@@ -139,6 +149,8 @@ def format_info(info: dict[str, Any]) -> str:
             lines.append(f"  {name.ljust(width)}  {rows} rows" + _counts_text(counts.get(name), names))
     else:
         lines.append("splits: none")
+    if info.get("metadata"):
+        lines.append(f"metadata: {', '.join(info['metadata'])} (h5feed.read_metadata)")
     if "all" in counts:
         lines.append(f"class counts (all rows):{_counts_text(counts['all'], names, prefix='')}")
     return "\n".join(lines)
@@ -179,45 +191,25 @@ class VerifyReport:
         return {"path": self.path, "sound": self.sound, "problems": self.problems, "checked": self.checked}
 
 
-def _blocks(dset: h5py.Dataset) -> Iterator[tuple[int, int]]:
-    n = dset.shape[0] if dset.shape else 0
-    row_bytes = max(1, int(np.prod(dset.shape[1:], dtype=np.int64)) * dset.dtype.itemsize)
-    chunk = dset.chunks[0] if dset.chunks is not None else 1
-    step = max(chunk, (max(1, _BLOCK_BYTES // row_bytes) // chunk) * chunk)
-    for start in range(0, n, step):
-        yield start, min(n, start + step)
-
-
-def _read(dset: h5py.Dataset, start: int, stop: int) -> Any:
-    if h5py.check_string_dtype(dset.dtype) is not None:
-        return dset.asstr()[start:stop]
-    return dset[start:stop]
-
-
 def _check_dataset(dset: h5py.Dataset, name: str, stored: str | None, report: VerifyReport,
-                   tick: Callable[[int], None]) -> None:
-    hasher = hashlib.sha256()
+                   tick: Callable[[int], None], on_rows: Callable[[int, Any], None] | None = None) -> bool:
+    """Hash ``dset`` against its recorded digest; True when every row was read.
+
+    ``on_rows(start, rows)`` sees each block read, for the row checks.
+    """
     bad: list[str] = []
-    chunk = dset.chunks[0] if dset.chunks is not None else None
-    for start, stop in _blocks(dset):
-        try:
-            L.hash_rows(hasher, _read(dset, start, stop))
-        except OSError as exc:
-            # Narrow the failure down to the chunks that do not read.
-            step = chunk or (stop - start)
-            for lo in range(start, stop, step):
-                hi = min(stop, lo + step)
-                try:
-                    _read(dset, lo, hi)
-                except OSError as inner:
-                    reason = "checksum failed or data damaged" if dset.fletcher32 else "data damaged"
-                    bad.append(f"{name}: rows {lo}..{hi - 1} unreadable ({reason}): {_first_line(inner or exc)}")
-        tick(stop - start)
+    reason = "checksum failed or data damaged" if dset.fletcher32 else "data damaged"
+
+    def unreadable(start: int, stop: int, exc: BaseException) -> None:
+        # Narrow the failure down to the chunks that do not read.
+        damaged = damaged_chunks(dset, start, stop) or [(start, stop - 1, first_line(exc))]
+        for first, last, error in damaged:
+            bad.append(f"{name}: rows {first}..{last} unreadable ({reason}): {error}")
+
+    digest = _record.dataset_sha256(dset, on_block=tick, on_unreadable=unreadable, on_rows=on_rows)
     if bad:
         report.problems.extend(bad)
-        return
-    digest = hasher.hexdigest()
-    if stored is None:
+    elif stored is None:
         report.problems.append(f"{name}: not in the completion record; cannot tell whether it changed")
     elif digest != stored:
         report.problems.append(
@@ -226,18 +218,120 @@ def _check_dataset(dset: h5py.Dataset, name: str, stored: str | None, report: Ve
         )
     else:
         report.checked[name] = int(dset.shape[0])
+    return not bad
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+class _RowChecks:
+    """The checks that opening a file leaves to verify (NOTE [ Opening reads
+    metadata only ] in ``layout.py``), fed the blocks verify reads anyway.
+    Each problem is a "layout: ..." message with the error's text."""
+
+    def __init__(self, f: h5py.File, layout: L.Layout) -> None:
+        self.f = f
+        self.layout = layout
+        self.problems: list[str] = []
+        self._ids: list[_ids.Encoded] = []
+        self._ids_valid = True
+        self._labels_bad = False
+
+    def ids(self, start: int, rows: Any) -> None:
+        """A block of ``/ids`` (str): valid, and kept encoded for :meth:`unique`."""
+        if not self._ids_valid:
+            return
+        try:
+            self._ids.append(_ids.encode(rows.tolist(), f"{self.f.filename}:/{L.IDS}"))
+        except InvalidSampleIDError as exc:
+            self._ids_valid = False
+            self.problems.append(f"layout: {exc} (in rows {start}..{start + len(rows) - 1})")
+
+    def labels(self, start: int, rows: Any) -> None:
+        """A block of ``/y``: class indices in range (the first bad one is reported)."""
+        if self._labels_bad:
+            return
+        try:
+            L.check_labels(f"{self.f.filename}:/{L.Y}", rows, self.layout.n_classes, start)  # type: ignore[arg-type]
+        except LayoutError as exc:
+            self._labels_bad = True
+            self.problems.append(f"layout: {exc}")
+
+    def splits(self) -> None:
+        """Every split sorted and in range."""
+        for name in self.layout.splits:
+            try:
+                L.read_split(self.f, name)
+            except (FormatError, OSError) as exc:
+                self.problems.append(f"layout: {exc}")
+
+    def unique(self, read_whole: bool) -> None:
+        """IDs unique; the ID index, when there is one, consistent with them.
+
+        ``read_whole``: every block of ``/ids`` was read (an unreadable one
+        is reported already).
+        """
+        if not read_whole or not self._ids_valid:
+            return
+        ids = _ids.Encoded.concat(self._ids)
+        self._ids = []
+        # A sound index proves the IDs unique (strictly increasing, and each
+        # entry the ID of its row); without one, they are sorted here.
+        if L.IDS_INDEX in self.f and self._index_sound(ids):
+            return
+        order, repeats = _ids.sort(ids)
+        if repeats.size:
+            shown = [ids.item(int(order[i])) for i in repeats[:5]]
+            self.problems.append(
+                f"layout: {self.f.filename}:/{L.IDS}: sample IDs must be unique; {repeats.size} repeat, "
+                f"e.g. {shown!r} (rows {int(order[repeats[0] - 1])} and {int(order[repeats[0]])})"
+            )
+
+    def _index_sound(self, ids: _ids.Encoded) -> bool:
+        where = f"{self.f.filename}:/{L.IDS_INDEX}"
+        try:
+            # Checked whether or not the completion record lists it.
+            index = _ids.sorted_in_file(self.f, {"sha256": dict.fromkeys(_ids.INDEX_NAMES)})
+            if index is None:
+                raise LayoutError(f"{where}: expected a group of the datasets rows, ends and bytes")
+            n = ids.size
+            every = np.arange(n, dtype=np.int64)
+            rows = np.asarray(index.rows(every), dtype=np.int64)
+            if not np.array_equal(np.sort(rows), every):
+                raise LayoutError(f"{where}/rows: is not a permutation of the rows 0..{n - 1}")
+            starts, ends = index.span(every)
+            if n and ((ends - starts).min() < 0 or int(ends[-1]) != index.data.size):
+                raise LayoutError(f"{where}/ends: does not cut {where}/bytes into {n} IDs")
+            sorted_ids = _ids.Encoded(index.data, starts, ends)
+            differ = np.flatnonzero(
+                _ids.compare(index.data, starts, ends, ids.data, ids.starts[rows], ids.ends[rows])
+            )
+            if differ.size:
+                at = int(differ[0])
+                raise LayoutError(
+                    f"{where}: entry {at} is {sorted_ids.item(at)!r}, but row {int(rows[at])} of "
+                    f"/{L.IDS} holds {ids.item(int(rows[at]))!r} ({differ.size} entries differ)"
+                )
+            steps = _ids.compare(index.data, starts[:-1], ends[:-1], index.data, starts[1:], ends[1:])
+            wrong = np.flatnonzero(steps >= 0)
+            if wrong.size:
+                at = int(wrong[0])
+                a, b = sorted_ids.item(at), sorted_ids.item(at + 1)
+                if steps[at] == 0:
+                    raise LayoutError(
+                        f"{self.f.filename}:/{L.IDS}: sample IDs must be unique; {a!r} is at rows "
+                        f"{int(rows[at])} and {int(rows[at + 1])}"
+                    )
+                raise LayoutError(f"{where}: entries {at} and {at + 1} ({a!r}, {b!r}) are out of order")
+        except (FormatError, OSError) as exc:
+            self.problems.append(f"layout: {exc}")
+            return False
+        return True
 
 
 def verify(path: str | os.PathLike[str], *, quiet: bool = True, allow_virtual: bool = False) -> VerifyReport:
     """Validate the layout and read every row once; see the module docstring.
 
     Never raises for a damaged file: every problem becomes a message in the
-    report (``report.sound`` is False).
+    report (``report.sound`` is False); problems of the layout ("layout:
+    ...") come first.
 
     Raises:
         NotH5FeedFileError: ``path`` does not exist or is a folder.
@@ -249,27 +343,49 @@ def verify(path: str | os.PathLike[str], *, quiet: bool = True, allow_virtual: b
         )
     try:
         f = open_h5(path)
-    except FormatError as exc:
+    except H5FeedError as exc:
         report.problems.append(f"layout: {exc}")
         return report
     with f:
         try:
             layout = L.validate(f, allow_virtual=allow_virtual)
-        except (FormatError, OSError) as exc:
+        except H5FeedError as exc:  # damage included (NOTE [ Damaged files ])
             report.problems.append(f"layout: {exc}")
             return report
+        checks = _RowChecks(f, layout)
+        watch: dict[str, Callable[[int, Any], None]] = {L.IDS: checks.ids}
+        if layout.n_classes is not None:
+            watch[L.Y] = checks.labels
         digests = dict(layout.completion.get("sha256", {}))
         names = [L.IDS, *layout.columns, *(f"{L.SPLITS}/{s}" for s in layout.splits)]
-        for recorded in digests:
-            if recorded not in names:
-                if recorded in f:
-                    names.append(recorded)
-                else:
-                    report.problems.append(f"{recorded}: in the completion record but missing from the file")
-        total = sum(int(f[n].shape[0]) for n in names)
+        names += [L.meta_path(m) for m in layout.metadata]
+        names += [recorded for recorded in digests if recorded not in names]
+        dsets: dict[str, h5py.Dataset] = {}
+        for name in names:
+            try:
+                with touching(f.filename, f"/{name}"):
+                    dset = f.get(name)
+                    if isinstance(dset, h5py.Dataset) and dset.shape:
+                        dsets[name] = dset
+                    else:
+                        report.problems.append(f"{name}: in the completion record but missing from the file")
+            except H5FeedError as exc:
+                report.problems.append(f"{name}: {exc}")
+        total = sum(int(dset.shape[0]) for dset in dsets.values())
+        ids_read = False
         with Progress(total, f"verifying {os.fspath(path)}", enabled=not quiet) as bar:
-            for name in names:
-                _check_dataset(f[name], name, digests.get(name), report, bar.update)
+            for name, dset in dsets.items():
+                try:
+                    # What the chunk-by-chunk reading does not name as a
+                    # damaged chunk still becomes a problem, not a traceback.
+                    with touching(f.filename, f"/{name}"):
+                        whole = _check_dataset(dset, name, digests.get(name), report, bar.update, watch.get(name))
+                    ids_read = ids_read or (name == L.IDS and whole)
+                except H5FeedError as exc:
+                    report.problems.append(f"{name}: {exc}")
+        checks.splits()
+        checks.unique(ids_read)
+        report.problems[:0] = checks.problems
     return report
 
 
