@@ -18,6 +18,16 @@ import h5feed
 pytest_plugins = ["framework_skips", "faults._figures"]
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:  # noqa: ARG001
+    """Tests marked ``slow`` or ``fuzz`` first, the rest in their usual order.
+
+    pytest-xdist hands tests to its workers in this order: with the long ones
+    started first, the workers end together instead of one of them finishing
+    a long test alone at the end of the run (longest first, as schedulers do).
+    """
+    items.sort(key=lambda item: not (item.get_closest_marker("slow") or item.get_closest_marker("fuzz")))
+
+
 def make_arrays(n: int = 100, shape: tuple[int, ...] = (4, 3), n_classes: int = 5, seed: int = 0):
     """IDs, x, y where x[i] encodes its row (x[i].flat[0] == i)."""
     rng = np.random.default_rng(seed)
