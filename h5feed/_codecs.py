@@ -18,7 +18,7 @@ decoded by HDF5 itself. Which library decodes what:
 - LZF: the ``lzf_decompress`` that h5py itself links (and exports), called
   through ``ctypes``, which releases the GIL; the PyPI LZF bindings hold it;
 - Zstd and Blosc (``hdf5plugin``'s filters 32015 and 32001): ``numcodecs``;
-- shuffle: ``numcodecs.Shuffle`` where installed, else numpy;
+- shuffle: numpy, a copy per byte plane (:func:`_transpose_bytes`);
 - Fletcher32: :func:`fletcher32`, HDF5's algorithm in numpy (numcodecs'
   version holds the GIL and lacks HDF5's allowance for byte-swapped sums).
 
@@ -422,12 +422,8 @@ def _unshuffle(buf: Any, itemsize: int, out: np.ndarray | None = None) -> Any:
     src = np.frombuffer(buf, dtype=np.uint8)
     n = src.size // itemsize
     out = np.empty(src.size, dtype=np.uint8) if out is None or out.size != src.size else out
-    numcodecs = _numcodecs()
     body = n * itemsize
-    if numcodecs is not None:
-        numcodecs.Shuffle(itemsize).decode(src[:body], out=out[:body])
-    else:
-        out[:body].reshape(n, itemsize)[...] = src[:body].reshape(itemsize, n).T
+    _transpose_bytes(src[:body].reshape(itemsize, n), out[:body].reshape(n, itemsize).T)
     out[body:] = src[body:]
     return out
 
@@ -440,13 +436,25 @@ def _shuffle(buf: Any, itemsize: int) -> Any:
     n = src.size // itemsize
     out = np.empty(src.size, dtype=np.uint8)
     body = n * itemsize
-    numcodecs = _numcodecs()
-    if numcodecs is not None:
-        numcodecs.Shuffle(itemsize).encode(src[:body], out=out[:body])
-    else:
-        out[:body].reshape(itemsize, n)[...] = src[:body].reshape(n, itemsize).T
+    _transpose_bytes(src[:body].reshape(n, itemsize).T, out[:body].reshape(itemsize, n))
     out[body:] = src[body:]
     return out
+
+
+def _transpose_bytes(planes: np.ndarray, out: np.ndarray) -> None:
+    """``out[...] = planes`` for two ``(itemsize, n)`` byte views, one of them
+    strided: one numpy copy per plane, which releases the GIL.
+
+    Written here rather than taken from numcodecs: its ``Shuffle`` holds the
+    GIL while it runs, so the decoding threads waited on each other for about
+    half of a gzip chunk's time (NOTE [ Decoding chunks ] in ``_chunks.py``);
+    a copy per plane is also faster than one transposed copy of the whole.
+    """
+    if planes.shape[0] > 16:  # wide items (compound types): one transposed copy
+        out[...] = planes
+        return
+    for j in range(planes.shape[0]):
+        out[j] = planes[j]
 
 
 # -- Fletcher32 ------------------------------------------------------------------

@@ -88,8 +88,8 @@ def test_every_chunk_decodes_to_the_bytes_hdf5_reads(tmp_path, name, dtype):
 
 @pytest.mark.parametrize("name", ["gzip-shuffle-fletcher32", "zstd-shuffle", "blosc-lz4"])
 def test_decoding_holds_without_the_optional_accelerators(tmp_path, monkeypatch, name):
-    # Without isal deflate falls back to zlib, without numcodecs the shuffle
-    # to numpy; Blosc and Zstd then have no decoder here and go to HDF5.
+    # Without isal deflate falls back to zlib; without numcodecs, Blosc and
+    # Zstd have no decoder here and go to HDF5.
     data = _data("<i2")
     path = tmp_path / "d.h5"
     _write(path, data, PIPELINES[name])
@@ -117,6 +117,24 @@ def test_encoded_chunks_read_back_through_hdf5(tmp_path, name):
             d.id.write_direct_chunk((first, 0, 0), stored, filter_mask=mask)
     with h5py.File(path) as f:
         np.testing.assert_array_equal(f["x"][()], data)
+
+
+@pytest.mark.parametrize("dtype", ["<c16", [("a", "<f8"), ("b", ">i4"), ("c", "S13")]])
+def test_shuffled_chunks_of_wide_items_decode_to_the_bytes_hdf5_reads(tmp_path, dtype):
+    # Items of 16 bytes take a copy per byte plane; wider ones (25 here) one transposed copy.
+    raw = np.random.default_rng(1).integers(0, 256, (53, 3) + (np.dtype(dtype).itemsize,), dtype=np.uint8)
+    data = raw.view(np.dtype(dtype)).reshape(53, 3)
+    path = tmp_path / "d.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("x", data=data, chunks=(7, 3), compression="gzip", shuffle=True)
+    with h5py.File(path) as f:
+        d = f["x"]
+        pipeline = _codecs.pipeline_of(d)
+        assert pipeline.decodable
+        for first in range(0, 53, 7):
+            mask, stored = d.id.read_direct_chunk((first, 0))
+            got = pipeline.decode(stored, mask)[: min(7, 53 - first)]
+            assert got.tobytes() == d[first : first + 7].tobytes()
 
 
 def test_lzf_that_does_not_shrink_is_stored_as_is_with_its_bit_in_the_mask(tmp_path):
