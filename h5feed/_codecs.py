@@ -34,6 +34,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import importlib
+import math
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -196,9 +197,9 @@ class Pipeline:
     dtype: np.dtype
     chunk_shape: tuple[int, ...]
 
-    @property
+    @functools.cached_property
     def chunk_nbytes(self) -> int:
-        return int(np.prod(self.chunk_shape, dtype=np.int64)) * self.dtype.itemsize
+        return math.prod(self.chunk_shape) * self.dtype.itemsize
 
     @functools.cached_property
     def decodable(self) -> bool:
