@@ -70,13 +70,15 @@ class BatchMaker:
         # One-hot rows by indexing an identity matrix: one numpy call.
         self._eye = np.eye(self.n_classes, dtype=np.float32) if one_hot and self.n_classes else None
         # Class indices are checked per batch, not when the file is opened
-        # (NOTE [ Opening reads metadata only ] in layout.py): one reduction
-        # over the batch's labels viewed as unsigned, where negatives are huge.
+        # (NOTE [ Opening reads metadata only ] in layout.py): viewed as
+        # unsigned, where negatives are huge, by one reduction, or, for
+        # one-hot rows, by the indexing that makes them.
         self._labels: tuple[np.dtype, str] | None = None
         if self.n_classes is not None and Y in column_names(y):
             y_dtype = layout.column(Y).dtype.newbyteorder("=")
             unsigned = np.dtype(f"u{y_dtype.itemsize}") if y_dtype.kind == "i" else y_dtype
             self._labels = (unsigned, f"{self.path}:/{Y}")
+        self._checked_one_hot = self._eye is not None and self._labels is not None and self._y_name == Y
 
     def make(
         self,
@@ -122,10 +124,13 @@ class BatchMaker:
                     Y = self.reader.take(self._y_name, rows)
                 else:
                     Y = self._gather(self.y, rows, None if self.one_hot else alloc)
-                if self._labels is not None:
-                    self._check_labels(Y, rows)
-                if self._eye is not None:
-                    Y = self._eye[Y]
+                if self._checked_one_hot:
+                    Y = self._one_hot(Y, rows)
+                else:
+                    if self._labels is not None:
+                        self._check_labels(Y, rows)
+                    if self._eye is not None:
+                        Y = self._eye[Y]
             if self.sample_weight is not None:
                 W = self._gather(self.sample_weight, rows, alloc)
         except (H5FeedError, OSError) as exc:
@@ -151,6 +156,17 @@ class BatchMaker:
         if self.y is None:
             return (X,)
         return (X, Y) if self.sample_weight is None else (X, Y, W)
+
+    def _one_hot(self, labels: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """``eye[labels]``, which is the range check too: through the unsigned
+        view a negative label is out of range as well (a LayoutError naming
+        its row, as :meth:`_check_labels` gives)."""
+        unsigned, where = self._labels  # type: ignore[misc]
+        try:
+            return self._eye[labels.view(unsigned)]  # type: ignore[index]
+        except IndexError:
+            check_labels(where, labels, self.n_classes, rows)  # type: ignore[arg-type]
+            raise
 
     def _check_labels(self, targets: Any, rows: np.ndarray) -> None:
         """Refuse a class index outside ``[0, n_classes)`` (a LayoutError naming its row)."""

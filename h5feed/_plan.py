@@ -223,6 +223,7 @@ _M64 = (1 << 64) - 1
 _ROUNDS = 4
 # Epoch positions are computed (and kept) this many at a time (EpochOrder).
 _PIECE = 1 << 16
+PIECE = _PIECE  # positions computed at a time (EpochOrder), rows too (_select.EpochRows)
 # Domains up to this size are permuted by a permutation drawn whole from a
 # generator keyed like the network: a Feistel network on a few bits per half
 # cannot reach every permutation evenly, and the cost of drawing is small.

@@ -27,6 +27,7 @@ import h5py
 import numpy as np
 
 from . import _ids
+from ._plan import PIECE
 from ._damage import read_whole
 from ._files import open_h5
 from .layout import IDS, SPLITS, Layout, _contiguous_offset, check_split_rows, split_dataset, validate
@@ -184,7 +185,8 @@ class Selection:
 class EpochRows:
     """The file rows of one epoch in batch order: ``selection`` at the
     positions of ``order`` (an :class:`~h5feed._plan.EpochOrder`), computed a
-    slice at a time, so an epoch costs no array of its own.
+    piece of ``PIECE`` positions at a time and the last two pieces kept, so
+    an epoch costs no array of its own and a batch costs a slice.
 
     Example:
         >>> from h5feed._plan import EpochOrder
@@ -197,12 +199,34 @@ class EpochRows:
         self.selection = selection
         self.order = order
         self.size = len(order)
+        # The rows of the last pieces of the order asked for, as (index,
+        # rows), replaced whole as EpochOrder keeps its positions: a batch
+        # within a piece is then one slice, as when an epoch was an array.
+        self._kept: tuple[tuple[int, np.ndarray], ...] = ()
 
     def __len__(self) -> int:
         return self.size
 
     def __getitem__(self, where: slice) -> np.ndarray:
+        if isinstance(where, slice) and where.step in (None, 1):
+            start, stop, _ = where.indices(self.size)
+            piece = start // PIECE
+            if start < stop and (stop - 1) // PIECE == piece:
+                base = piece * PIECE
+                return self._piece(piece)[start - base : stop - base]
         return self.selection.rows_at(self.order[where])
+
+    def _piece(self, i: int) -> np.ndarray:
+        for index, rows in self._kept:
+            if index == i:
+                return rows
+        rows = self.selection.rows_at(self.order[i * PIECE : (i + 1) * PIECE])
+        rows.flags.writeable = False  # slices of it are handed out
+        self._kept = ((i, rows), *self._kept[:1])
+        return rows
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_kept": ()}
 
     def max(self) -> int:
         """The largest row the epoch can hold (that of its selection)."""

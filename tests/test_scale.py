@@ -278,6 +278,25 @@ def test_slices_of_an_epoch_order_are_the_whole_order_cut(shuffle, seed):
         np.testing.assert_array_equal(order[a:b], whole[a:b])
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_slices_of_an_epochs_rows_are_its_whole_rows_cut(seed):
+    # EpochRows keeps the rows of the pieces last asked for: slices within
+    # a piece, across pieces, empty or past the end give the rows of the
+    # whole epoch cut, in any order of asking, and after pickling.
+    n = _plan.PIECE * 2 + 33
+    rng = np.random.default_rng(seed)
+    selection = _select.Selection.given(np.sort(rng.choice(5 * n, n, replace=False)))
+    rows = _select.EpochRows(selection, _plan.EpochOrder(n, shuffle=True, seed=seed, epoch=3))
+    whole = rows.all()
+    assert sorted(whole.tolist()) == selection.array().tolist()
+    for _ in range(40):
+        a = int(rng.integers(0, n + 5))
+        b = a + int(rng.choice([0, 1, 32, 1000, _plan.PIECE + 7]))
+        if rng.random() < 0.2:
+            rows = pickle.loads(pickle.dumps(rows))
+        np.testing.assert_array_equal(rows[a:b], whole[a:b])
+
+
 def test_a_selection_is_a_count_a_mapped_split_or_the_rows_found(tmp_path):
     path = _write(tmp_path / "a.h5", 1000)
     _, everything = _select.select_rows(str(path), None, None, allow_virtual=False)

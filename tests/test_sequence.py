@@ -296,3 +296,26 @@ def _leaves(tree):
     if isinstance(tree, tuple):
         return [leaf for item in tree for leaf in _leaves(item)]
     return [tree]
+
+
+@pytest.mark.parametrize("one_hot", [True, False])
+@pytest.mark.parametrize("bad", [5, -1, 2**31 - 1])
+def test_a_class_index_out_of_range_fails_its_batch_naming_the_row(tmp_path, one_hot, bad):
+    # The labels are checked per batch, not when the file opens: the batch
+    # that holds the bad label fails with a LayoutError naming its row; the
+    # others read as usual.
+    ids, x, y = make_arrays(40, seed=4)
+    path = tmp_path / "labels.h5"
+    h5feed.write_arrays(path, ids, x, y.astype(np.int32), n_classes=5)
+    import h5py
+
+    with h5py.File(path, "r+") as f:  # damage one label after the file was written
+        f["y"][17] = bad
+    seq = H5Sequence(path, batch_size=8, shuffle=False, one_hot=one_hot)
+    for i in range(len(seq)):
+        if i == 17 // 8:
+            with pytest.raises(errors.LayoutError, match=rf"/y: class index {bad} at row 17 is outside \[0, 5\)"):
+                seq[i]
+        else:
+            Y = seq[i][1]
+            assert (Y.shape == (8, 5)) if one_hot else (Y.shape == (8,))
