@@ -26,6 +26,7 @@ import h5py
 import numpy as np
 
 from ._damage import HDF5_FAILURES, decoded, touching
+from ._files import open_h5
 from ._heap import check_attribute, check_dataset
 from .errors import IncompleteFileError
 
@@ -37,6 +38,7 @@ __all__ = [
     "hash_rows",
     "read_record",
     "read_rows",
+    "record_digest",
     "replace_digests",
     "row_blocks",
     "write_record",
@@ -200,13 +202,38 @@ def dataset_sha256(
     return hasher.hexdigest()
 
 
-def write_record(f: h5py.File, rows: int, digests: Mapping[str, str], *, parts: Sequence[str] | None = None) -> None:
+def write_record(
+    f: h5py.File,
+    rows: int,
+    digests: Mapping[str, str],
+    *,
+    parts: Sequence[str] | None = None,
+    part_records: Sequence[str] | None = None,
+) -> None:
     """Set the completion record: the writer's last step, after every dataset
-    and attribute is in place."""
+    and attribute is in place. ``part_records`` (a grown file's): the
+    :func:`record_digest` of each of ``parts``."""
     record: dict[str, Any] = {"rows": int(rows), "sha256": dict(digests)}
     if parts is not None:
         record["parts"] = list(parts)
+    if part_records is not None:
+        record["part_records"] = list(part_records)
     f.attrs[ATTR_COMPLETE] = json.dumps(record, sort_keys=True)
+
+
+def record_digest(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of the completion record of the file ``path``, as stored
+    (its UTF-8 bytes): how a grown file's record names each part's, so that
+    a part replaced by another file is noticed on open.
+
+    Raises:
+        IncompleteFileError: the file has no valid completion record.
+    """
+    with open_h5(path) as f:
+        read_record(f)
+        raw = f.attrs[ATTR_COMPLETE]
+    text = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def replace_digests(f: h5py.File, prefix: str, digests: Mapping[str, str]) -> None:

@@ -79,7 +79,7 @@ from . import _codecs
 from ._damage import decoded, read_whole, touching
 from ._files import open_h5
 from ._heap import check_attribute, check_dataset, check_storage, check_virtual_layout
-from ._record import ATTR_COMPLETE, hash_rows, read_record
+from ._record import ATTR_COMPLETE, hash_rows, read_record, record_digest
 from .errors import (
     DamagedFileError,
     LayoutError,
@@ -113,6 +113,7 @@ __all__ = [
     "meta_path",
     "metadata_dtype",
     "open_and_validate",
+    "parts_folder",
     "read_ids",
     "read_split",
     "source_name",
@@ -121,6 +122,10 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
+
+# A grown file (h5feed append) keeps its parts in the folder named after it
+# plus this suffix: DATA.h5's parts lie in DATA.h5.parts/.
+PARTS_SUFFIX = ".parts"
 
 IDS = "ids"
 X = "x"
@@ -581,13 +586,68 @@ def check_virtual_source(path: str | os.PathLike[str], dataset: str, *, where: s
         return _stored_as(src)
 
 
-def _with_virtual_sources(f: h5py.File, columns: dict[str, ColumnInfo]) -> dict[str, ColumnInfo]:
+def parts_folder(path: str | os.PathLike[str]) -> str:
+    """The folder of a grown file's parts: ``DATA.h5`` keeps them in ``DATA.h5.parts``.
+
+    Example:
+        >>> parts_folder("/data/run/all.h5")
+        '/data/run/all.h5.parts'
+    """
+    return os.fspath(path) + PARTS_SUFFIX
+
+
+def _grown_parts(f: h5py.File, record: Mapping[str, Any]) -> tuple[list[str], bool] | None:
+    """A grown file's parts (names relative to its folder), and whether they
+    all lie in its own parts folder, which makes its virtual datasets trusted
+    without ``allow_virtual``; None for a file that is not grown (its record
+    has no ``part_records``)."""
+    parts, records = record.get("parts"), record.get("part_records")
+    if records is None:
+        return None
+    if not (
+        isinstance(parts, list)
+        and isinstance(records, list)
+        and len(parts) == len(records)
+        and all(isinstance(p, str) for p in parts)
+        and all(isinstance(r, str) for r in records)
+    ):
+        raise LayoutError(
+            f"{_where(f)}: the completion record's 'parts' and 'part_records' must be lists of "
+            f"strings of the same length. Received: {parts!r}, {records!r}"
+        )
+    prefix = os.path.basename(parts_folder(f.filename)) + "/"
+    own = all(p.startswith(prefix) and "/" not in p[len(prefix) :] for p in parts)
+    return parts, own
+
+
+def _check_part_records(f: h5py.File, record: Mapping[str, Any], parts: list[str]) -> None:
+    """Each part of a grown file must be the file it was grown from: the
+    digest of its completion record must be the one this file's record holds."""
+    folder = os.path.dirname(os.path.abspath(f.filename))
+    for name, digest in zip(parts, record["part_records"]):
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            raise UntrustedFileError(
+                f"{_where(f)}: its part {name!r} is missing; its rows would read as fill values. "
+                "Put the parts folder back beside the file"
+            )
+        if record_digest(path) != digest:
+            raise LayoutError(
+                f"{_where(f)}: its part {name!r} is not the file it was grown from (the part's "
+                "completion record differs from the one recorded); restore the part, or convert again"
+            )
+
+
+def _with_virtual_sources(
+    f: h5py.File, columns: dict[str, ColumnInfo], only: list[str] | None = None
+) -> dict[str, ColumnInfo]:
     """Check the sources of every virtual dataset (``allow_virtual=True``);
     record them in its :class:`ColumnInfo` so the reader can use the parts.
 
     The IDs, their index and the splits must be stored in the file itself:
     lookups and selections read them (memory-mapped where they can be), and
-    h5feed merge writes them so.
+    h5feed merge writes them so. ``only``: the source files allowed (a grown
+    file's parts), by their names relative to the file's folder.
     """
     names = [IDS]
     for group_name in (SPLITS, IDS_INDEX):
@@ -603,11 +663,11 @@ def _with_virtual_sources(f: h5py.File, columns: dict[str, ColumnInfo]) -> dict[
         with touching(f.filename, f"/{name}"):
             dset = f[name]
             if dset.is_virtual:
-                out[name] = _replace(info, sources=_virtual_sources(f, dset))
+                out[name] = _replace(info, sources=_virtual_sources(f, dset, only))
     return out
 
 
-def _virtual_sources(f: h5py.File, dset: h5py.Dataset) -> tuple[VirtualPart, ...]:
+def _virtual_sources(f: h5py.File, dset: h5py.Dataset, only: list[str] | None = None) -> tuple[VirtualPart, ...]:
     where = _where(f, dset.name.lstrip("/"))
     folder = os.path.dirname(os.path.abspath(f.filename))
     n_rows = dset.shape[0] if dset.shape else 0
@@ -627,6 +687,10 @@ def _virtual_sources(f: h5py.File, dset: h5py.Dataset) -> tuple[VirtualPart, ...
             raise UntrustedFileError(
                 f"{where}: virtual source {source!r}:{vmap.dset_name!r} is not a file inside "
                 f"{folder!r}; h5feed only follows relative sources beside the merged file (or linked file)"
+            )
+        if only is not None and source.replace("\\", "/") not in only:
+            raise UntrustedFileError(
+                f"{where}: virtual source {source!r} is not one of the parts its completion record lists"
             )
         src_path = os.path.join(folder, source)
         (v_lo, *_), (v_hi, *_) = vmap.vspace.get_select_bounds()
@@ -935,8 +999,11 @@ def validate(f: h5py.File, *, allow_virtual: bool = False) -> Layout:
 def _validate(f: h5py.File, *, allow_virtual: bool) -> Layout:
     _check_format(f)
     # An unfinished file is refused before anything else is read from it.
-    read_record(f, None)
-    _check_untrusted(f, allow_virtual=bool(allow_virtual))
+    grown = _grown_parts(f, read_record(f, None))
+    # A grown file's virtual datasets are trusted without the flag when every
+    # part lies in its own parts folder (and only those parts may be sources).
+    trusted = bool(allow_virtual) or (grown is not None and grown[1])
+    _check_untrusted(f, allow_virtual=trusted)
     n_rows = _check_ids(f)
     completion = read_record(f, n_rows)
     columns: dict[str, ColumnInfo] = {X: _check_rows(f, X, n_rows)}
@@ -950,8 +1017,10 @@ def _validate(f: h5py.File, *, allow_virtual: bool) -> Layout:
             # metadata that h5feed leaves alone.
             if obj.dtype.kind in "biuf":
                 columns[name] = _column_info(f, obj)
-    if allow_virtual:
-        columns = _with_virtual_sources(f, columns)
+    if trusted:
+        columns = _with_virtual_sources(f, columns, None if grown is None else grown[0])
+    if grown is not None:
+        _check_part_records(f, completion, grown[0])
     n_classes, class_names = _check_classes(f, columns)
     splits: dict[str, int] = {}
     group = f.get(SPLITS)

@@ -285,6 +285,7 @@ class DatasetWriter:
         extras: Mapping[str, tuple[Any, Any]] | None = None,
         virtual: Mapping[str, Sequence[tuple[str | os.PathLike[str], str]]] | None = None,
         compress_threads: int = 1,
+        _vouched: bool = False,
     ) -> None:
         self.path = os.path.abspath(os.fspath(path))
         self.sample_shape = _normalize_shape(sample_shape, "sample_shape")
@@ -330,6 +331,12 @@ class DatasetWriter:
             self._columns[name] = _Column(name, _normalize_shape(shape, f"extras[{name!r}] shape"), _normalize_dtype(dt, f"extras[{name!r}] dtype"))
         self._contiguous = self.expected_rows is not None and self.compression is None and not self.checksum
         self._virtual = self._check_virtual(virtual or {})
+        # A grown file (h5feed append): every column is virtual over parts
+        # whose own completion records vouch for their rows, which are
+        # neither read nor hashed here (NOTE [ Grown files ] in grow.py).
+        self._vouched = bool(_vouched)
+        if self._vouched and set(self._virtual) != set(self._columns):
+            raise ValueError("_vouched needs every column virtual")
 
         # The IDs, as UTF-8 bytes (NOTE [ IDs at scale ] in _ids.py): those
         # written, a block each, and those waiting for the next flush (runs
@@ -341,6 +348,7 @@ class DatasetWriter:
         self._rows_written = 0
         self._splits: dict[str, Any] = {}
         self._metadata: _meta.MetaTable | None = None
+        self._metadata_rows: dict[str, np.ndarray] | None = None
         self._file: h5py.File | None = None
         self._tmp: str | None = None
         self._done = False
@@ -629,6 +637,24 @@ class DatasetWriter:
             if any(c.fill == c.block_rows for c in self._columns.values()):
                 self._flush()
 
+    def _extend_vouched(self, ids: _ids.Encoded) -> None:
+        """Append rows of a grown file (``_vouched``): their IDs only, since
+        the parts hold and vouch for their data."""
+        self._require_open()
+        k = len(ids)
+        if self.expected_rows is not None and self._n_ids + k > self.expected_rows:
+            raise SampleError(f"{self.path}: {self._n_ids + k} rows would exceed expected_rows={self.expected_rows}")
+        pos = 0
+        while pos < k:
+            step = min(k - pos, min(c.block_rows - c.fill for c in self._columns.values()))
+            for col in self._columns.values():
+                col.fill += step
+            self._ids_pending.append(_slice(ids, pos, pos + step))
+            self._n_ids += step
+            pos += step
+            if any(c.fill == c.block_rows for c in self._columns.values()):
+                self._flush()
+
     def _check_block(self, name: str, values: Any, k: int, first: Any) -> Any:
         col = self._columns[name]
         arr = values if isinstance(values, np.ndarray) else np.asarray(values)
@@ -679,6 +705,16 @@ class DatasetWriter:
             raise WriterInputError(f"{self.path}: metadata was already set")
         self._metadata = _meta.load_table(metadata, error=WriterInputError)
 
+    def _set_metadata_rows(self, columns: Mapping[str, np.ndarray]) -> None:
+        """Metadata columns already in row order, as read from h5feed files
+        (numbers, or text as UTF-8 ``bytes``): stored as they are, without
+        matching IDs, so that joining files' metadata (``h5feed append``)
+        costs C loops, not a Python string per row."""
+        self._require_open()
+        if self._metadata is not None or self._metadata_rows is not None:
+            raise WriterInputError(f"{self.path}: metadata was already set")
+        self._metadata_rows = dict(columns)
+
     # -- flushing and finishing --------------------------------------------
 
     def _require_open(self) -> None:
@@ -700,6 +736,9 @@ class DatasetWriter:
                 # a buffer is refilled only once its hash is done. See
                 # docs/design/atomic-writing.md.
                 hashed = None
+                if self._vouched:
+                    col.fill = 0
+                    continue  # neither hashed nor written: the parts vouch for the rows
                 if block.nbytes >= _THREAD_HASH_BYTES:
                     if self._hash_thread is None:
                         self._hash_thread = ThreadPoolExecutor(1, thread_name_prefix="h5feed-hash")
@@ -854,6 +893,8 @@ class DatasetWriter:
         """Write ``meta/<column>`` in row order; return their digests. (Only a
         file with metadata holds its IDs as Python strings here, to match
         them with the table's.)"""
+        if self._metadata_rows is not None:
+            return self._write_metadata_rows(len(ids))
         table = self._metadata
         if table is None:
             return {}
@@ -867,6 +908,24 @@ class DatasetWriter:
             ordered = values[rows]
             group.create_dataset(name, data=ordered, dtype=L.metadata_dtype(ordered))
             digests[L.meta_path(name)] = _record.digest_of(ordered)
+        return digests
+
+    def _write_metadata_rows(self, n: int) -> dict[str, str]:
+        assert self._file is not None and self._metadata_rows is not None  # noqa: S101
+        group = self._file.create_group(L.META)
+        digests = {}
+        for name, values in self._metadata_rows.items():
+            if len(values) != n:
+                raise WriterInputError(f"{self.path}: metadata column {name!r} has {len(values)} rows, expected {n}")
+            if values.dtype.kind == "O":  # UTF-8 bytes
+                encoded = _ids.encode_bytes(list(values))
+                hasher = hashlib.sha256()
+                _record.hash_ids(hasher, encoded.data, encoded.starts, encoded.ends)
+                group.create_dataset(name, data=values, dtype=h5py.string_dtype("utf-8"))
+                digests[L.meta_path(name)] = hasher.hexdigest()
+            else:
+                group.create_dataset(name, data=values, dtype=L.metadata_dtype(values))
+                digests[L.meta_path(name)] = _record.digest_of(values)
         return digests
 
     def _finish(self) -> None:
@@ -885,15 +944,20 @@ class DatasetWriter:
         assert f is not None  # noqa: S101
         ids, order = self._index_ids()
         digests = {L.IDS: self._ids_hasher.hexdigest()}
-        digests.update({name: col.hasher.hexdigest() for name, col in self._columns.items()})
+        if not self._vouched:
+            digests.update({name: col.hasher.hexdigest() for name, col in self._columns.items()})
         digests.update(self._write_splits(ids, _ids.Sorted.of(ids, order)))
         hashers = {name: hashlib.sha256() for name in _ids.INDEX_NAMES}
         _ids.write_index(f, ids, order, hashers)
         digests.update({name: h.hexdigest() for name, h in hashers.items()})
         digests.update(self._write_metadata(ids))
         parts = list(dict.fromkeys(rel for sources in self._virtual.values() for rel, _, _ in sources))
+        part_records = None
+        if self._vouched:
+            folder = os.path.dirname(self.path)
+            part_records = [_record.record_digest(os.path.join(folder, rel)) for rel in parts]
         # The completion record goes last: a file with it is whole.
-        _record.write_record(f, n, digests, parts=parts or None)
+        _record.write_record(f, n, digests, parts=parts or None, part_records=part_records)
         f.flush()
         f.close()
         self._file = None
