@@ -15,6 +15,7 @@ split sorted and in range.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -79,7 +80,9 @@ def describe(path: str | os.PathLike[str], *, allow_virtual: bool = False) -> di
     Keys: ``path``, ``format``, ``rows``, ``file_bytes``, ``datasets``
     (name -> shape, dtype, layout, chunks, compression, checksum,
     stored_bytes; metadata columns as ``meta/<column>``), ``metadata``
-    (the metadata column names), ``n_classes``, ``class_names``, ``splits`` (name -> rows)
+    (the metadata column names), ``n_classes``, ``class_names``, ``splits`` (name -> rows),
+    ``parts`` (a grown file's parts, relative to its folder, and the bytes
+    they hold: ``[[name, bytes], ...]``; None for any other file)
     and, when ``y`` holds class indices, ``class_counts`` (``"all"`` and each
     split -> one count per class).
 
@@ -105,7 +108,11 @@ def describe(path: str | os.PathLike[str], *, allow_virtual: bool = False) -> di
             "class_names": None if layout.class_names is None else list(layout.class_names),
             "splits": {name: int(rows.size) for name, rows in split_rows.items()},
             "metadata": list(layout.metadata),
+            "parts": None,
         }
+        if "part_records" in layout.completion:  # a grown file (h5feed append)
+            base = os.path.dirname(os.path.abspath(os.fspath(path)))
+            info["parts"] = [[name, os.path.getsize(os.path.join(base, name))] for name in layout.completion["parts"]]
         if layout.n_classes is not None:
             with touching(f.filename, f"/{L.Y}", ReadError):
                 info["class_counts"] = _class_counts(f, layout.n_classes, split_rows)
@@ -151,6 +158,12 @@ def format_info(info: dict[str, Any]) -> str:
         lines.append("splits: none")
     if info.get("metadata"):
         lines.append(f"metadata: {', '.join(info['metadata'])} (h5feed.read_metadata)")
+    if info.get("parts"):
+        total = sum(size for _, size in info["parts"])
+        folder = os.path.dirname(info["parts"][0][0])
+        lines.append(
+            f"grown: {len(info['parts'])} parts in {folder}/, {_human_bytes(total)} (h5feed compact makes one file)"
+        )
     if "all" in counts:
         lines.append(f"class counts (all rows):{_counts_text(counts['all'], names, prefix='')}")
     return "\n".join(lines)
@@ -357,7 +370,9 @@ def verify(path: str | os.PathLike[str], *, quiet: bool = True, allow_virtual: b
         if layout.n_classes is not None:
             watch[L.Y] = checks.labels
         digests = dict(layout.completion.get("sha256", {}))
-        names = [L.IDS, *layout.columns, *(f"{L.SPLITS}/{s}" for s in layout.splits)]
+        # A grown file's rows are its parts', which are verified below.
+        grown = "part_records" in layout.completion
+        names = [L.IDS, *([] if grown else layout.columns), *(f"{L.SPLITS}/{s}" for s in layout.splits)]
         names += [L.meta_path(m) for m in layout.metadata]
         names += [recorded for recorded in digests if recorded not in names]
         dsets: dict[str, h5py.Dataset] = {}
@@ -386,7 +401,35 @@ def verify(path: str | os.PathLike[str], *, quiet: bool = True, allow_virtual: b
         checks.splits()
         checks.unique(ids_read)
         report.problems[:0] = checks.problems
+        if grown:
+            _verify_parts(f, layout, report, quiet=quiet)
     return report
+
+
+def _verify_parts(f: h5py.File, layout: L.Layout, report: VerifyReport, *, quiet: bool) -> None:
+    """A grown file's rows: each part verified as a file of its own, and the
+    IDs of the part's rows here matched with the part's (NOTE [ Grown
+    files ] in ``grow.py``)."""
+    base = os.path.dirname(os.path.abspath(report.path))
+    spans = {p.path: (p.start, p.stop) for p in layout.column(L.X).sources or ()}
+    for name in layout.completion["parts"]:
+        path = os.path.abspath(os.path.join(base, name))
+        sub = verify(path, quiet=quiet)
+        report.problems.extend(f"{name}: {problem}" for problem in sub.problems)
+        for dset, rows in sub.checked.items():
+            if dset in layout.columns:
+                report.checked[dset] = report.checked.get(dset, 0) + rows
+        if path not in spans or not sub.sound:
+            continue
+        start, stop = spans[path]
+        hasher = hashlib.sha256()
+        for at in range(start, stop, _ids.SCAN_ROWS):
+            block = _ids.read_block(f[L.IDS], at, min(stop, at + _ids.SCAN_ROWS))
+            _record.hash_ids(hasher, block.data, block.starts, block.ends)
+        with open_h5(path) as g:
+            recorded = _record.read_record(g)["sha256"].get(L.IDS)
+        if recorded != hasher.hexdigest():
+            report.problems.append(f"{L.IDS}: rows {start}..{stop - 1} are not the IDs of its part {name}")
 
 
 # -- the commands ----------------------------------------------------------------
