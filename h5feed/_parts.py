@@ -23,9 +23,15 @@ import numpy as np
 
 from ._chunks import ChunkCache
 from .layout import ColumnInfo, Layout, VirtualPart
-from .reader import Reader, _PicklesAsLayout, checked_rows, reader_options
+from ._proc import this_pid
+from .reader import Reader, _gather, _PicklesAsLayout, checked_rows, reader_options
 
-__all__ = ["PartsReader", "make_reader"]
+__all__ = ["WHOLE_BYTES", "PartsReader", "make_reader"]
+
+# A virtual column of at most this many bytes (labels, weights, small
+# extras) is held in memory by each process that reads it: gathering a
+# batch from it is then one step instead of one per part.
+WHOLE_BYTES = 4 * 1024 * 1024
 
 
 def make_reader(
@@ -89,6 +95,14 @@ class PartsReader(_PicklesAsLayout):
             for col in layout.columns.values()
             if col.sources
         }
+        # A part's row in its own file is a row here minus its shift.
+        self._shifts = {
+            col.name: [p.start - p.source_start for p in col.sources]
+            for col in layout.columns.values()
+            if col.sources
+        }
+        self._whole: dict[str, np.ndarray] = {}
+        self._whole_pid: int | None = None
 
     def read(self, name: str, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Rows ``rows`` of dataset ``name``, in the order given (see :meth:`Reader.read`)."""
@@ -175,8 +189,53 @@ class PartsReader(_PicklesAsLayout):
         started = [reader.prefetch(name, local) for _, reader, local in self._by_part(col, rows)]
         return any(started)
 
-    # Rows of a batch are checked by read() anyway: no separate fast path.
-    take = read
+    def take(self, name: str, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Like :meth:`read` for rows already known valid (see
+        :meth:`Reader.take`): the per-batch path.
+
+        A batch of a shuffled epoch touches most parts, so the cost per part
+        is what counts: the rows are grouped by part with one stable sort,
+        each part's reader gathers its rows straight into a slice of one
+        buffer, and one scatter puts them in order. A column small enough
+        (:data:`WHOLE_BYTES`) is read whole once per process and gathered in
+        one step, as labels are.
+        """
+        col = self.layout.column(name)
+        if not col.sources:
+            return self._base.take(name, rows, out)
+        whole = self._whole_column(col)
+        if whole is not None:
+            return _gather(whole, rows, out)
+        which = np.searchsorted(self._starts[name], rows, side="right") - 1
+        if rows.size == 0 or which[0] == which[-1] and not (which - which[0]).any():
+            k = int(which[0]) if rows.size else 0
+            part = col.sources[k]
+            return self._parts[part.path].take(part.column.name, rows - self._shifts[name][k], out)
+        order = np.argsort(which, kind="stable")
+        bounds = np.searchsorted(which[order], np.arange(len(col.sources) + 1))
+        grouped = rows[order]
+        buf = np.empty((rows.size, *col.row_shape), dtype=col.dtype.newbyteorder("="))
+        for k in np.flatnonzero(np.diff(bounds)).tolist():
+            lo, hi = int(bounds[k]), int(bounds[k + 1])
+            part = col.sources[k]
+            self._parts[part.path].take(part.column.name, grouped[lo:hi] - self._shifts[name][k], buf[lo:hi])
+        if out is None:
+            out = np.empty_like(buf)
+        out[order] = buf
+        return out
+
+    def _whole_column(self, col: ColumnInfo) -> np.ndarray | None:
+        """The column in memory, when it holds at most :data:`WHOLE_BYTES`
+        (read from its parts once per process); else None."""
+        if col.shape[0] * col.row_nbytes > WHOLE_BYTES:
+            return None
+        pid = this_pid()
+        if self._whole_pid != pid:
+            self._whole, self._whole_pid = {}, pid
+        arr = self._whole.get(col.name)
+        if arr is None:
+            arr = self._whole[col.name] = self.read(col.name, np.arange(col.shape[0], dtype=np.int64))
+        return arr
 
     def read_ids(self, rows: np.ndarray) -> list[str]:
         """The sample IDs of ``rows`` (stored in the merged file itself)."""
@@ -184,6 +243,7 @@ class PartsReader(_PicklesAsLayout):
 
     def close(self) -> None:
         """Release this process's handles on the file and its parts."""
+        self._whole, self._whole_pid = {}, None
         self._base.close()
         for reader in self._parts.values():
             reader.close()
