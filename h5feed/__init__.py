@@ -24,6 +24,7 @@ from ._origin import original_errors as original_errors
 from .layout import FORMAT_VERSION as FORMAT_VERSION, Layout as Layout, open_and_validate
 from .metadata import read_metadata as read_metadata, select_ids as select_ids
 from .splits import make_splits as make_splits
+from .grow import append as append, compact as compact
 from .reader import Reader as Reader
 from .writer import DatasetWriter as DatasetWriter, write_arrays as write_arrays
 
@@ -50,6 +51,8 @@ __all__ = [
     "UnknownIDError",
     "UnknownSplitError",
     "__version__",
+    "append",
+    "compact",
     "errors",
     "open_file",
     "make_splits",

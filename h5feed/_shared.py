@@ -17,7 +17,8 @@ from ._files import open_h5
 from ._meta import MetaTable, load_table as load_metadata
 from ._plan import shard_of_keys
 from ._progress import Progress
-from ._publish import check_output
+from ._publish import check_output, discard
+from .grow import incoming_path
 from ._readahead import MIN_ROW_BYTES
 from .cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from .layout import W as WEIGHTS_DATASET, check_virtual_source, source_name
@@ -36,7 +37,9 @@ __all__ = [
     "check_output",
     "check_shard",
     "check_virtual_source",
+    "discard",
     "first_line",
+    "incoming_path",
     "int_at_least",
     "load_metadata",
     "open_h5",

@@ -95,6 +95,7 @@ _OPTIONAL = {
     "h5feed.convert.cli": ("convert",),
     "h5feed.benchmarks.cli": ("bench",),
     "h5feed.merge": ("merge",),
+    "h5feed.grow": ("append", "compact"),
     "h5feed.splits": ("split",),
 }
 
@@ -243,10 +244,11 @@ def main(argv: Sequence[str] | None = None, *, _isolated: bool = True) -> int:
             # An output that cannot be written fails here, before any input
             # is read, with a message that names the flag.
             check_output(output, overwrite=args.overwrite, how="--overwrite")
-        if _isolated and args.command in ISOLATED_COMMANDS and output is not None:
+        written = output if output is not None else getattr(args, "append_to", None)
+        if _isolated and args.command in ISOLATED_COMMANDS and written is not None:
             # Arguments are checked above, in this process; the child parses
             # them again and runs the command, printing its own results.
-            return _run_isolated_command(output, argv)
+            return _run_isolated_command(written, argv)
         return int(args._run(args))
     except H5FeedError as exc:
         print(f"h5feed {args.command}: error: {exc}", file=sys.stderr)

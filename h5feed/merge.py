@@ -52,6 +52,13 @@ class _Part:
     layout: L.Layout
     splits: dict[str, np.ndarray]
     offset: int = 0
+    # How messages name the part, when not by its path (a converter's
+    # output appended as it is written: "the samples of data/").
+    shown: str | None = None
+
+    @property
+    def where(self) -> str:
+        return self.path if self.shown is None else self.shown
 
 
 def _read_part(path: str) -> _Part:
@@ -85,19 +92,19 @@ def _check_compatible(parts: list[_Part]) -> None:
         have = {name: (c.row_shape, c.dtype) for name, c in part.layout.columns.items()}
         if set(have) != set(want):
             raise LayoutError(
-                f"{part.path}: has per-row datasets {sorted(have)!r}, but {first.path} has "
+                f"{part.where}: has per-row datasets {sorted(have)!r}, but {first.where} has "
                 f"{sorted(want)!r}; parts must have the same datasets"
             )
         for name, (shape, dtype) in want.items():
             if have[name] != (shape, dtype):
                 raise LayoutError(
-                    f"{part.path}:/{name}: rows of shape {have[name][0]!r} and dtype {have[name][1]}, "
-                    f"but {first.path}:/{name} has {shape!r} and {dtype}; parts must agree"
+                    f"{part.where}:/{name}: rows of shape {have[name][0]!r} and dtype {have[name][1]}, "
+                    f"but {first.where}:/{name} has {shape!r} and {dtype}; parts must agree"
                 )
         for attr in ("n_classes", "class_names"):
             if getattr(part.layout, attr) != getattr(first.layout, attr):
                 raise LayoutError(
-                    f"{part.path}: {attr} is {getattr(part.layout, attr)!r}, but {first.path} has "
+                    f"{part.where}: {attr} is {getattr(part.layout, attr)!r}, but {first.where} has "
                     f"{getattr(first.layout, attr)!r}; parts must agree"
                 )
 
@@ -123,7 +130,7 @@ def _unique_ids(parts: list[_Part]) -> _ids.Encoded:
             (a, ra), (b, rb) = where(int(order[i - 1])), where(int(order[i]))
             sid = ids.item(int(order[i]))
             dupes.append(
-                f"{sid!r} twice in {a.path} (rows {ra} and {rb})" if a is b else f"{sid!r} in {a.path} and {b.path} (row {rb})"
+                f"{sid!r} twice in {a.where} (rows {ra} and {rb})" if a is b else f"{sid!r} in {a.where} and {b.where} (row {rb})"
             )
         raise LayoutError(
             f"sample IDs must be unique across parts; {repeats.size} repeat: " + "; ".join(dupes)
@@ -294,7 +301,7 @@ def _merged_metadata(parts: list[_Part], ids: _ids.Encoded) -> _meta.MetaTable:
     for part in parts:
         if part.layout.metadata != names:
             raise LayoutError(
-                f"{part.path}: has metadata columns {list(part.layout.metadata)!r}, but {parts[0].path} has "
+                f"{part.where}: has metadata columns {list(part.layout.metadata)!r}, but {parts[0].where} has "
                 f"{list(names)!r}; parts must have the same columns"
             )
         recorded = part.layout.completion.get("sha256", {})
