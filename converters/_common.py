@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from h5feed import DatasetWriter
+from h5feed import DatasetWriter, append
 from h5feed._shared import (
     COMPRESSIONS,
     WEIGHTS_DATASET,
@@ -40,7 +40,10 @@ from h5feed._shared import (
     Progress,
     check_bool,
     check_int,
+    check_output,
     check_shard,
+    discard,
+    incoming_path,
     load_metadata,
     shard_of_keys,
 )
@@ -112,6 +115,7 @@ class Options:
     progress: ProgressCallback | None = None
     shard: tuple[int, int] | None = None
     metadata: MetaTable | None = None
+    append_to: str | None = None
 
     def __post_init__(self) -> None:
         if self.compression not in _COMPRESSIONS:
@@ -131,6 +135,28 @@ class Options:
         if self.metadata is not None:
             # Read and checked before any sample is: a bad table fails at once.
             object.__setattr__(self, "metadata", load_metadata(self.metadata, error=SourceError))
+        if self.append_to is not None:
+            if not isinstance(self.append_to, (str, os.PathLike)):
+                raise TypeError(f"append_to must be a path or None. Received: {self.append_to!r}")
+            if self.overwrite:
+                raise ValueError("append_to (--append-to) adds rows to a dataset; overwrite (--overwrite) cannot apply")
+            object.__setattr__(self, "append_to", os.path.abspath(os.fspath(self.append_to)))
+
+    def output(self, out: str | os.PathLike[str] | None) -> str:
+        """Where the converter writes, checked before any input is read:
+        ``out``, or with ``append_to`` a new file in the growing dataset's
+        parts folder, which :func:`write_dataset` then appends (moved, not
+        copied: the new rows are written once).
+
+        Raises:
+            TypeError: neither ``out`` nor ``append_to``, or both.
+            OutputExistsError, WriterInputError: ``out`` cannot be written.
+        """
+        if (out is None) == (self.append_to is None):
+            raise TypeError("give the output file (out) or a growing dataset (append_to), one of the two")
+        if self.append_to is None:
+            return check_output(out, overwrite=self.overwrite)
+        return incoming_path(self.append_to)
 
     def order(self, n: int) -> np.ndarray:
         """The order in which the ``n`` listed samples become rows."""
@@ -715,7 +741,14 @@ def write_dataset(
         close = getattr(blocks, "close", None)
         if close is not None:  # stop the decoding workers at once on error
             close()
-    return ConversionResult(path=writer.path, rows=writer.rows, seconds=time.perf_counter() - start)
+    if options.append_to is None:
+        return ConversionResult(path=writer.path, rows=writer.rows, seconds=time.perf_counter() - start)
+    try:
+        source = label.split(" ", 1)[-1]  # "converting data/" names the source
+        append(options.append_to, writer.path, _move=True, _shown=f"the samples of {source}")
+    finally:
+        discard(writer.path)  # gone once appended; an append that failed leaves nothing
+    return ConversionResult(path=options.append_to, rows=writer.rows, seconds=time.perf_counter() - start)
 
 
 def gather_blocks(

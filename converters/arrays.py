@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from h5feed._shared import check_output
 from h5feed.errors import SourceError
 
 from ._common import (
@@ -254,7 +253,7 @@ def _weights_by_id(weights: Any, ids: list[str], x_where: str) -> dict[str, floa
 def from_arrays(
     x: str | os.PathLike[str] | np.ndarray,
     y: str | os.PathLike[str] | np.ndarray | None,
-    out: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
     *,
     ids: str | os.PathLike[str] | Sequence[str] | None = None,
     label_type: str = "auto",
@@ -271,6 +270,7 @@ def from_arrays(
     progress: Any = None,
     shard: tuple[int, int] | str | None = None,
     metadata: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+    append_to: str | os.PathLike[str] | None = None,
     weights: str | os.PathLike[str] | np.ndarray | Mapping[str, Any] | None = None,
 ) -> ConversionResult:
     """Convert one array of samples (and one of targets) into one file.
@@ -279,7 +279,7 @@ def from_arrays(
         x: ``X.npy`` (read block by block) or an array (a ``np.memmap``
             works), shape ``(N, *sample_shape)``.
         y: ``Y.npy`` or an array with N rows; None for unlabelled data.
-        out: the h5feed file to write.
+        out: the h5feed file to write (or give ``append_to``).
         ids: a text file with one ID per line, or a list of N IDs; None
             numbers the rows ``"0"``, ``"1"``, ...
         label_type: ``"auto"`` (a 1-D integer ``y`` holds class indices,
@@ -288,7 +288,7 @@ def from_arrays(
         partition: ``{split: [IDs]}`` as for
             :func:`~h5feed.convert.from_npy_dir`.
         compression, chunk_rows, shuffle_rows, seed, overwrite, checksum,
-        quiet, progress, shard, metadata: as for :func:`~h5feed.convert.from_npy_dir`.
+        quiet, progress, shard, metadata, append_to: as for :func:`~h5feed.convert.from_npy_dir`.
         workers: accepted for symmetry; copying from a memory map gains
             nothing from more processes, so it is done in this one.
         weights: per-sample weights (finite numbers >= 0), written as the
@@ -308,10 +308,10 @@ def from_arrays(
     """
     options = Options(compression=compression, chunk_rows=chunk_rows, shuffle_rows=shuffle_rows, seed=seed,
                       workers=workers, overwrite=overwrite, checksum=checksum, quiet=quiet, progress=progress,
-                      shard=shard, metadata=metadata)
+                      shard=shard, metadata=metadata, append_to=append_to)
     if label_type not in LABEL_TYPES:
         raise ValueError(f"label_type must be one of {LABEL_TYPES!r}. Received: {label_type!r}")
-    check_output(out, overwrite=overwrite)
+    out = options.output(out)
     x_where = os.fspath(x) if isinstance(x, (str, os.PathLike)) else "x"
     xa = _as_array(x, "X")
     n = xa.shape[0]

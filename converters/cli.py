@@ -44,7 +44,11 @@ def _columns(text: str) -> list[str]:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-o", "--output", required=True, metavar="OUT.h5", help="the h5feed file to write")
+    dest = p.add_mutually_exclusive_group(required=True)
+    dest.add_argument("-o", "--output", metavar="OUT.h5", help="the h5feed file to write")
+    dest.add_argument("--append-to", metavar="DATA.h5",
+                      help="add the samples to this growing dataset instead (created if missing), "
+                           "as `h5feed append` does")
     g = p.add_argument_group("storage and run options")
     g.add_argument("--compression", choices=["none", *COMPRESSIONS], default="none",
                    help="compress the samples (chunked storage; default none); zstd and lz4 need "
@@ -81,6 +85,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         quiet=args.quiet,
         shard=args.shard,
         metadata=args.metadata,
+        append_to=args.append_to,
     )
 
 
@@ -284,6 +289,8 @@ def _convert_args(p: argparse.ArgumentParser) -> None:
 
 def _convert_run(args: argparse.Namespace) -> int:
     # h5feed.cli.main has checked the output (naming --overwrite).
+    if args.append_to is not None and args.overwrite:
+        return _usage(args, "--overwrite replaces OUT.h5; --append-to adds to DATA.h5: give one of the two")
     try:
         result = args._convert(args)
     except ImportError as exc:  # an optional dependency (Pillow) is missing
@@ -291,7 +298,10 @@ def _convert_run(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     if isinstance(result, int):
         return result
-    print(f"wrote {result.path} ({result.rows} rows)")
+    if args.append_to is not None:
+        print(f"appended {result.rows} rows to {result.path}")
+    else:
+        print(f"wrote {result.path} ({result.rows} rows)")
     return EXIT_OK
 
 

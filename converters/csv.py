@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 
-from h5feed._shared import check_output
 from h5feed.errors import SourceError
 
 from ._common import (
@@ -161,7 +160,7 @@ def _labels(path: str, column: str, texts: list[str], lines: list[int], label_ty
 
 def from_csv(
     table: str | os.PathLike[str],
-    out: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
     *,
     label_column: str | None,
     id_column: str | None = None,
@@ -179,13 +178,14 @@ def from_csv(
     progress: Any = None,
     shard: tuple[int, int] | str | None = None,
     metadata: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+    append_to: str | os.PathLike[str] | None = None,
     weight_column: str | None = None,
 ) -> ConversionResult:
     """Convert a CSV table with a header row, one sample per row.
 
     Args:
         table: the CSV file (UTF-8, comma-separated, a header row).
-        out: the h5feed file to write.
+        out: the h5feed file to write (or give ``append_to``).
         label_column: the column holding the labels; None for unlabelled data.
         id_column: the column holding unique sample IDs; None numbers the rows
             ``"0"``, ``"1"``, ... (data rows, from 0).
@@ -200,7 +200,7 @@ def from_csv(
         partition: ``{split: [IDs]}`` as for
             :func:`~h5feed.convert.from_npy_dir`.
         compression, chunk_rows, shuffle_rows, seed, workers, overwrite,
-        checksum, quiet, progress, shard, metadata: as for
+        checksum, quiet, progress, shard, metadata, append_to: as for
             :func:`~h5feed.convert.from_npy_dir`.
 
     Returns:
@@ -213,10 +213,10 @@ def from_csv(
     """
     options = Options(compression=compression, chunk_rows=chunk_rows, shuffle_rows=shuffle_rows, seed=seed,
                       workers=workers, overwrite=overwrite, checksum=checksum, quiet=quiet, progress=progress,
-                      shard=shard, metadata=metadata)
+                      shard=shard, metadata=metadata, append_to=append_to)
     if label_type not in LABEL_TYPES:
         raise ValueError(f"label_type must be one of {LABEL_TYPES!r}. Received: {label_type!r}")
-    check_output(out, overwrite=overwrite)
+    out = options.output(out)
     path = os.fspath(table)
     header = _header(path)
     label_at = None if label_column is None else _column(path, header, label_column, "label")

@@ -32,7 +32,6 @@ import numpy as np
 from h5feed._shared import (
     check_bool,
     check_int,
-    check_output,
     check_virtual_source,
     first_line,
     open_h5,
@@ -715,6 +714,11 @@ def check_arguments(
             raise ValueError(
                 f"link=True (--link) needs one x dataset; per-split arrays are joined by copying: {_INSTEAD}"
             )
+        if opts.append_to is not None:
+            raise ValueError(
+                "link=True (--link) refers to the source's rows, but append_to (--append-to) needs them "
+                "copied into the growing dataset's parts; drop one of the two"
+            )
         for name, flag, value in (("shard", "--shard", opts.shard), ("shuffle_rows", "--shuffle-rows", opts.shuffle_rows),
                                   ("compression", "--compression", opts.compression),
                                   ("chunk_rows", "--chunk-rows", opts.chunk_rows)):
@@ -750,7 +754,7 @@ def _check_link(src: str, out: str, x: SourceRows) -> None:
 
 def from_h5(
     src: str | os.PathLike[str],
-    out: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
     *,
     x: str | Mapping[str, str],
     y: str | Mapping[str, str] | None = None,
@@ -773,6 +777,7 @@ def from_h5(
     progress: Any = None,
     shard: tuple[int, int] | str | None = None,
     metadata: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+    append_to: str | os.PathLike[str] | None = None,
 ) -> ConversionResult:
     """Convert datasets of any HDF5 file (or link to them) into one h5feed file.
 
@@ -781,7 +786,7 @@ def from_h5(
     Args:
         src: the HDF5 file (``.h5``, ``.hdf5``, ``.nxs``, a MATLAB v7.3
             ``.mat``, ...). Only read.
-        out: the h5feed file to write.
+        out: the h5feed file to write (or give ``append_to``).
         x: the path of the samples' dataset, at any depth
             (``"/entry/data/data"``), or ``{split: path}`` for a file that
             keeps each split in its own arrays (``{"train": "X_train",
@@ -815,7 +820,7 @@ def from_h5(
         allow_virtual: read source datasets that are virtual or stored in
             external files (their data lives in other files).
         compression, chunk_rows, shuffle_rows, seed, overwrite, checksum,
-        quiet, progress, shard, metadata: as for :func:`~h5feed.convert.from_npy_dir`.
+        quiet, progress, shard, metadata, append_to: as for :func:`~h5feed.convert.from_npy_dir`.
         workers: accepted for symmetry; HDF5 reads gain nothing from more
             processes, so it is done in this one.
 
@@ -843,11 +848,11 @@ def from_h5(
         n_classes=n_classes, partition=partition, link=link, allow_virtual=allow_virtual,
         compression=compression, chunk_rows=chunk_rows, shuffle_rows=shuffle_rows, seed=seed, workers=workers,
         overwrite=overwrite, checksum=checksum, quiet=quiet, progress=progress, shard=shard,
-        metadata=metadata,
+        metadata=metadata, append_to=append_to,
     )
     options = args.options
     src = os.path.abspath(os.fspath(src))
-    out = check_output(out, overwrite=overwrite)
+    out = options.output(out)
     if os.path.exists(src) and os.path.exists(out) and os.path.samefile(src, out):
         raise SourceError(f"{out}: is the source; write the output under another name")
     return _convert(src, out, args, partition)

@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from h5feed._shared import check_output
 from h5feed.errors import SourceError
 
 from ._common import (
@@ -153,7 +152,7 @@ def _normalize_size(size: Any) -> tuple[int, int]:
 
 def from_image_dir(
     folder: str | os.PathLike[str],
-    out: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
     *,
     size: Sequence[int],
     color: str = "rgb",
@@ -169,13 +168,14 @@ def from_image_dir(
     progress: Any = None,
     shard: tuple[int, int] | str | None = None,
     metadata: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+    append_to: str | os.PathLike[str] | None = None,
     weights: str | os.PathLike[str] | Mapping[str, Any] | None = None,
 ) -> ConversionResult:
     """Convert ``folder/<class>/<image>`` into one labelled h5feed file.
 
     Args:
         folder: the folder of class subfolders.
-        out: the h5feed file to write.
+        out: the h5feed file to write (or give ``append_to``).
         size: ``(height, width)`` every image is resized to.
         color: ``"rgb"`` (3 channels), ``"grayscale"`` (1) or ``"rgba"`` (4).
         validation_split: a fraction in (0, 1): write ``train`` and
@@ -183,7 +183,7 @@ def from_image_dir(
             ``seed`` (the last ``int(f * N)`` of a seeded shuffle, Keras's
             rule). None writes no splits.
         compression, chunk_rows, shuffle_rows, seed, workers, overwrite,
-        checksum, quiet, progress, shard, metadata: as for
+        checksum, quiet, progress, shard, metadata, append_to: as for
             :func:`~h5feed.convert.from_npy_dir`. ``seed`` also draws the
             validation split.
         weights: per-image weights ``{ID: weight}``, where an image's ID is
@@ -200,7 +200,7 @@ def from_image_dir(
     """
     options = Options(compression=compression, chunk_rows=chunk_rows, shuffle_rows=shuffle_rows, seed=seed,
                       workers=workers, overwrite=overwrite, checksum=checksum, quiet=quiet, progress=progress,
-                      shard=shard, metadata=metadata)
+                      shard=shard, metadata=metadata, append_to=append_to)
     folder = os.fspath(folder)
     hw = _normalize_size(size)
     if color not in COLOR_MODES:
@@ -210,7 +210,7 @@ def from_image_dir(
         or not 0 < validation_split < 1
     ):
         raise ValueError(f"validation_split must be a fraction between 0 and 1. Received: {validation_split!r}")
-    check_output(out, overwrite=overwrite)
+    out = options.output(out)
     _pil()  # fail before listing a big folder
     classes, samples = list_images(folder)
     weight_map = None

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from h5feed._shared import check_output
 from h5feed.errors import SourceError
 
 from ._common import (
@@ -253,7 +252,7 @@ def _list_npy(data_dir: str) -> dict[str, str]:
 def from_npy_dir(
     data_dir: str | os.PathLike[str],
     labels: str | os.PathLike[str] | Mapping[str, Any] | None,
-    out: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
     *,
     partition: str | os.PathLike[str] | Mapping[str, Sequence[str]] | None = None,
     no_labels: bool = False,
@@ -269,6 +268,7 @@ def from_npy_dir(
     progress: Any = None,
     shard: tuple[int, int] | str | None = None,
     metadata: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+    append_to: str | os.PathLike[str] | None = None,
     weights: str | os.PathLike[str] | Mapping[str, Any] | None = None,
 ) -> ConversionResult:
     """Convert a folder of ``<ID>.npy`` samples (the tutorial's layout).
@@ -283,7 +283,7 @@ def from_npy_dir(
         labels: ``{ID: class index}``: a JSON file, a CSV file with header
             ``id,label``, or a dict (the tutorial's ``labels``). None only
             with ``no_labels=True``.
-        out: the h5feed file to write.
+        out: the h5feed file to write (or give ``append_to``).
         partition: ``{split: [IDs]}``: a JSON file, a CSV file with header
             ``id,split``, or a dict (the tutorial's ``partition``).
         no_labels: write unlabelled samples (every ``*.npy`` in the folder).
@@ -319,6 +319,9 @@ def from_npy_dir(
             float64 (empty cells NaN), anything else text. Every sample of
             the source needs exactly one row (with ``shard``, of the whole
             source), and no row may name another ID.
+        append_to: instead of ``out``, a growing dataset to add the samples
+            to (created when it does not exist), as :func:`h5feed.append`
+            does; the new rows are written once, into its parts folder.
 
     Returns:
         A :class:`ConversionResult` with ``.path`` and ``.rows``.
@@ -344,7 +347,7 @@ def from_npy_dir(
     """
     options = Options(compression=compression, chunk_rows=chunk_rows, shuffle_rows=shuffle_rows, seed=seed,
                       workers=workers, overwrite=overwrite, checksum=checksum, quiet=quiet, progress=progress,
-                      shard=shard, metadata=metadata)
+                      shard=shard, metadata=metadata, append_to=append_to)
     data_dir = os.fspath(data_dir)
     if not isinstance(no_labels, bool):
         raise TypeError(f"no_labels must be a bool. Received: {no_labels!r}")
@@ -352,7 +355,7 @@ def from_npy_dir(
         raise ValueError("pass either labels or no_labels=True, not both")
     if not no_labels and labels is None:
         raise ValueError("labels are required; pass no_labels=True to convert unlabelled samples")
-    check_output(out, overwrite=overwrite)
+    out = options.output(out)
 
     # 1. Every ID is checked before any sample file is opened.
     label_values: np.ndarray | None = None

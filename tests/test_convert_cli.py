@@ -84,7 +84,7 @@ def test_bad_input_exits_1_naming_the_file_and_leaves_nothing(tutorial, capsys):
         (["convert"], "required: FORMAT"),
         (["convert", "tiff", "x", "-o", "o.h5"], "invalid choice: 'tiff'"),
         (["convert", "npy", "DATA", "-o", "o.h5"], "one of the arguments --labels --no-labels is required"),
-        (["convert", "npy", "DATA", "--labels", "l.json"], "required: -o/--output"),
+        (["convert", "npy", "DATA", "--labels", "l.json"], "one of the arguments -o/--output --append-to is required"),
         (["convert", "npy", "DATA", "--labels", "l.json", "--no-labels", "-o", "o.h5"], "not allowed with argument"),
         (["convert", "npy", "DATA", "--no-labels", "--classes", "3", "-o", "o.h5"], "--classes needs --labels"),
         (["convert", "npy", "DATA", "--no-labels", "-o", "o.h5", "--workers", "0"], "expected an integer >= 1"),
