@@ -744,6 +744,9 @@ class DatasetWriter:
                         self._hash_thread = ThreadPoolExecutor(1, thread_name_prefix="h5feed-hash")
                     hashed = self._hash_thread.submit(_record.hash_rows, col.hasher, block)
                 else:
+                    # The hasher takes blocks in row order: an earlier block
+                    # may still be in the helper thread.
+                    col.wait_hashed()
                     _record.hash_rows(col.hasher, block)
                 if col.name in self._virtual:
                     pass  # hashed only: the rows stay in the sources

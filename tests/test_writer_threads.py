@@ -59,6 +59,26 @@ def test_digests_match_the_data_read_back(tmp_path, monkeypatch, chunked, seed):
     assert verify(path).sound
 
 
+@pytest.mark.parametrize("tail", [1, 10, 60])
+def test_a_small_last_block_is_hashed_after_the_big_one_before_it(tmp_path, monkeypatch, tail):
+    # A block too small for the helper thread is hashed here, in the main
+    # thread: only once the helper has hashed the blocks before it.
+    real_hash_rows = _record.hash_rows
+
+    def slow_hash_rows(hasher, block):
+        if threading.current_thread() is not threading.main_thread():
+            time.sleep(0.2)
+        real_hash_rows(hasher, block)
+
+    monkeypatch.setattr(_record, "hash_rows", slow_hash_rows)
+    n = 1024 + tail  # 4 KiB rows: one 4 MiB block for the helper, then `tail` rows
+    x = np.random.default_rng(tail).standard_normal((n, 1024)).astype(np.float32)
+    path = tmp_path / "tail.h5"
+    with h5feed.DatasetWriter(path, sample_shape=(1024,), dtype=x.dtype, target_dtype=None, expected_rows=n) as w:
+        w.extend([f"id-{i}" for i in range(n)], x)
+    assert verify(path).sound
+
+
 def _write_big(path, rows, **options):
     x = np.ones((8, 1024, 512), np.float32)  # 2 MiB rows, written 8 at a time
     with h5feed.DatasetWriter(path, sample_shape=x.shape[1:], dtype=x.dtype, target_dtype=None, **options) as w:
