@@ -415,3 +415,34 @@ def test_cli_convert_append_to(tmp_path, capsys):
     assert cli.main([*argv, "--append-to", str(data)], _isolated=False) == 1
     assert "the samples of" in capsys.readouterr().err
     assert h5feed.open_file(data).n_rows == 10
+
+
+@pytest.mark.parametrize("row_shape", [(3,), (64, 80)], ids=["small-rows", "big-rows"])
+def test_batches_of_a_grown_file_are_the_rows_of_one_file(tmp_path, row_shape):
+    # The per-batch path groups rows by part (small rows) or copies them one
+    # by one (big rows); both must give what one file gives, in any order.
+    from h5feed._parts import make_reader
+
+    rng = np.random.default_rng(7)
+    n = 300
+    ids = [f"s{i:05d}" for i in range(n)]
+    x = rng.standard_normal((n, *row_shape)).astype(np.float32)
+    y = rng.integers(0, N_CLASSES, n)
+    write_arrays(tmp_path / "one.h5", ids, x, y, n_classes=N_CLASSES)
+    bounds = [0, 40, 41, 150, 260, 300]
+    data = tmp_path / "grown.h5"
+    for k, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
+        piece = tmp_path / f"p{k}.h5"
+        write_arrays(piece, ids[lo:hi], x[lo:hi], y[lo:hi], n_classes=N_CLASSES)
+        append(data, piece)
+    reader = make_reader(h5feed.open_file(data))
+    assert len(reader._parts) == len(bounds) - 1
+    for rows in [rng.integers(0, n, 32), rng.permutation(n), np.arange(45, 140), np.array([], np.int64),
+                 np.array([299, 0, 41, 40, 40])]:
+        rows = rows.astype(np.int64)
+        np.testing.assert_array_equal(reader.take("x", rows), x[rows])
+        np.testing.assert_array_equal(reader.take("y", rows), y[rows])
+        out = np.empty((rows.size, *row_shape), np.float32)
+        assert reader.take("x", rows, out) is out
+        np.testing.assert_array_equal(out, x[rows])
+    reader.close()
