@@ -32,6 +32,9 @@ compare like with like on a shared, noisy machine:
   against ``workers=1``, with and without a CPU-heavy transform.
 - ``memory``: the anonymous memory (RssAnon) of a fresh process reading an
   epoch through ``H5Sequence``, measured in a child process.
+- ``grow``: appending 1,000 rows to a small and a big grown dataset, and
+  shuffled epochs over a dataset grown by 10 appends against the same rows
+  in one file (:mod:`h5feed.benchmarks.grow`).
 - ``scale``: opening, selecting and worker memory on a file of 10 million
   small rows against one of 100,000, each checked against its target
   (:mod:`h5feed.benchmarks.scale`).
@@ -1048,7 +1051,7 @@ def run_bench(
     *,
     shapes: Iterable[str] = ("small", "volume", "frames"),
     quick: bool = False,
-    sections: Iterable[str] = ("raw", "cold", "compressed", "codecs", "fit", "workers", "memory", "scale"),
+    sections: Iterable[str] = ("raw", "cold", "compressed", "codecs", "grow", "fit", "workers", "memory", "scale"),
     memory_gib: Iterable[float] = (),
     max_seconds: float | None = None,
     quiet: bool = False,
@@ -1101,9 +1104,18 @@ def run_bench(
                 rows += cold_rows(data, quiet=quiet, repeats=1 if quick else 5)
             if "compressed" in sections:
                 rows += compressed_rows(data, max_seconds=cap, quiet=quiet)
+            if "grow" in sections:
+                from .grow import grown_read_rows
+
+                rows += grown_read_rows(data, max_seconds=cap, quiet=quiet, rounds=1 if quick else 3)
             if "memory" in sections and name == "volume":
                 rows.append(memory_row(data.h5, name, quiet=quiet))
             out["rows"].extend(asdict(r) for r in rows)
+        if "grow" in sections:
+            from .grow import append_cost_rows
+
+            grow_folder = os.path.join(folder, "quick" if quick else "full", "grow")
+            out["rows"].extend(asdict(r) for r in append_cost_rows(grow_folder, quick=quick, quiet=quiet))
         if "memory" in sections:
             for gib in memory_gib:
                 path = big_file(folder, gib, quiet=quiet)
@@ -1159,6 +1171,7 @@ def format_table(result: dict[str, Any]) -> str:
         "codecs": ("samples/s", "", "of contiguous"),
         "targets": ("", "", ""),
         "scale": ("", "", ""),
+        "grow": ("samples/s", "", "of one file"),
     }
     current = None
     width = 44
@@ -1171,14 +1184,14 @@ def format_table(result: dict[str, Any]) -> str:
             h = headers[r["section"]]
             lines.append("")
             lines.append(f"{r['section'] + ' / ' + r['shape']:<{wide}} {h[0]:>12} {h[1]:>12} {h[2]:>14}")
-        if r["section"] in ("memory", "targets", "scale") or (r["section"] == "codecs" and not r["samples"]):
+        if r["section"] in ("memory", "targets", "scale") or (r["section"] in ("codecs", "grow") and not r["samples"]):
             mark = "" if r["section"] != "targets" else ("  ok" if r["extra"]["ok"] else "  MISSED")
             lines.append(f"  {r['name']:<{wide - 2}} {r['note']}{mark}")
             continue
         lines.append(
             f"  {r['name']:<{wide - 2}} {r['samples_per_s']:>12,.0f} "
             f"{_fmt_ratio(r['vs_baseline']):>12} {_fmt_ratio(r['vs_limit'], pct=True):>14}"
-            + (f"  {r['note']}" if r["section"] == "codecs" else "")
+            + (f"  {r['note']}" if r["section"] in ("codecs", "grow") else "")
         )
     lines += _format_tradeoffs(result["rows"], width)
     return "\n".join(lines)

@@ -9,7 +9,7 @@ from typing import Any
 
 __all__ = ["COMMANDS"]
 
-_SECTIONS = ("raw", "cold", "compressed", "codecs", "fit", "workers", "memory", "scale")
+_SECTIONS = ("raw", "cold", "compressed", "codecs", "grow", "fit", "workers", "memory", "scale")
 
 
 def _args(p: argparse.ArgumentParser) -> None:

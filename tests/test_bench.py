@@ -47,6 +47,16 @@ def test_bench_quick_prints_every_row_with_ratios(tmp_path, capsys):
         assert by[("compressed", shape, 'lzf H5Sequence shuffle="block"')]["vs_baseline"] > 0
     for name in ("fit per-file .npy (tutorial)", "fit H5Sequence", "fit in-memory PyDataset"):
         assert by[("fit", "small", name)]["vs_limit"] > 0
+    for shape in ("small", "volume"):
+        for name in ("one file, warm cache", "grown by 10 appends, warm cache", "one file, cold cache",
+                     "grown by 10 appends, cold cache"):
+            assert by[("grow", shape, f"H5Sequence shuffle=True, {name}")]["vs_limit"] > 0
+        assert by[("grow", shape, "H5Sequence shuffle=True, grown by 10 appends, warm cache")]["extra"]["ok"] in (
+            True, False)
+    cost = {r["name"]: r for r in rows if r["section"] == "grow" and r["shape"] == "append 1,000 rows"}
+    assert cost["to 1,000 rows vs to 20,000 rows"]["vs_baseline"] > 0
+    assert cost["to 1,000 rows vs to 20,000 rows"]["extra"]["ok"] in (True, False)
+    assert cost["bytes written, to 20,000 rows"]["extra"]["written_bytes"] > 0
     memory = [r for r in rows if r["section"] == "memory"]
     assert memory and memory[0]["extra"]["rss_anon_peak"] > 0 and memory[0]["extra"]["budget"] > 0
     assert not any(r["section"] in ("workers", "scale", "codecs") for r in rows)
