@@ -222,8 +222,8 @@ def append(
 
     After it, ``data`` holds its old rows followed by each new file's, in
     order; each split is the union of the same-named splits. The old rows
-    are never copied or re-read: the cost grows with the new rows only (see
-    NOTE [ Grown files ]). ``data`` is created when it does not exist. It
+    are never copied or re-read; only the index of IDs, splits and metadata
+    is written again (see NOTE [ Grown files ]). ``data`` is created when it does not exist. It
     opens like any h5feed file; :func:`compact` makes it one standalone file
     again.
 
