@@ -46,8 +46,8 @@ from ._publish import (
     temporary_path,
 )
 from .errors import LayoutError, NotH5FeedFileError, WriterError, WriterInputError
-from .merge import _check_compatible, _Part, _stream_parts, _unique_ids
-from .writer import DatasetWriter, _slice
+from .merge import _check_compatible, _Part, _stream_parts, _unique_ids, _writer_like
+from .writer import _slice
 
 __all__ = ["COMMANDS", "append", "compact", "incoming_path", "is_grown"]
 
@@ -321,25 +321,10 @@ def _write_index(target: str, parts: list[str], loaded: list[_Part], ids: _ids.E
     """Write the grown file over ``parts`` (paths) with ``ids``, the splits
     and the metadata of ``loaded`` joined, and rename it over ``target``."""
     first = loaded[0].layout
-    x = first.column(L.X)
-    y = first.columns.get(L.Y)
     columns = list(first.columns)
-    extras = {n: (first.column(n).row_shape, first.column(n).dtype) for n in columns if n not in (L.X, L.Y)}
     n_rows = sum(p.layout.n_rows for p in loaded)
-    with DatasetWriter(
-        target,
-        sample_shape=x.row_shape,
-        dtype=x.dtype,
-        target_shape=() if y is None else y.row_shape,
-        target_dtype=None if y is None else y.dtype,
-        n_classes=first.n_classes,
-        class_names=first.class_names,
-        expected_rows=n_rows,
-        extras=extras,
-        overwrite=True,
-        virtual={name: [(p, name) for p in parts] for name in columns},
-        _vouched=True,
-    ) as writer:
+    virtual = {name: [(p, name) for p in parts] for name in columns}
+    with _writer_like(first, target, n_rows, columns, overwrite=True, virtual=virtual, _vouched=True) as writer:
         step = 1 << 20
         for start in range(0, n_rows, step):
             writer._extend_vouched(_slice(ids, start, min(n_rows, start + step)))
@@ -436,22 +421,9 @@ def _compact_locked(target: str, layout: L.Layout, *, progress: bool) -> None:
         ids = _ids.Encoded.concat([block for _, block in _ids.blocks(f[L.IDS])])
         splits = {name: L.read_split(f, name) for name in layout.splits}
     meta = _read_meta(target, layout) if layout.metadata else None
-    x = layout.column(L.X)
-    y = layout.columns.get(L.Y)
     names = list(layout.columns)
-    extras = {n: (layout.column(n).row_shape, layout.column(n).dtype) for n in names if n not in (L.X, L.Y)}
-    with DatasetWriter(
-        target,
-        sample_shape=x.row_shape,
-        dtype=x.dtype,
-        target_shape=() if y is None else y.row_shape,
-        target_dtype=None if y is None else y.dtype,
-        n_classes=layout.n_classes,
-        class_names=layout.class_names,
-        expected_rows=layout.n_rows,
-        extras=extras,
-        overwrite=True,
-    ) as writer, Progress(layout.n_rows, f"compacting {os.path.basename(target)}", enabled=progress) as bar:
+    extras = [n for n in names if n not in (L.X, L.Y)]
+    with _writer_like(layout, target, layout.n_rows, names, overwrite=True) as writer, Progress(layout.n_rows, f"compacting {os.path.basename(target)}", enabled=progress) as bar:
 
         def sink(part: _Part, start: int, stop: int, blocks: dict[str, np.ndarray]) -> None:
             lo, hi = part.offset + start, part.offset + stop

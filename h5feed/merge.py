@@ -247,6 +247,28 @@ def merge_files(
     return output
 
 
+def _writer_like(layout: L.Layout, output: str, n_rows: int, names: list[str], **options: Any) -> DatasetWriter:
+    """A :class:`DatasetWriter` of ``n_rows`` rows to ``output`` with the
+    columns ``names`` of ``layout`` (same row shapes, dtypes and classes):
+    how merge, append and compact write what their inputs hold.
+    ``options``: more arguments of the writer."""
+    x = layout.column(L.X)
+    y = layout.columns.get(L.Y)
+    extras = {n: (layout.column(n).row_shape, layout.column(n).dtype) for n in names if n not in (L.X, L.Y)}
+    return DatasetWriter(
+        output,
+        sample_shape=x.row_shape,
+        dtype=x.dtype,
+        target_shape=() if y is None else y.row_shape,
+        target_dtype=None if y is None else y.dtype,
+        n_classes=layout.n_classes,
+        class_names=layout.class_names,
+        expected_rows=n_rows,
+        extras=extras,
+        **options,
+    )
+
+
 def _merge(
     parts: list[_Part], ids: _ids.Encoded, output: str, names: list[str], n_rows: int, overwrite: bool,
     bar: Progress, *, virtual: bool,
@@ -257,23 +279,9 @@ def _merge(
     ``ids``: every part's IDs in merged row order, given to the writer a
     block at a time."""
     first = parts[0].layout
-    x = first.column(L.X)
-    y = first.columns.get(L.Y)
-    extras = {n: (first.column(n).row_shape, first.column(n).dtype) for n in names if n not in (L.X, L.Y)}
+    extras = [n for n in names if n not in (L.X, L.Y)]
     sources = {name: [(p.path, name) for p in parts] for name in names} if virtual else None
-    with DatasetWriter(
-        output,
-        sample_shape=x.row_shape,
-        dtype=x.dtype,
-        target_shape=() if y is None else y.row_shape,
-        target_dtype=None if y is None else y.dtype,
-        n_classes=first.n_classes,
-        class_names=first.class_names,
-        expected_rows=n_rows,
-        extras=extras,
-        overwrite=overwrite,
-        virtual=sources,
-    ) as writer:
+    with _writer_like(parts[0].layout, output, n_rows, names, overwrite=overwrite, virtual=sources) as writer:
 
         def append(part: _Part, start: int, stop: int, blocks: dict[str, np.ndarray]) -> None:
             first, last = part.offset + start, part.offset + stop
