@@ -38,6 +38,7 @@ from ._proc import pid_alive
 from ._progress import Progress
 from ._publish import (
     TMP_SUFFIX,
+    _fsync_folder,
     check_output,
     discard,
     publish,
@@ -306,6 +307,7 @@ def _append_locked(target: str, folder: str, news: list[str], *, progress: bool,
                     part.path = name  # its metadata is read from where it now lies
                     bar.update(part.layout.n_rows)
         parts = [os.path.join(base, p) for p in listed] + placed
+        _fsync_folder(folder)  # the parts' names durable before the index that lists them
         _write_index(target, parts, loaded, ids)
     except BaseException:
         with sigint_deferred():
