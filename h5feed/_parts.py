@@ -32,8 +32,9 @@ __all__ = ["WHOLE_BYTES", "PartsReader", "make_reader"]
 # extras) is held in memory by each process that reads it: gathering a
 # batch from it is then one step instead of one per part.
 WHOLE_BYTES = 4 * 1024 * 1024
-# Rows of at least this many bytes are copied one by one from their parts'
-# memory maps into place: one copy each, for a few microseconds of Python.
+# Rows of at least this many bytes (or batches of at most 4 rows per part)
+# are copied one by one from their parts' memory maps into place: one copy
+# each, for about a microsecond of Python per row.
 ROW_BY_ROW_BYTES = 16 * 1024
 
 
@@ -217,9 +218,10 @@ class PartsReader(_PicklesAsLayout):
             part = col.sources[k]
             return self._parts[part.path].take(part.column.name, rows - self._shifts[name][k], out)
         maps = self._part_maps(col)
-        if maps is not None and col.row_nbytes >= ROW_BY_ROW_BYTES:
-            # Big rows: each copied once, straight to its place (gathering
-            # by part and then scattering would copy every byte twice).
+        if maps is not None and (col.row_nbytes >= ROW_BY_ROW_BYTES or rows.size <= 4 * len(col.sources)):
+            # Big rows, or a batch of few rows per part: each row copied
+            # once, straight to its place (gathering by part and then
+            # scattering copies every byte twice, and costs calls per part).
             if out is None:
                 out = np.empty((rows.size, *col.row_shape), dtype=col.dtype.newbyteorder("="))
             local = rows - np.asarray(self._shifts[name], dtype=np.int64)[which]
