@@ -625,17 +625,7 @@ class DatasetWriter:
                 raise SampleError(f"{self.path}: extend() starting at {first!r}: missing extra dataset {name!r}")
             arrays[name] = self._check_block(name, extras[name], k, first)
         # All checked: copy through the buffers in blocks.
-        pos = 0
-        while pos < k:
-            step = min(k - pos, min(c.block_rows - c.fill for c in self._columns.values()))
-            for name, col in self._columns.items():
-                col.buffer[col.fill : col.fill + step] = arrays[name][pos : pos + step]
-                col.fill += step
-            self._ids_pending.append(_slice(encoded, pos, pos + step))
-            self._n_ids += step
-            pos += step
-            if any(c.fill == c.block_rows for c in self._columns.values()):
-                self._flush()
+        self._fill(encoded, arrays)
 
     def _extend_vouched(self, ids: _ids.Encoded) -> None:
         """Append rows of a grown file (``_vouched``): their IDs only, since
@@ -644,10 +634,18 @@ class DatasetWriter:
         k = len(ids)
         if self.expected_rows is not None and self._n_ids + k > self.expected_rows:
             raise SampleError(f"{self.path}: {self._n_ids + k} rows would exceed expected_rows={self.expected_rows}")
+        self._fill(ids, None)
+
+    def _fill(self, ids: _ids.Encoded, arrays: Mapping[str, Any] | None) -> None:
+        """Take checked rows into the buffers, flushing each full block:
+        ``arrays`` by column, or None for a vouched file (IDs only)."""
+        k = len(ids)
         pos = 0
         while pos < k:
             step = min(k - pos, min(c.block_rows - c.fill for c in self._columns.values()))
-            for col in self._columns.values():
+            for name, col in self._columns.items():
+                if arrays is not None:
+                    col.buffer[col.fill : col.fill + step] = arrays[name][pos : pos + step]
                 col.fill += step
             self._ids_pending.append(_slice(ids, pos, pos + step))
             self._n_ids += step
