@@ -50,6 +50,7 @@ import struct
 from collections.abc import Iterable
 from typing import Any
 
+import h5py
 import numpy as np
 
 from .errors import DamagedFileError
@@ -309,6 +310,9 @@ def check_dataset(f: Any, dset: Any, rows: Any = None) -> None:
         runs = [(int(r[0]), int(r[-1]) + 1) for r in np.split(wanted, cuts) if r.size]
     if not runs:
         return
+    if dset.is_virtual:
+        _check_sources(f, dset, runs)
+        return
     file = _File(f)
     try:
         dtype = _descriptor_dtype(file.sizeof_addr)
@@ -324,6 +328,27 @@ def check_dataset(f: Any, dset: Any, rows: Any = None) -> None:
         check_collections(file, dset.name, np.unique(np.concatenate(addrs)).tolist() if addrs else [], set())
     finally:
         file.close()
+
+
+def _check_sources(f: Any, dset: Any, runs: list[tuple[int, int]]) -> None:
+    """A virtual string dataset (a grown file's ``/ids``, NOTE [ Grown files ]
+    in ``grow.py``): check each run of rows in the source file that holds it,
+    so that its heap is checked as a stored dataset's would be. The sources
+    were checked by validation (relative, inside the file's folder)."""
+    from ._files import open_h5  # late: _files imports _damage, which imports this module
+
+    folder = os.path.dirname(os.path.abspath(f.filename))
+    for vmap in dset.virtual_sources():
+        (lo, *_), (hi, *_) = vmap.vspace.get_select_bounds()
+        shift = -lo
+        if vmap.src_space.get_select_type() != h5py.h5s.SEL_ALL:
+            shift += vmap.src_space.get_select_bounds()[0][0]
+        mine = [(max(a, lo) + shift, min(b, hi + 1) + shift) for a, b in runs if a <= hi and b > lo]
+        if mine:
+            with open_h5(os.path.join(folder, vmap.file_name)) as g:
+                src = g[vmap.dset_name]
+                for a, b in mine:
+                    check_dataset(g, src, (a, b))
 
 
 def check_storage(f: Any, dset: Any) -> None:

@@ -49,9 +49,11 @@ import h5py
 import numpy as np
 
 from ._damage import touching
+from ._files import open_h5
 from ._heap import check_dataset
 from ._plan import _mix
 from .errors import InvalidSampleIDError, LayoutError, ReadError, UnknownIDError
+from ._record import read_record
 from .layout import IDS, IDS_INDEX, _contiguous_offset
 
 __all__ = [
@@ -67,6 +69,7 @@ __all__ = [
     "encode_bytes",
     "find_rows",
     "fingerprints",
+    "locate",
     "map_dataset",
     "read_block",
     "read_points",
@@ -483,8 +486,8 @@ def find_rows(f: h5py.File, wanted: Sequence[Any], completion: Any) -> np.ndarra
     """The rows of ``wanted`` IDs in ``f``, in the order given (repeats allowed).
 
     Through the sorted index when the file has one that its completion record
-    lists (O(k log N)), else by scanning ``/ids`` in blocks (NOTE [ IDs at
-    scale ]).
+    lists (O(k log N); a grown file: each part's, :func:`locate`), else by
+    scanning ``/ids`` in blocks (NOTE [ IDs at scale ]).
 
     Raises:
         TypeError: ``wanted`` is one str.
@@ -499,20 +502,44 @@ def find_rows(f: h5py.File, wanted: Sequence[Any], completion: Any) -> np.ndarra
     path = os.fspath(f.filename)
     queries, where = _queries(wanted)
     found = np.full(len(wanted), -1, dtype=np.int64)
-    index = sorted_in_file(f, completion)
-    if index is not None:
+    found[where] = locate(f, queries, completion)
+    missing = np.flatnonzero(found < 0)
+    if missing.size:
+        raise _unknown(path, wanted, missing)
+    return found
+
+
+def locate(f: h5py.File, queries: Encoded, completion: Any) -> np.ndarray:
+    """The row of each of ``queries`` in the file ``f``, -1 where absent.
+
+    Through the file's sorted index when its completion record vouches for
+    one, each row found read back and compared; else by a scan. A grown file
+    has no index of its own: each part's is searched, and the rows before
+    the part added (NOTE [ Grown files ] in ``grow.py``): O(parts x k log N).
+    """
+    if "part_records" not in completion:
+        index = sorted_in_file(f, completion)
+        if index is None:
+            return _scan(f, queries)
         pos = index.find(queries)
         hit = pos >= 0
         rows = np.full(queries.size, -1, dtype=np.int64)
         rows[hit] = index.rows(pos[hit])
         _confirm(f, queries, rows)
-    else:
-        rows = _scan(f, queries)
-    found[where] = rows
-    missing = np.flatnonzero(found < 0)
-    if missing.size:
-        raise _unknown(path, wanted, missing)
-    return found
+        return rows
+    folder = os.path.dirname(os.path.abspath(f.filename))
+    rows = np.full(queries.size, -1, dtype=np.int64)
+    todo = np.arange(queries.size, dtype=np.int64)
+    start = 0
+    for name in completion["parts"]:
+        with open_h5(os.path.join(folder, name)) as g:
+            if todo.size:
+                found = locate(g, Encoded(queries.data, queries.starts[todo], queries.ends[todo]), read_record(g))
+                hit = found >= 0
+                rows[todo[hit]] = found[hit] + start
+                todo = todo[~hit]
+            start += int(g[IDS].shape[0])
+    return rows
 
 
 def _confirm(f: h5py.File, queries: Encoded, rows: np.ndarray) -> None:

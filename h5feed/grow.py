@@ -2,13 +2,16 @@
 
 NOTE [ Grown files ]
 A grown file ``DATA.h5`` is an index over standalone part files in
-``DATA.h5.parts/`` (``layout.parts_folder``): virtual per-row datasets over
-the parts; IDs, their index, splits and metadata stored in it; a completion
-record that lists the parts and the SHA-256 of each part's own record
-(``part_records``) instead of digests of the rows. An append never reads,
-copies or hashes an old part, and never changes or removes one; its only
-change to ``DATA.h5`` is the final rename of the new index over it, under a
-lock on the parts folder. The layout, the trust rule, each step and what a
+``DATA.h5.parts/`` (``layout.parts_folder``): the per-row datasets, the IDs
+and the metadata are virtual datasets over the parts' own, in order; it has
+no ID index (a lookup searches each part's, ``_ids.locate``); the splits
+are stored in it; its completion record lists the parts and the SHA-256 of
+each part's own record (``part_records``) instead of digests of the rows.
+An append never reads, copies or hashes an old part or its IDs, and never
+changes or removes one: it writes the new part, and an index whose size
+grows with the number of parts and of split rows only. Its only change to
+``DATA.h5`` is the final rename of the new index over it, under a lock on
+the parts folder. The layout, the trust rule, each step and what a
 killed append leaves: the design note ``docs/design/grown-files.md``.
 """
 
@@ -27,9 +30,10 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import h5py
 import numpy as np
 
-from . import _ids
+from . import _ids, _record
 from . import layout as L
 from ._damage import read_whole, touching
 from ._files import open_h5
@@ -40,6 +44,7 @@ from ._publish import (
     TMP_SUFFIX,
     _fsync_folder,
     check_output,
+    create_h5,
     discard,
     publish,
     remove_stale_temporaries,
@@ -47,8 +52,7 @@ from ._publish import (
     temporary_path,
 )
 from .errors import LayoutError, NotH5FeedFileError, WriterError, WriterInputError
-from .merge import _check_compatible, _Part, _stream_parts, _unique_ids, _writer_like
-from .writer import _slice
+from .merge import _check_compatible, _Part, _read_ids, _stream_parts, _unique_ids, _writer_like
 
 __all__ = ["COMMANDS", "append", "compact", "incoming_path", "is_grown"]
 
@@ -223,8 +227,9 @@ def append(
 
     After it, ``data`` holds its old rows followed by each new file's, in
     order; each split is the union of the same-named splits. The old rows
-    are never copied or re-read; only the index of IDs, splits and metadata
-    is written again (see NOTE [ Grown files ]). ``data`` is created when it does not exist. It
+    and their IDs are never copied or re-read; the new IDs are looked up in
+    the old parts' indexes, and only the list of parts and the splits are
+    written again (see NOTE [ Grown files ]). ``data`` is created when it does not exist. It
     opens like any h5feed file; :func:`compact` makes it one standalone file
     again.
 
@@ -285,7 +290,8 @@ def _append_locked(target: str, folder: str, news: list[str], *, progress: bool,
     for part in loaded:
         part.offset = offset
         offset += part.layout.n_rows
-    ids = _unique_ids(loaded)  # each file's IDs checked against its record
+    _check_new_ids(current, incoming)
+    meta_dtypes = _joined_metadata_dtypes(current, incoming)
     _remove_unlisted(folder, listed)
     base = os.path.dirname(target)
     placed: list[str] = []
@@ -308,7 +314,7 @@ def _append_locked(target: str, folder: str, news: list[str], *, progress: bool,
                     bar.update(part.layout.n_rows)
         parts = [os.path.join(base, p) for p in listed] + placed
         _fsync_folder(folder)  # the parts' names durable before the index that lists them
-        _write_index(target, parts, loaded, ids)
+        _write_index(target, parts, loaded, meta_dtypes)
     except BaseException:
         with sigint_deferred():
             for name in placed:
@@ -319,41 +325,117 @@ def _append_locked(target: str, folder: str, news: list[str], *, progress: bool,
     return target
 
 
-def _write_index(target: str, parts: list[str], loaded: list[_Part], ids: _ids.Encoded) -> None:
-    """Write the grown file over ``parts`` (paths) with ``ids``, the splits
-    and the metadata of ``loaded`` joined, and rename it over ``target``."""
-    first = loaded[0].layout
-    columns = list(first.columns)
-    n_rows = sum(p.layout.n_rows for p in loaded)
-    virtual = {name: [(p, name) for p in parts] for name in columns}
-    with _writer_like(first, target, n_rows, columns, overwrite=True, virtual=virtual, _vouched=True) as writer:
-        step = 1 << 20
-        for start in range(0, n_rows, step):
-            writer._extend_vouched(_slice(ids, start, min(n_rows, start + step)))
-        splits: dict[str, list[np.ndarray]] = {}
-        for part in loaded:
-            for name, rows in part.splits.items():
-                splits.setdefault(name, []).append(rows + part.offset)
-        for name, blocks in splits.items():
-            writer.add_split(name, np.concatenate(blocks).astype(np.int64))
-        if first.metadata:
-            writer._set_metadata_rows(_joined_metadata(loaded))
+def _check_new_ids(current: _Part | None, incoming: list[_Part]) -> None:
+    """The new files' IDs must be unique among them and new to the dataset.
+
+    Each new file's IDs are read once and checked against its record; the
+    dataset's are never read: each is looked up in its index (a grown
+    file's: each part's, ``_ids.locate``), O(parts x k log N).
+
+    Raises:
+        LayoutError: an ID repeats, named with its files and rows.
+    """
+    new = _ids.Encoded.concat([_read_ids(part) for part in incoming])
+    if current is not None:
+        with open_h5(current.path) as f:
+            rows = _ids.locate(f, new, current.layout.completion)
+        hit = np.flatnonzero(rows >= 0)
+        if hit.size:
+            starts = np.cumsum([0] + [p.layout.n_rows for p in incoming[:-1]])
+            shown = []
+            for i in hit[:5].tolist():
+                k = int(np.searchsorted(starts, i, side="right")) - 1
+                shown.append(
+                    f"{new.item(i)!r} in {current.where} (row {int(rows[i])}) and {incoming[k].where} (row {i - int(starts[k])})"
+                )
+            raise LayoutError(f"sample IDs must be unique across parts; {hit.size} repeat: " + "; ".join(shown))
+    _unique_ids(incoming, new)
 
 
-def _joined_metadata(loaded: list[_Part]) -> dict[str, np.ndarray]:
-    """The metadata of ``loaded``, joined in row order (text as UTF-8 bytes);
-    a column that is int64 in one file and float64 in another becomes float64."""
-    columns: dict[str, list[np.ndarray]] = {name: [] for name in loaded[0].layout.metadata}
-    for part in loaded:
-        for name, values in _read_meta(part.path, part.layout).items():
-            columns[name].append(values)
+def _joined_metadata_dtypes(current: _Part | None, incoming: list[_Part]) -> dict[str, np.dtype]:
+    """The dtype of each metadata column of the grown file: text, int64, or
+    float64 when some file stores the column as float64 (HDF5 converts the
+    others' integers as it reads them through the virtual dataset)."""
+    files = ([] if current is None else [current]) + incoming
+    kinds: dict[str, dict[str, np.dtype]] = {}
+    for part in files:
+        with open_h5(part.path) as f:
+            for name in part.layout.metadata:
+                with touching(part.path, f"/{L.meta_path(name)}"):
+                    kinds.setdefault(name, {})[part.where] = f[L.meta_path(name)].dtype
     joined = {}
-    for name, blocks in columns.items():
-        text = {b.dtype.kind == "O" for b in blocks}
-        if len(text) > 1:
-            raise LayoutError(f"metadata column {name!r} holds text in some files and numbers in others; they must agree")
-        joined[name] = np.concatenate(blocks)
+    for name, dtypes in kinds.items():
+        text = {where for where, dt in dtypes.items() if dt.kind == "O"}
+        if text and len(text) != len(dtypes):
+            numbers = sorted(set(dtypes) - text)
+            raise LayoutError(
+                f"metadata column {name!r} holds text in {sorted(text)[0]} and numbers in {numbers[0]}; "
+                "they must agree"
+            )
+        if text:
+            joined[name] = np.dtype(h5py.string_dtype("utf-8"))
+        elif any(dt.kind == "f" for dt in dtypes.values()):
+            joined[name] = np.dtype(np.float64)
+        else:
+            joined[name] = np.dtype(np.int64)
     return joined
+
+
+def _write_index(target: str, parts: list[str], loaded: list[_Part], meta_dtypes: dict[str, np.dtype]) -> None:
+    """Write the grown file over ``parts`` (paths, in row order) and rename it
+    over ``target``: every per-row dataset, the IDs and the metadata virtual
+    over the parts' own, the splits of ``loaded`` joined, and a record of
+    the parts' records (NOTE [ Grown files ]). Its size grows with the
+    number of parts and of split rows, not with the rows' data or IDs."""
+    first = loaded[0].layout
+    base = os.path.dirname(target)
+    counts = _part_rows(parts, loaded)
+    n_rows = sum(counts)
+    names = [L.source_name(p, base) for p in parts]
+    splits: dict[str, list[np.ndarray]] = {}
+    for part in loaded:
+        for name, rows in part.splits.items():
+            splits.setdefault(name, []).append(rows + part.offset)
+    tmp = temporary_path(target)
+    try:
+        with create_h5(tmp, libver=("earliest", "latest")) as f:
+            L.write_attributes(f, n_classes=first.n_classes, class_names=first.class_names)
+            datasets = {name: (col.row_shape, col.dtype) for name, col in first.columns.items()}
+            datasets[L.IDS] = ((), np.dtype(h5py.string_dtype("utf-8")))
+            datasets.update({L.meta_path(name): ((), dt) for name, dt in meta_dtypes.items()})
+            for dataset, (row_shape, dtype) in datasets.items():
+                vlayout = h5py.VirtualLayout(shape=(n_rows, *row_shape), dtype=dtype)
+                at = 0
+                for name, rows in zip(names, counts):
+                    vlayout[at : at + rows] = h5py.VirtualSource(name, dataset, shape=(rows, *row_shape))
+                    at += rows
+                f.create_virtual_dataset(dataset, vlayout)
+            digests = {}
+            for name, blocks in sorted(splits.items()):
+                rows = np.concatenate(blocks).astype(np.int64)
+                f.create_dataset(f"{L.SPLITS}/{name}", data=rows)
+                digests[f"{L.SPLITS}/{name}"] = _record.digest_of(rows)
+            # The completion record goes last: a file with it is whole.
+            _record.write_record(f, n_rows, digests, parts=names, part_records=[_record.record_digest(p) for p in parts])
+        # It must open as a grown file before it takes the name (its parts
+        # folder is named after the name it takes, so trust is asked here).
+        L.open_and_validate(tmp, allow_virtual=True)
+        publish(tmp, target, overwrite=True)
+    except BaseException:
+        with sigint_deferred():
+            discard(tmp)
+        raise
+
+
+def _part_rows(parts: list[str], loaded: list[_Part]) -> list[int]:
+    """The rows of each of ``parts``: a grown current file's from its virtual
+    ``x``, the others' from their layouts (``loaded`` holds the current file
+    first, when there is one, then the new files)."""
+    current = loaded[0]
+    if is_grown(current.layout):
+        counts = [s.stop - s.start for s in current.layout.column(L.X).sources or ()]
+        return counts + [p.layout.n_rows for p in loaded[1:]]
+    return [p.layout.n_rows for p in loaded]
 
 
 def _read_meta(path: str, layout: L.Layout) -> dict[str, np.ndarray]:

@@ -583,6 +583,7 @@ def check_virtual_source(path: str | os.PathLike[str], dataset: str, *, where: s
                 f"{src.file.filename!r}; h5feed reads a source's data from the source file itself"
             )
         _check_storage(g, src)  # no virtual chains, same caps and filters
+        check_storage(g, src)  # strings: one descriptor per row (NOTE [ Global heap ])
         return _stored_as(src)
 
 
@@ -647,9 +648,11 @@ def _with_virtual_sources(
     The IDs, their index and the splits must be stored in the file itself:
     lookups and selections read them (memory-mapped where they can be), and
     h5feed merge writes them so. ``only``: the source files allowed (a grown
-    file's parts), by their names relative to the file's folder.
+    file's parts), by their names relative to the file's folder; a grown
+    file's IDs and metadata may be virtual too, each mapping its parts' own
+    in the order of its record (:func:`_check_grown_mapping`).
     """
-    names = [IDS]
+    names = [] if only is not None else [IDS]
     for group_name in (SPLITS, IDS_INDEX):
         group = f.get(group_name)
         if isinstance(group, h5py.Group):
@@ -664,10 +667,43 @@ def _with_virtual_sources(
             dset = f[name]
             if dset.is_virtual:
                 out[name] = _replace(info, sources=_virtual_sources(f, dset, only))
+                if only is not None:
+                    _check_grown_mapping(f, dset, only, out[name].sources)
+    if only is not None:
+        group = f.get(META)
+        for name in [IDS, *(meta_path(m) for m in (group if isinstance(group, h5py.Group) else ()))]:
+            with touching(f.filename, f"/{name}"):
+                dset = f[name]
+                if isinstance(dset, h5py.Dataset) and dset.is_virtual:
+                    _check_grown_mapping(f, dset, only, _virtual_sources(f, dset, only, same_kind=True))
     return out
 
 
-def _virtual_sources(f: h5py.File, dset: h5py.Dataset, only: list[str] | None = None) -> tuple[VirtualPart, ...]:
+def _check_grown_mapping(f: h5py.File, dset: h5py.Dataset, parts: list[str], sources: Any) -> None:
+    """Each virtual dataset of a grown file must map the same dataset of
+    every part, whole, in the order of the record's ``parts``: ID lookups
+    search each part's own index and add the rows before it, and appends
+    count each part's rows from ``x``."""
+    where = _where(f, dset.name.lstrip("/"))
+    folder = os.path.dirname(os.path.abspath(f.filename))
+    want = [os.path.abspath(os.path.join(folder, p)) for p in parts]
+    if [s.path for s in sources] != want or any(
+        s.source_start != 0 or s.stop - s.start != s.column.shape[0] or s.column.name != dset.name.lstrip("/")
+        for s in sources
+    ):
+        raise UntrustedFileError(
+            f"{where}: must map its parts' own /{dset.name.lstrip('/')}, each whole, in the order of the "
+            "completion record's 'parts'"
+        )
+
+
+def _virtual_sources(
+    f: h5py.File, dset: h5py.Dataset, only: list[str] | None = None, *, same_kind: bool = False
+) -> tuple[VirtualPart, ...]:
+    """The mappings of ``dset``, each checked (see Trusting virtual datasets).
+    ``same_kind``: a source may be any number for a number, any string for a
+    string (a grown file's metadata: HDF5 converts int64 to float64); else
+    its dtype must be the dataset's."""
     where = _where(f, dset.name.lstrip("/"))
     folder = os.path.dirname(os.path.abspath(f.filename))
     n_rows = dset.shape[0] if dset.shape else 0
@@ -705,8 +741,9 @@ def _virtual_sources(f: h5py.File, dset: h5py.Dataset, only: list[str] | None = 
             if int(vmap.src_space.get_select_npoints()) != n_sel:
                 raise UntrustedFileError(f"{where}: virtual source {source!r} does not map whole rows")
         column = check_virtual_source(src_path, vmap.dset_name, where=where)
+        kind_ok = (column.dtype.kind == "O") == (dset.dtype.kind == "O") if same_kind else column.dtype == dset.dtype
         if (
-            column.dtype != dset.dtype
+            not kind_ok
             or column.row_shape != tuple(dset.shape[1:])
             or s_hi >= column.shape[0]
             or (whole_source and column.shape[0] != s_hi + 1)
@@ -814,7 +851,8 @@ def _check_ids(f: h5py.File) -> int:
             f"Received: shape {dset.shape!r}, dtype {dset.dtype!r}"
         )
     with touching(f.filename, f"/{IDS}"):
-        check_storage(f, dset)
+        if not dset.is_virtual:  # a grown file's: its parts' are checked with its sources
+            check_storage(f, dset)
     return int(dset.shape[0])
 
 
@@ -938,8 +976,10 @@ def check_labels(where: str, labels: np.ndarray, n_classes: int, rows: Any = Non
     )
 
 
-def _check_untrusted(f: h5py.File, *, allow_virtual: bool) -> None:
-    """Check the storage of every dataset h5feed reads, before reading any."""
+def _check_untrusted(f: h5py.File, *, allow_virtual: bool, grown: bool = False) -> None:
+    """Check the storage of every dataset h5feed reads, before reading any.
+    Metadata is stored in the file itself, but for a grown file's, which may
+    be virtual over its parts' (NOTE [ Grown files ] in ``grow.py``)."""
     _check_links(f, f)
     ids = _require(f, IDS)
     with touching(f.filename, f"/{IDS}"):
@@ -951,8 +991,7 @@ def _check_untrusted(f: h5py.File, *, allow_virtual: bool) -> None:
                 continue
             if name in (X, Y) or (obj.shape and obj.shape[0] == n):
                 _check_storage(f, obj, allow_virtual=allow_virtual)
-    # Metadata is small and always stored in the file itself.
-    for group_name, virtual_ok in ((SPLITS, allow_virtual), (IDS_INDEX, allow_virtual), (META, False)):
+    for group_name, virtual_ok in ((SPLITS, allow_virtual), (IDS_INDEX, allow_virtual), (META, allow_virtual and grown)):
         group = _get(f, group_name)
         if isinstance(group, h5py.Group):
             _check_links(f, group)
@@ -1003,7 +1042,7 @@ def _validate(f: h5py.File, *, allow_virtual: bool) -> Layout:
     # A grown file's virtual datasets are trusted without the flag when every
     # part lies in its own parts folder (and only those parts may be sources).
     trusted = bool(allow_virtual) or (grown is not None and grown[1])
-    _check_untrusted(f, allow_virtual=trusted)
+    _check_untrusted(f, allow_virtual=trusted, grown=grown is not None)
     n_rows = _check_ids(f)
     completion = read_record(f, n_rows)
     columns: dict[str, ColumnInfo] = {X: _check_rows(f, X, n_rows)}
@@ -1017,10 +1056,10 @@ def _validate(f: h5py.File, *, allow_virtual: bool) -> Layout:
             # metadata that h5feed leaves alone.
             if obj.dtype.kind in "biuf":
                 columns[name] = _column_info(f, obj)
+    if grown is not None:  # first: a replaced part is named as such
+        _check_part_records(f, completion, grown[0])
     if trusted:
         columns = _with_virtual_sources(f, columns, None if grown is None else grown[0])
-    if grown is not None:
-        _check_part_records(f, completion, grown[0])
     n_classes, class_names = _check_classes(f, columns)
     splits: dict[str, int] = {}
     group = f.get(SPLITS)

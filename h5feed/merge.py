@@ -109,21 +109,22 @@ def _check_compatible(parts: list[_Part]) -> None:
                 )
 
 
-def _unique_ids(parts: list[_Part]) -> _ids.Encoded:
-    """Every part's IDs, in merged row order.
+def _unique_ids(parts: list[_Part], ids: _ids.Encoded | None = None) -> _ids.Encoded:
+    """Every part's IDs, in merged row order (``ids``: those, already read).
 
     Raises:
         LayoutError: an ID repeats (across parts or within one), naming the
             IDs, their parts and rows.
     """
-    ids = _ids.Encoded.concat([_read_ids(part) for part in parts])
+    if ids is None:
+        ids = _ids.Encoded.concat([_read_ids(part) for part in parts])
     order, repeats = _ids.sort(ids)
     if repeats.size:
-        starts = np.array([p.offset for p in parts])
+        starts = np.cumsum([0] + [p.layout.n_rows for p in parts[:-1]])
 
         def where(row: int) -> tuple[_Part, int]:
             k = int(np.searchsorted(starts, row, side="right")) - 1
-            return parts[k], row - parts[k].offset
+            return parts[k], row - int(starts[k])
 
         dupes = []
         for i in repeats[:5].tolist():

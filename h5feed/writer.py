@@ -285,7 +285,6 @@ class DatasetWriter:
         extras: Mapping[str, tuple[Any, Any]] | None = None,
         virtual: Mapping[str, Sequence[tuple[str | os.PathLike[str], str]]] | None = None,
         compress_threads: int = 1,
-        _vouched: bool = False,
     ) -> None:
         self.path = os.path.abspath(os.fspath(path))
         self.sample_shape = _normalize_shape(sample_shape, "sample_shape")
@@ -331,12 +330,6 @@ class DatasetWriter:
             self._columns[name] = _Column(name, _normalize_shape(shape, f"extras[{name!r}] shape"), _normalize_dtype(dt, f"extras[{name!r}] dtype"))
         self._contiguous = self.expected_rows is not None and self.compression is None and not self.checksum
         self._virtual = self._check_virtual(virtual or {})
-        # A grown file (h5feed append): every column is virtual over parts
-        # whose own completion records vouch for their rows, which are
-        # neither read nor hashed here (NOTE [ Grown files ] in grow.py).
-        self._vouched = bool(_vouched)
-        if self._vouched and set(self._virtual) != set(self._columns):
-            raise ValueError("_vouched needs every column virtual")
 
         # The IDs, as UTF-8 bytes (NOTE [ IDs at scale ] in _ids.py): those
         # written, a block each, and those waiting for the next flush (runs
@@ -625,29 +618,13 @@ class DatasetWriter:
                 raise SampleError(f"{self.path}: extend() starting at {first!r}: missing extra dataset {name!r}")
             arrays[name] = self._check_block(name, extras[name], k, first)
         # All checked: copy through the buffers in blocks.
-        self._fill(encoded, arrays)
-
-    def _extend_vouched(self, ids: _ids.Encoded) -> None:
-        """Append rows of a grown file (``_vouched``): their IDs only, since
-        the parts hold and vouch for their data."""
-        self._require_open()
-        k = len(ids)
-        if self.expected_rows is not None and self._n_ids + k > self.expected_rows:
-            raise SampleError(f"{self.path}: {self._n_ids + k} rows would exceed expected_rows={self.expected_rows}")
-        self._fill(ids, None)
-
-    def _fill(self, ids: _ids.Encoded, arrays: Mapping[str, Any] | None) -> None:
-        """Take checked rows into the buffers, flushing each full block:
-        ``arrays`` by column, or None for a vouched file (IDs only)."""
-        k = len(ids)
         pos = 0
         while pos < k:
             step = min(k - pos, min(c.block_rows - c.fill for c in self._columns.values()))
             for name, col in self._columns.items():
-                if arrays is not None:
-                    col.buffer[col.fill : col.fill + step] = arrays[name][pos : pos + step]
+                col.buffer[col.fill : col.fill + step] = arrays[name][pos : pos + step]
                 col.fill += step
-            self._ids_pending.append(_slice(ids, pos, pos + step))
+            self._ids_pending.append(_slice(encoded, pos, pos + step))
             self._n_ids += step
             pos += step
             if any(c.fill == c.block_rows for c in self._columns.values()):
@@ -734,9 +711,6 @@ class DatasetWriter:
                 # a buffer is refilled only once its hash is done. See
                 # docs/design/atomic-writing.md.
                 hashed = None
-                if self._vouched:
-                    col.fill = 0
-                    continue  # neither hashed nor written: the parts vouch for the rows
                 if block.nbytes >= _THREAD_HASH_BYTES:
                     if self._hash_thread is None:
                         self._hash_thread = ThreadPoolExecutor(1, thread_name_prefix="h5feed-hash")
@@ -945,20 +919,15 @@ class DatasetWriter:
         assert f is not None  # noqa: S101
         ids, order = self._index_ids()
         digests = {L.IDS: self._ids_hasher.hexdigest()}
-        if not self._vouched:
-            digests.update({name: col.hasher.hexdigest() for name, col in self._columns.items()})
+        digests.update({name: col.hasher.hexdigest() for name, col in self._columns.items()})
         digests.update(self._write_splits(ids, _ids.Sorted.of(ids, order)))
         hashers = {name: hashlib.sha256() for name in _ids.INDEX_NAMES}
         _ids.write_index(f, ids, order, hashers)
         digests.update({name: h.hexdigest() for name, h in hashers.items()})
         digests.update(self._write_metadata(ids))
         parts = list(dict.fromkeys(rel for sources in self._virtual.values() for rel, _, _ in sources))
-        part_records = None
-        if self._vouched:
-            folder = os.path.dirname(self.path)
-            part_records = [_record.record_digest(os.path.join(folder, rel)) for rel in parts]
         # The completion record goes last: a file with it is whole.
-        _record.write_record(f, n, digests, parts=parts or None, part_records=part_records)
+        _record.write_record(f, n, digests, parts=parts or None)
         f.flush()
         f.close()
         self._file = None

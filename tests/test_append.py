@@ -122,8 +122,12 @@ def test_a_repeated_id_is_refused_by_name_and_nothing_changes(tmp_path):
     append(data, _write(tmp_path / "a.h5", 50, 60))
     before = _snapshot(data)
     clash = _write(tmp_path / "clash.h5", 58, 70)
-    with pytest.raises(errors.LayoutError, match=r"'s00058' in .*data\.h5 and .*clash\.h5 \(row 0\)"):
+    with pytest.raises(errors.LayoutError, match=r"'s00058' in .*data\.h5 \(row 58\) and .*clash\.h5 \(row 0\)"):
         append(data, _write(tmp_path / "b.h5", 60, 62), clash)
+    assert _snapshot(data) == before
+    # Among the new files themselves, each named with the row in it.
+    with pytest.raises(errors.LayoutError, match=r"'s00061' in .*b\.h5 and .*c\.h5 \(row 0\)"):
+        append(data, tmp_path / "b.h5", _write(tmp_path / "c.h5", 61, 64))
     assert _snapshot(data) == before
 
 
@@ -242,8 +246,9 @@ KILL_POINTS = [
     "h5feed.grow:_copy_in:after",
     "h5feed.grow:publish:before",
     "h5feed.grow:_stream_parts:after",
-    "h5feed.writer:publish:before",
-    "h5feed.writer:publish:after",
+    "h5feed.grow:_write_index:before",
+    "h5feed.layout:open_and_validate:after",  # the new index written, not yet renamed over DATA
+    "h5feed.grow:_write_index:after",
 ]
 
 
@@ -370,7 +375,7 @@ def test_a_conversion_that_repeats_an_id_names_its_source_and_changes_nothing(tm
     from_npy_dir(tmp_path / "monday", labels, append_to=data, n_classes=N_CLASSES)
     before = _snapshot(data)
     labels, _, _ = _npy_folder(tmp_path / "again", 5, 12)
-    with pytest.raises(errors.LayoutError, match=r"'s00005' in .*all\.h5 and the samples of .*again \(row 0\)"):
+    with pytest.raises(errors.LayoutError, match=r"'s00005' in .*all\.h5 \(row 5\) and the samples of .*again \(row 0\)"):
         from_npy_dir(tmp_path / "again", labels, append_to=data, n_classes=N_CLASSES)
     assert _snapshot(data) == before
     assert sorted(os.listdir(tmp_path / "all.h5.parts")) == ["000000.h5"]
@@ -446,3 +451,70 @@ def test_batches_of_a_grown_file_are_the_rows_of_one_file(tmp_path, row_shape):
         assert reader.take("x", rows, out) is out
         np.testing.assert_array_equal(out, x[rows])
     reader.close()
+
+
+def test_the_index_holds_no_ids_or_metadata_of_the_old_rows(tmp_path):
+    # The cost claim as a property: what an append writes besides the new
+    # file does not grow with the old rows' IDs and metadata, only with the
+    # split rows (8 bytes each).
+    sizes = {}
+    for n in (100, 5000):
+        folder = tmp_path / str(n)
+        folder.mkdir()
+        data = _write(folder / "data.h5", 0, n)
+        append(data, _write(folder / "a.h5", n, n + 10))
+        append(data, _write(folder / "b.h5", n + 10, n + 20))
+        with h5py.File(data) as f:
+            assert f["ids"].is_virtual and all(f["meta"][m].is_virtual for m in f["meta"])
+            assert "ids_index" not in f
+        sizes[n] = data.stat().st_size
+    assert sizes[5000] - sizes[100] <= 8 * (5000 - 100) + 4096
+
+
+def test_ids_are_found_through_each_parts_own_index(tmp_path, monkeypatch):
+    from h5feed import _ids
+
+    data = _write(tmp_path / "data.h5", 0, 30)
+    append(data, _write(tmp_path / "a.h5", 30, 40), _write(tmp_path / "b.h5", 40, 55))
+
+    def no_scan(*args):
+        raise AssertionError("a grown file's IDs were scanned, not looked up")
+
+    monkeypatch.setattr(_ids, "_scan", no_scan)
+    wanted = ["s00054", "s00003", "s00031", "s00041", "s00003"]
+    seq = h5feed.H5Sequence(data, ids=wanted, batch_size=5, shuffle=False)
+    x, _ = seq[0]
+    np.testing.assert_array_equal(x[:, 0], [54, 3, 31, 41, 3])
+    with pytest.raises(errors.UnknownIDError, match=r"2 of the requested IDs are not in the file, e\.g\. \['s00055', 'nope'\]"):
+        h5feed.H5Sequence(data, ids=["s00001", "s00055", "nope"])
+
+
+def test_a_grown_file_whose_ids_map_the_parts_out_of_order_is_refused(tmp_path):
+    data = _write(tmp_path / "data.h5", 0, 20)
+    append(data, _write(tmp_path / "a.h5", 20, 30))
+    with h5py.File(data, "r+") as f:
+        del f["ids"]
+        layout = h5py.VirtualLayout((30,), dtype=h5py.string_dtype("utf-8"))
+        layout[0:10] = h5py.VirtualSource("data.h5.parts/000001.h5", "ids", shape=(10,))
+        layout[10:30] = h5py.VirtualSource("data.h5.parts/000000.h5", "ids", shape=(20,))
+        f.create_virtual_dataset("ids", layout)
+    with pytest.raises(errors.UntrustedFileError, match=r"/ids: must map its parts' own /ids, each whole, in the order"):
+        h5feed.open_file(data)
+
+
+def test_a_damaged_heap_in_a_part_is_named_when_ids_are_read_through_the_grown_file(tmp_path):
+    from h5feed import _heap
+
+    ids = [f"sample-{i:06d}" for i in range(3000)]
+    first = h5feed.write_arrays(tmp_path / "data.h5", ids, np.zeros((3000, 2), np.float32))
+    append(first, h5feed.write_arrays(tmp_path / "a.h5", ["late-1"], np.zeros((1, 2), np.float32)))
+    part = tmp_path / "data.h5.parts" / "000000.h5"
+    raw = bytearray(part.read_bytes())
+    at = raw.find(b"sample-002500") - 16  # that ID's heap object header
+    raw[at : at + 16] = bytes(16)  # HDF5 would loop forever on it
+    os.unlink(part)  # a hard link of data.h5's first version: damage the part alone
+    part.write_bytes(bytes(raw))
+    with h5py.File(tmp_path / "data.h5") as f:
+        _heap.check_dataset(f, f["ids"], (0, 100))  # rows in sound collections pass
+        with pytest.raises(errors.DamagedFileError, match=r"000000\.h5:/ids: damaged: the global heap collection"):
+            _heap.check_dataset(f, f["ids"], (2400, 2600))
