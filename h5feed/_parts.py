@@ -9,7 +9,7 @@ column's :class:`~h5feed.layout.VirtualPart` list), and reads each part's rows
 with an ordinary :class:`~h5feed.reader.Reader` over that part, memory-mapped
 where the part allows. Read-ahead (NOTE [ Cold cache ] in ``reader.py``) is
 split the same way: each part's reader advises its own rows. Columns that are
-not virtual, and the IDs, are read from the merged file itself.
+not virtual, and the IDs, are read through the merged file itself.
 See the design note ``docs/design/merged-files.md``.
 """
 
@@ -278,7 +278,8 @@ class PartsReader(_PicklesAsLayout):
         return arr
 
     def read_ids(self, rows: np.ndarray) -> list[str]:
-        """The sample IDs of ``rows`` (stored in the merged file itself)."""
+        """The sample IDs of ``rows``, from the file's ``/ids`` (stored in a
+        merged file; virtual over the parts' own in a grown file)."""
         return self._base.read_ids(rows)
 
     def close(self) -> None:
