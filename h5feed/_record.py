@@ -39,6 +39,7 @@ __all__ = [
     "read_record",
     "read_rows",
     "record_digest",
+    "record_digest_of",
     "replace_digests",
     "row_blocks",
     "write_record",
@@ -230,8 +231,13 @@ def record_digest(path: str | os.PathLike[str]) -> str:
         IncompleteFileError: the file has no valid completion record.
     """
     with open_h5(path) as f:
-        read_record(f)
-        raw = f.attrs[ATTR_COMPLETE]
+        return record_digest_of(f)
+
+
+def record_digest_of(f: h5py.File) -> str:
+    """:func:`record_digest` of an open file."""
+    read_record(f)
+    raw = f.attrs[ATTR_COMPLETE]
     text = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 

@@ -416,7 +416,7 @@ def _write_index(target: str, parts: list[str], loaded: list[_Part], meta_dtypes
                 f.create_dataset(f"{L.SPLITS}/{name}", data=rows)
                 digests[f"{L.SPLITS}/{name}"] = _record.digest_of(rows)
             # The completion record goes last: a file with it is whole.
-            _record.write_record(f, n_rows, digests, parts=names, part_records=[_record.record_digest(p) for p in parts])
+            _record.write_record(f, n_rows, digests, parts=names, part_records=_part_records(parts, loaded[0]))
         # It must open as a grown file before it takes the name (its parts
         # folder is named after the name it takes, so trust is asked here).
         L.open_and_validate(tmp, allow_virtual=True)
@@ -425,6 +425,17 @@ def _write_index(target: str, parts: list[str], loaded: list[_Part], meta_dtypes
         with sigint_deferred():
             discard(tmp)
         raise
+
+
+def _part_records(parts: list[str], current: _Part) -> list[str]:
+    """The digest of each part's record: the current grown file's for the
+    parts it lists (checked when it was opened), computed for the others."""
+    known = {}
+    if is_grown(current.layout):
+        base = os.path.dirname(current.path)
+        completion = current.layout.completion
+        known = {os.path.join(base, n): d for n, d in zip(completion["parts"], completion["part_records"])}
+    return [known.get(p) or _record.record_digest(p) for p in parts]
 
 
 def _part_rows(parts: list[str], loaded: list[_Part]) -> list[int]:

@@ -79,7 +79,7 @@ from . import _codecs
 from ._damage import decoded, read_whole, touching
 from ._files import open_h5
 from ._heap import check_attribute, check_dataset, check_storage, check_virtual_layout
-from ._record import ATTR_COMPLETE, hash_rows, read_record, record_digest
+from ._record import ATTR_COMPLETE, hash_rows, read_record, record_digest_of
 from .errors import (
     DamagedFileError,
     LayoutError,
@@ -544,7 +544,9 @@ def source_name(path: str | os.PathLike[str], folder: str | os.PathLike[str]) ->
     return rel.replace(os.sep, "/")
 
 
-def check_virtual_source(path: str | os.PathLike[str], dataset: str, *, where: str | None = None) -> ColumnInfo:
+def check_virtual_source(
+    path: str | os.PathLike[str], dataset: str, *, where: str | None = None, files: _SourceFiles | None = None
+) -> ColumnInfo:
     """Check that dataset ``dataset`` of the file ``path`` may be a virtual
     dataset's source; describe it.
 
@@ -556,6 +558,7 @@ def check_virtual_source(path: str | os.PathLike[str], dataset: str, *, where: s
         path: the source file.
         dataset: the dataset's path inside it.
         where: how messages name the virtual dataset (default: the source).
+        files: the source files already open in this validation, reused.
 
     Returns:
         The source as a :class:`ColumnInfo` named by its path inside the
@@ -573,7 +576,14 @@ def check_virtual_source(path: str | os.PathLike[str], dataset: str, *, where: s
             f"{where}: virtual source {src_path!r} is missing; its rows would read as "
             "fill values. Put the part files back beside the merged file (the source beside a linked file)"
         )
-    with open_h5(src_path) as g, touching(src_path, f"/{dataset.lstrip('/')}"):  # damage in a part names the part
+    if files is not None:
+        return files.checked(src_path, ("dataset", dataset), lambda: _check_source(files.get(src_path), src_path, dataset, where))
+    with open_h5(src_path) as g:
+        return _check_source(g, src_path, dataset, where)
+
+
+def _check_source(g: h5py.File, src_path: str, dataset: str, where: str) -> ColumnInfo:
+    with touching(src_path, f"/{dataset.lstrip('/')}"):  # damage in a part names the part
         src = g.get(dataset)
         if not isinstance(src, h5py.Dataset):
             raise UntrustedFileError(f"{where}: virtual source {src_path!r} has no plain dataset {dataset!r}")
@@ -585,6 +595,58 @@ def check_virtual_source(path: str | os.PathLike[str], dataset: str, *, where: s
         _check_storage(g, src)  # no virtual chains, same caps and filters
         check_storage(g, src)  # strings: one descriptor per row (NOTE [ Global heap ])
         return _stored_as(src)
+
+
+# What validation found of a source file (each dataset's ColumnInfo, the
+# digest of its record), by the file's identity: device, inode, size, and
+# modification and change times. Any change to a file changes its change
+# time, which no program can set back, so a hit is the same file as checked.
+_CHECKED: dict[tuple[Any, ...], Any] = {}
+_CHECKED_MAX = 1 << 16
+
+
+class _SourceFiles:
+    """The source files of one validation, each opened once and closed at
+    the end, and each file's checks remembered for the process
+    (``_CHECKED``). A grown file of a year of nightly appends maps hundreds
+    of parts from each of its virtual datasets; opening an HDF5 file costs
+    about half a millisecond, checking a dataset in it a quarter, and an
+    append validates the dataset before and after (a training script opens
+    one file for each split): a second validation costs a stat per part."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, h5py.File] = {}
+        self._ids: dict[str, tuple[int, ...]] = {}
+
+    def checked(self, path: str, what: tuple[str, ...], check: Any) -> Any:
+        """``check()``, or what it returned for this very file before."""
+        key = os.path.abspath(path)
+        ident = self._ids.get(key)
+        if ident is None:
+            st = os.stat(key)
+            ident = self._ids[key] = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        found = _CHECKED.get((ident, what))
+        if found is None:
+            found = check()
+            if len(_CHECKED) >= _CHECKED_MAX:
+                _CHECKED.clear()
+            _CHECKED[(ident, what)] = found
+        return found
+
+    def get(self, path: str) -> h5py.File:
+        key = os.path.abspath(path)
+        g = self._open.get(key)
+        if g is None:
+            g = self._open[key] = open_h5(key)
+        return g
+
+    def __enter__(self) -> _SourceFiles:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for g in self._open.values():
+            g.close()
+        self._open.clear()
 
 
 def parts_folder(path: str | os.PathLike[str]) -> str:
@@ -621,7 +683,7 @@ def _grown_parts(f: h5py.File, record: Mapping[str, Any]) -> tuple[list[str], bo
     return parts, own
 
 
-def _check_part_records(f: h5py.File, record: Mapping[str, Any], parts: list[str]) -> None:
+def _check_part_records(f: h5py.File, record: Mapping[str, Any], parts: list[str], files: _SourceFiles) -> None:
     """Each part of a grown file must be the file it was grown from: the
     digest of its completion record must be the one this file's record holds."""
     folder = os.path.dirname(os.path.abspath(f.filename))
@@ -632,7 +694,7 @@ def _check_part_records(f: h5py.File, record: Mapping[str, Any], parts: list[str
                 f"{_where(f)}: its part {name!r} is missing; its rows would read as fill values. "
                 "Put the parts folder back beside the file"
             )
-        if record_digest(path) != digest:
+        if files.checked(path, ("record",), lambda: record_digest_of(files.get(path))) != digest:
             raise LayoutError(
                 f"{_where(f)}: its part {name!r} is not the file it was grown from (the part's "
                 "completion record differs from the one recorded); restore the part, or convert again"
@@ -640,7 +702,7 @@ def _check_part_records(f: h5py.File, record: Mapping[str, Any], parts: list[str
 
 
 def _with_virtual_sources(
-    f: h5py.File, columns: dict[str, ColumnInfo], only: list[str] | None = None
+    f: h5py.File, columns: dict[str, ColumnInfo], only: list[str] | None, files: _SourceFiles
 ) -> dict[str, ColumnInfo]:
     """Check the sources of every virtual dataset (``allow_virtual=True``);
     record them in its :class:`ColumnInfo` so the reader can use the parts.
@@ -666,7 +728,7 @@ def _with_virtual_sources(
         with touching(f.filename, f"/{name}"):
             dset = f[name]
             if dset.is_virtual:
-                out[name] = _replace(info, sources=_virtual_sources(f, dset, only))
+                out[name] = _replace(info, sources=_virtual_sources(f, dset, only, files=files))
                 if only is not None:
                     _check_grown_mapping(f, dset, only, out[name].sources)
     if only is not None:
@@ -675,7 +737,7 @@ def _with_virtual_sources(
             with touching(f.filename, f"/{name}"):
                 dset = f[name]
                 if isinstance(dset, h5py.Dataset) and dset.is_virtual:
-                    _check_grown_mapping(f, dset, only, _virtual_sources(f, dset, only, same_kind=True))
+                    _check_grown_mapping(f, dset, only, _virtual_sources(f, dset, only, same_kind=True, files=files))
     return out
 
 
@@ -698,7 +760,8 @@ def _check_grown_mapping(f: h5py.File, dset: h5py.Dataset, parts: list[str], sou
 
 
 def _virtual_sources(
-    f: h5py.File, dset: h5py.Dataset, only: list[str] | None = None, *, same_kind: bool = False
+    f: h5py.File, dset: h5py.Dataset, only: list[str] | None = None, *, same_kind: bool = False,
+    files: _SourceFiles | None = None,
 ) -> tuple[VirtualPart, ...]:
     """The mappings of ``dset``, each checked (see Trusting virtual datasets).
     ``same_kind``: a source may be any number for a number, any string for a
@@ -740,7 +803,7 @@ def _virtual_sources(
             (s_lo, *_), (s_hi, *_) = vmap.src_space.get_select_bounds()
             if int(vmap.src_space.get_select_npoints()) != n_sel:
                 raise UntrustedFileError(f"{where}: virtual source {source!r} does not map whole rows")
-        column = check_virtual_source(src_path, vmap.dset_name, where=where)
+        column = check_virtual_source(src_path, vmap.dset_name, where=where, files=files)
         kind_ok = (column.dtype.kind == "O") == (dset.dtype.kind == "O") if same_kind else column.dtype == dset.dtype
         if (
             not kind_ok
@@ -1056,10 +1119,11 @@ def _validate(f: h5py.File, *, allow_virtual: bool) -> Layout:
             # metadata that h5feed leaves alone.
             if obj.dtype.kind in "biuf":
                 columns[name] = _column_info(f, obj)
-    if grown is not None:  # first: a replaced part is named as such
-        _check_part_records(f, completion, grown[0])
-    if trusted:
-        columns = _with_virtual_sources(f, columns, None if grown is None else grown[0])
+    with _SourceFiles() as files:  # each part opened once, however many datasets map it
+        if grown is not None:  # first: a replaced part is named as such
+            _check_part_records(f, completion, grown[0], files)
+        if trusted:
+            columns = _with_virtual_sources(f, columns, None if grown is None else grown[0], files)
     n_classes, class_names = _check_classes(f, columns)
     splits: dict[str, int] = {}
     group = f.get(SPLITS)

@@ -518,3 +518,16 @@ def test_a_damaged_heap_in_a_part_is_named_when_ids_are_read_through_the_grown_f
         _heap.check_dataset(f, f["ids"], (0, 100))  # rows in sound collections pass
         with pytest.raises(errors.DamagedFileError, match=r"000000\.h5:/ids: damaged: the global heap collection"):
             _heap.check_dataset(f, f["ids"], (2400, 2600))
+
+
+def test_a_part_changed_after_an_open_is_checked_again_on_the_next(tmp_path):
+    # Opening remembers what it checked of each part, by the part's identity
+    # (inode, size, times): a change in place must not be missed.
+    data = _write(tmp_path / "data.h5", 0, 20)
+    append(data, _write(tmp_path / "a.h5", 20, 30))
+    h5feed.open_file(data)
+    with h5py.File(tmp_path / "data.h5.parts" / "000001.h5", "r+") as g:
+        del g["x"]
+        g.create_group("x")
+    with pytest.raises(errors.UntrustedFileError, match=r"000001\.h5' has no plain dataset 'x'"):
+        h5feed.open_file(data)
