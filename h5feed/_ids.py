@@ -54,7 +54,7 @@ from ._heap import check_dataset
 from ._plan import _mix
 from .errors import InvalidSampleIDError, LayoutError, ReadError, UnknownIDError
 from ._record import read_record
-from .layout import IDS, IDS_INDEX, _contiguous_offset
+from .layout import IDS, IDS_INDEX, PART_IDS, X, _contiguous_offset
 
 __all__ = [
     "INDEX_NAMES",
@@ -71,6 +71,7 @@ __all__ = [
     "fingerprints",
     "locate",
     "map_dataset",
+    "part_bounds",
     "read_block",
     "read_points",
     "sort",
@@ -515,7 +516,8 @@ def locate(f: h5py.File, queries: Encoded, completion: Any) -> np.ndarray:
     Through the file's sorted index when its completion record vouches for
     one, each row found read back and compared; else by a scan. A grown file
     has no index of its own: each part's is searched, and the rows before
-    the part added (NOTE [ Grown files ] in ``grow.py``): O(parts x k log N).
+    the part added (NOTE [ Grown files ] in ``grow.py``): O(parts x k log N),
+    skipping the parts whose bounds (:func:`part_bounds`) hold no query.
     """
     if "part_records" not in completion:
         index = sorted_in_file(f, completion)
@@ -530,16 +532,65 @@ def locate(f: h5py.File, queries: Encoded, completion: Any) -> np.ndarray:
     folder = os.path.dirname(os.path.abspath(f.filename))
     rows = np.full(queries.size, -1, dtype=np.int64)
     todo = np.arange(queries.size, dtype=np.int64)
-    start = 0
-    for name in completion["parts"]:
+    bounds = part_bounds(f, completion)
+    starts = _part_starts(f)
+    for i, name in enumerate(completion["parts"]):
+        mine = todo if bounds is None else todo[_within(queries, todo, bounds, i)]
+        if not mine.size:
+            continue
         with open_h5(os.path.join(folder, name)) as g:
-            if todo.size:
-                found = locate(g, Encoded(queries.data, queries.starts[todo], queries.ends[todo]), read_record(g))
-                hit = found >= 0
-                rows[todo[hit]] = found[hit] + start
-                todo = todo[~hit]
-            start += int(g[IDS].shape[0])
+            found = locate(g, Encoded(queries.data, queries.starts[mine], queries.ends[mine]), read_record(g))
+        hit = found >= 0
+        rows[mine[hit]] = found[hit] + starts[i]
+        todo = np.setdiff1d(todo, mine[hit], assume_unique=True)
+        if not todo.size:
+            break
     return rows
+
+
+def _part_starts(f: h5py.File) -> list[int]:
+    """The first row of each part of a grown file, from the mappings of its
+    ``x`` (validation checked they follow ``parts``, each whole)."""
+    starts = []
+    for vmap in f[X].virtual_sources():
+        (lo, *_), _ = vmap.vspace.get_select_bounds()
+        starts.append(int(lo))
+    return sorted(starts)
+
+
+def _within(queries: Encoded, todo: np.ndarray, bounds: tuple[Encoded, Encoded], i: int) -> np.ndarray:
+    """Which of ``queries[todo]`` lie within part ``i``'s bounds."""
+    first, last = bounds
+    k = todo.size
+    lo = compare(queries.data, queries.starts[todo], queries.ends[todo],
+                 first.data, np.full(k, first.starts[i]), np.full(k, first.ends[i]))
+    hi = compare(queries.data, queries.starts[todo], queries.ends[todo],
+                 last.data, np.full(k, last.starts[i]), np.full(k, last.ends[i]))
+    return (lo >= 0) & (hi <= 0)
+
+
+def part_bounds(f: h5py.File, completion: Any) -> tuple[Encoded, Encoded] | None:
+    """A grown file's smallest and largest ID of each part (``/part_ids``),
+    when its completion record vouches for them; else None.
+
+    Raises:
+        LayoutError: not one string per part.
+    """
+    names = (f"{PART_IDS}/first", f"{PART_IDS}/last")
+    recorded = completion.get("sha256", {})
+    if not all(name in recorded for name in names) or not isinstance(f.get(PART_IDS), h5py.Group):
+        return None
+    out = []
+    for name in names:
+        dset = f.get(name)
+        n = len(completion["parts"])
+        if not isinstance(dset, h5py.Dataset) or dset.shape != (n,) or h5py.check_string_dtype(dset.dtype) is None:
+            raise LayoutError(
+                f"{f.filename}:/{name}: expected {n} strings, one per part. Received: "
+                f"{'nothing' if dset is None else (dset.shape, dset.dtype)!r}"
+            )
+        out.append(read_block(dset, 0, n))
+    return out[0], out[1]
 
 
 def _confirm(f: h5py.File, queries: Encoded, rows: np.ndarray) -> None:

@@ -290,7 +290,13 @@ def _append_locked(target: str, folder: str, news: list[str], *, progress: bool,
     for part in loaded:
         part.offset = offset
         offset += part.layout.n_rows
-    _check_new_ids(current, incoming)
+    new_ids = _check_new_ids(current, incoming)
+    bounds = _current_bounds(current, [os.path.join(os.path.dirname(target), p) for p in listed])
+    at = 0
+    for part in incoming:
+        bounds.append(_bounds_of(_ids.Encoded(new_ids.data, new_ids.starts[at : at + part.layout.n_rows],
+                                              new_ids.ends[at : at + part.layout.n_rows])))
+        at += part.layout.n_rows
     meta_dtypes = _joined_metadata_dtypes(current, incoming)
     _remove_unlisted(folder, listed)
     base = os.path.dirname(target)
@@ -314,7 +320,7 @@ def _append_locked(target: str, folder: str, news: list[str], *, progress: bool,
                     bar.update(part.layout.n_rows)
         parts = [os.path.join(base, p) for p in listed] + placed
         _fsync_folder(folder)  # the parts' names durable before the index that lists them
-        _write_index(target, parts, loaded, meta_dtypes)
+        _write_index(target, parts, loaded, meta_dtypes, bounds)
     except BaseException:
         with sigint_deferred():
             for name in placed:
@@ -325,8 +331,9 @@ def _append_locked(target: str, folder: str, news: list[str], *, progress: bool,
     return target
 
 
-def _check_new_ids(current: _Part | None, incoming: list[_Part]) -> None:
-    """The new files' IDs must be unique among them and new to the dataset.
+def _check_new_ids(current: _Part | None, incoming: list[_Part]) -> _ids.Encoded:
+    """The new files' IDs, in order, which must be unique among them and new
+    to the dataset.
 
     Each new file's IDs are read once and checked against its record; the
     dataset's are never read: each is looked up in its index (a grown
@@ -349,7 +356,43 @@ def _check_new_ids(current: _Part | None, incoming: list[_Part]) -> None:
                     f"{new.item(i)!r} in {current.where} (row {int(rows[i])}) and {incoming[k].where} (row {i - int(starts[k])})"
                 )
             raise LayoutError(f"sample IDs must be unique across parts; {hit.size} repeat: " + "; ".join(shown))
-    _unique_ids(incoming, new)
+    return _unique_ids(incoming, new)
+
+
+def _bounds_of(ids: _ids.Encoded) -> tuple[bytes, bytes]:
+    """The smallest and the largest of ``ids`` (UTF-8 byte order)."""
+    order = _ids.argsort(ids)
+    lo, hi = int(order[0]), int(order[-1])
+    return (ids.data[ids.starts[lo] : ids.ends[lo]].tobytes(), ids.data[ids.starts[hi] : ids.ends[hi]].tobytes())
+
+
+def _file_bounds(path: str) -> tuple[bytes, bytes]:
+    """:func:`_bounds_of` the IDs of a standalone file: the ends of its
+    sorted index, or its IDs read in blocks when it has none."""
+    with open_h5(path) as g:
+        index = _ids.sorted_in_file(g, _record.read_record(g))
+        if index is not None:
+            starts, ends = index.span(np.array([0, index.n - 1], dtype=np.int64))
+            return tuple(index.data[int(a) : int(b)].tobytes() for a, b in zip(starts, ends))  # type: ignore[return-value]
+        return _bounds_of(_ids.Encoded.concat([block for _, block in _ids.blocks(g[L.IDS])]))
+
+
+def _current_bounds(current: _Part | None, listed: list[str]) -> list[tuple[bytes, bytes]]:
+    """The bounds of the dataset's parts (``listed``: their paths), as its
+    index holds them, or found in each part; one for a standalone file."""
+    if current is None:
+        return []
+    if not is_grown(current.layout):
+        return [_file_bounds(current.path)]
+    with open_h5(current.path) as f:
+        held = _ids.part_bounds(f, current.layout.completion)
+    if held is None:
+        return [_file_bounds(p) for p in listed]
+    first, last = held
+    return [
+        (first.data[first.starts[i] : first.ends[i]].tobytes(), last.data[last.starts[i] : last.ends[i]].tobytes())
+        for i in range(len(listed))
+    ]
 
 
 def _joined_metadata_dtypes(current: _Part | None, incoming: list[_Part]) -> dict[str, np.dtype]:
@@ -381,7 +424,10 @@ def _joined_metadata_dtypes(current: _Part | None, incoming: list[_Part]) -> dic
     return joined
 
 
-def _write_index(target: str, parts: list[str], loaded: list[_Part], meta_dtypes: dict[str, np.dtype]) -> None:
+def _write_index(
+    target: str, parts: list[str], loaded: list[_Part], meta_dtypes: dict[str, np.dtype],
+    bounds: list[tuple[bytes, bytes]],
+) -> None:
     """Write the grown file over ``parts`` (paths, in row order) and rename it
     over ``target``: every per-row dataset, the IDs and the metadata virtual
     over the parts' own, the splits of ``loaded`` joined, and a record of
@@ -415,6 +461,10 @@ def _write_index(target: str, parts: list[str], loaded: list[_Part], meta_dtypes
                 rows = np.concatenate(blocks).astype(np.int64)
                 f.create_dataset(f"{L.SPLITS}/{name}", data=rows)
                 digests[f"{L.SPLITS}/{name}"] = _record.digest_of(rows)
+            for k, name in enumerate(("first", "last")):  # lookups skip the parts whose bounds hold no query
+                values = [b[k].decode("utf-8") for b in bounds]
+                f.create_dataset(f"{L.PART_IDS}/{name}", data=values, dtype=h5py.string_dtype("utf-8"))
+                digests[f"{L.PART_IDS}/{name}"] = _record.digest_of(values)
             # The completion record goes last: a file with it is whole.
             _record.write_record(f, n_rows, digests, parts=names, part_records=_part_records(parts, loaded[0]))
         # It must open as a grown file before it takes the name (its parts

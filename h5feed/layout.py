@@ -97,6 +97,7 @@ __all__ = [
     "IDS",
     "IDS_INDEX",
     "META",
+    "PART_IDS",
     "SPLITS",
     "W",
     "X",
@@ -136,6 +137,9 @@ SPLITS = "splits"
 # rows, ends and bytes, listed in the completion record (docs/format.md).
 IDS_INDEX = "ids_index"
 META = "meta"  # per-sample metadata columns, one dataset each
+# A grown file's optional bounds of each part's IDs: PART_IDS/first and
+# PART_IDS/last, the smallest and largest ID of each part (docs/format.md).
+PART_IDS = "part_ids"
 
 ATTR_FORMAT = "h5feed_format"
 ATTR_N_CLASSES = "n_classes"
@@ -1054,7 +1058,9 @@ def _check_untrusted(f: h5py.File, *, allow_virtual: bool, grown: bool = False) 
                 continue
             if name in (X, Y) or (obj.shape and obj.shape[0] == n):
                 _check_storage(f, obj, allow_virtual=allow_virtual)
-    for group_name, virtual_ok in ((SPLITS, allow_virtual), (IDS_INDEX, allow_virtual), (META, allow_virtual and grown)):
+    for group_name, virtual_ok in (
+        (SPLITS, allow_virtual), (IDS_INDEX, allow_virtual), (META, allow_virtual and grown), (PART_IDS, False)
+    ):
         group = _get(f, group_name)
         if isinstance(group, h5py.Group):
             _check_links(f, group)

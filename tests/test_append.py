@@ -531,3 +531,44 @@ def test_a_part_changed_after_an_open_is_checked_again_on_the_next(tmp_path):
         g.create_group("x")
     with pytest.raises(errors.UntrustedFileError, match=r"000001\.h5' has no plain dataset 'x'"):
         h5feed.open_file(data)
+
+
+def test_a_lookup_opens_only_the_parts_whose_bounds_hold_its_ids(tmp_path, monkeypatch):
+    from h5feed import _ids
+
+    data = _write(tmp_path / "data.h5", 0, 30)
+    append(data, _write(tmp_path / "a.h5", 30, 40), _write(tmp_path / "b.h5", 40, 55))
+    opened = []
+    real = _ids.open_h5
+
+    def spy(path, *args, **kwargs):
+        opened.append(os.path.basename(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(_ids, "open_h5", spy)
+    with h5py.File(data) as f:
+        rows = _ids.locate(f, _ids.encode(["s00045", "s00031"], "ids"), h5feed.open_file(data).completion)
+    assert rows.tolist() == [45, 31]
+    assert sorted(opened) == ["000001.h5", "000002.h5"]  # not the first part, whose IDs end at s00029
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_lookups_find_every_id_whatever_the_parts_bounds(tmp_path, seed):
+    # IDs in random order across parts, so that the parts' bounds overlap.
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(20, 120))
+    names = np.array([f"{rng.integers(0, 10**6):06d}-{i}" for i in range(n)])
+    cuts = np.sort(rng.choice(np.arange(1, n), size=3, replace=False))
+    files = []
+    for k, (lo, hi) in enumerate(zip([0, *cuts], [*cuts, n])):
+        ids = names[lo:hi].tolist()
+        files.append(write_arrays(tmp_path / f"p{k}.h5", ids, np.arange(lo, hi, dtype=np.float32)[:, None]))
+    data = tmp_path / "data.h5"
+    append(data, *files)
+    wanted = rng.permutation(n)[: n // 2]
+    seq = h5feed.H5Sequence(data, ids=names[wanted].tolist(), batch_size=len(wanted), shuffle=False)
+    x, *_ = seq[0]
+    np.testing.assert_array_equal(x[:, 0], wanted)
+    clash = write_arrays(tmp_path / "clash.h5", [str(names[int(wanted[0])])], np.zeros((1, 1), np.float32))
+    with pytest.raises(errors.LayoutError, match=f"'{names[int(wanted[0])]}' in .*data\\.h5 \\(row {int(wanted[0])}\\)"):
+        append(data, clash)
