@@ -10,6 +10,10 @@ Two measurements, each against its reference in the same run:
   append takes at most 1.5x the small one's plus 0.05 s ("about the same
   time"). The bytes an append writes (the new part and the new index) are
   shown against the new file's size.
+- **Many parts.** A dataset of :data:`MANY_PARTS` parts of 100 rows (a
+  year of nightly appends; ``--quick``: 30), against the 2-part one above:
+  ``open_file`` and one more append, each in a fresh process (what
+  validation remembers of each part is per process). Shown, no target.
 - **Reading a grown dataset.** Each shape's benchmark file, cut into
   :data:`PIECES` consecutive files and grown by appending them one by one
   (10 appends), against the same rows in the one file: a shuffled
@@ -33,6 +37,17 @@ QUICK_BASES = (1_000, 20_000)
 NEW_ROWS = 1_000
 REPEATS = 5
 PIECES = 11  # the first piece, then 10 appends
+MANY_PARTS = 365
+QUICK_MANY_PARTS = 30
+# Times one open or one append in a fresh process (bench._fresh_process).
+_CHILD = r"""
+import json, sys, time
+mode, data, new = sys.argv[1:4]
+import h5feed
+start = time.perf_counter()
+h5feed.open_file(data) if mode == "open" else h5feed.append(data, new)
+print(json.dumps({"seconds": time.perf_counter() - start}))
+"""
 _SAMPLE = (28, 28, 1)
 
 
@@ -113,9 +128,41 @@ def append_cost_rows(folder: str, *, quick: bool, quiet: bool) -> list[Any]:
         rows.append(Row("grow", f"append {NEW_ROWS:,} rows", f"bytes written, to {n:,} rows", 0.0, 0.0, 0,
                         note=f"{w / 2**20:.2f} MiB, {w / new_size:.2f}x the new file ({new_size / 2**20:.2f} MiB)",
                         extra=dict(written_bytes=w, new_file_bytes=new_size)))
+    rows += _many_parts_rows(folder, datas[small_n], MANY_PARTS if not quick else QUICK_MANY_PARTS, quiet)
     for row in rows:
         _progress(f"grow {row.name}: {row.note}", quiet)
     shutil.rmtree(folder, ignore_errors=True)
+    return rows
+
+
+def _many_parts_rows(folder: str, few: tuple[str, int], n_parts: int, quiet: bool) -> list[Any]:
+    """``open_file`` and an append in a fresh process: ``n_parts`` parts of
+    100 rows against ``few`` (the small grown dataset, 2 + REPEATS parts)."""
+    from h5feed import append
+
+    from .bench import Row, _fresh_process
+
+    _progress(f"grow: building a grown dataset of {n_parts} parts", quiet)
+    many = os.path.join(folder, f"many-{n_parts}.h5")
+    _piece(many, 0, 100, seed=7)
+    pieces = [_piece(os.path.join(folder, f"part-{k}.h5"), 100 * k, 100 * (k + 1), seed=k) for k in range(1, n_parts)]
+    append(many, *pieces)
+    for p in pieces:
+        os.remove(p)
+    cases = {"few": few, "many": (many, 100 * n_parts)}
+    seconds: dict[tuple[str, str], float] = {}
+    for mode in ("open", "append"):
+        for name, (data, at) in cases.items():
+            new = _piece(os.path.join(folder, f"extra-{name}.h5"), at + 10**6, at + 10**6 + NEW_ROWS, seed=99)
+            seconds[mode, name] = _fresh_process(_CHILD, mode, data, new, what=f"grow {mode} of {name} parts")["seconds"]
+            os.remove(new)
+    n_few = len(os.listdir(few[0] + ".parts")) - 1  # before the last append
+    rows = []
+    for mode, what in (("open", "open_file"), ("append", f"append {NEW_ROWS:,} rows")):
+        big, small = seconds[mode, "many"], seconds[mode, "few"]
+        rows.append(Row("grow", f"{n_parts} parts", f"{what}, fresh process", 0.0, big, 0, vs_baseline=big / small,
+                        note=f"{big:.3f} s vs {small:.3f} s with {n_few} parts",
+                        extra=dict(parts=n_parts, seconds=big, few_parts=n_few, few_seconds=small)))
     return rows
 
 

@@ -57,6 +57,9 @@ def test_bench_quick_prints_every_row_with_ratios(tmp_path, capsys):
     assert cost["to 1,000 rows vs to 20,000 rows"]["vs_baseline"] > 0
     assert cost["to 1,000 rows vs to 20,000 rows"]["extra"]["ok"] in (True, False)
     assert cost["bytes written, to 20,000 rows"]["extra"]["written_bytes"] > 0
+    many = {r["name"]: r for r in rows if r["section"] == "grow" and r["shape"] == "30 parts"}
+    for name in ("open_file, fresh process", "append 1,000 rows, fresh process"):
+        assert many[name]["extra"]["seconds"] > 0 and many[name]["extra"]["few_seconds"] > 0
     memory = [r for r in rows if r["section"] == "memory"]
     assert memory and memory[0]["extra"]["rss_anon_peak"] > 0 and memory[0]["extra"]["budget"] > 0
     assert not any(r["section"] in ("workers", "scale", "codecs") for r in rows)
