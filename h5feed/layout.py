@@ -604,7 +604,9 @@ def _check_source(g: h5py.File, src_path: str, dataset: str, where: str) -> Colu
 # What validation found of a source file (each dataset's ColumnInfo, the
 # digest of its record), by the file's identity: device, inode, size, and
 # modification and change times. Any change to a file changes its change
-# time, which no program can set back, so a hit is the same file as checked.
+# time, which no program can set back, so a hit is the same file as checked
+# (but for a change in place within the same tick of a filesystem that keeps
+# coarse times; h5feed never changes a part in place).
 _CHECKED: dict[tuple[Any, ...], Any] = {}
 _CHECKED_MAX = 1 << 16
 
