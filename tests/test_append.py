@@ -572,3 +572,18 @@ def test_lookups_find_every_id_whatever_the_parts_bounds(tmp_path, seed):
     clash = write_arrays(tmp_path / "clash.h5", [str(names[int(wanted[0])])], np.zeros((1, 1), np.float32))
     with pytest.raises(errors.LayoutError, match=f"'{names[int(wanted[0])]}' in .*data\\.h5 \\(row {int(wanted[0])}\\)"):
         append(data, clash)
+
+
+def test_a_grown_file_without_part_bounds_is_searched_part_by_part_and_gets_them_back(tmp_path):
+    data = _write(tmp_path / "data.h5", 0, 30)
+    append(data, _write(tmp_path / "a.h5", 30, 40), _write(tmp_path / "b.h5", 40, 55))
+    with h5py.File(data, "r+") as f:
+        del f["part_ids"]  # as a grown file written without them
+    seq = h5feed.H5Sequence(data, ids=["s00054", "s00003", "s00031"], batch_size=3, shuffle=False)
+    np.testing.assert_array_equal(seq[0][0][:, 0], [54, 3, 31])
+    with pytest.raises(errors.LayoutError, match=r"'s00033' in .*data\.h5 \(row 33\)"):
+        append(data, _write(tmp_path / "clash.h5", 33, 34))
+    append(data, _write(tmp_path / "c.h5", 55, 60))
+    with h5py.File(data) as f:
+        assert [s.decode() for s in f["part_ids/first"][()]] == ["s00000", "s00030", "s00040", "s00055"]
+        assert [s.decode() for s in f["part_ids/last"][()]] == ["s00029", "s00039", "s00054", "s00059"]
