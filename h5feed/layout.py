@@ -596,7 +596,13 @@ def _check_source(g: h5py.File, src_path: str, dataset: str, where: str) -> Colu
                 f"{where}: virtual source {src_path!r}:{dataset!r} leads through an external link to "
                 f"{src.file.filename!r}; h5feed reads a source's data from the source file itself"
             )
-        _check_storage(g, src)  # no virtual chains, same caps and filters
+        if src.is_virtual:
+            raise UntrustedFileError(
+                f"{where}: virtual source {src_path!r}:/{dataset.lstrip('/')} is itself a virtual dataset (a "
+                "merged or grown file); h5feed does not follow chains of them: `h5feed compact` or "
+                "`h5feed merge --copy` it first"
+            )
+        _check_storage(g, src)  # same caps and filters
         check_storage(g, src)  # strings: one descriptor per row (NOTE [ Global heap ])
         return _stored_as(src)
 

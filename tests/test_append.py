@@ -587,3 +587,16 @@ def test_a_grown_file_without_part_bounds_is_searched_part_by_part_and_gets_them
     with h5py.File(data) as f:
         assert [s.decode() for s in f["part_ids/first"][()]] == ["s00000", "s00030", "s00040", "s00055"]
         assert [s.decode() for s in f["part_ids/last"][()]] == ["s00029", "s00039", "s00054", "s00059"]
+
+
+def test_a_virtual_merge_of_a_grown_file_says_to_compact_or_copy(tmp_path):
+    from h5feed.merge import merge_files
+
+    data = _write(tmp_path / "data.h5", 0, 20)
+    append(data, _write(tmp_path / "a.h5", 20, 30))
+    other = _write(tmp_path / "other.h5", 30, 40)
+    with pytest.raises(errors.UntrustedFileError, match=r"data\.h5'?:/x is itself a virtual dataset .*h5feed compact"):
+        merge_files([data, other], tmp_path / "m.h5")
+    assert not (tmp_path / "m.h5").exists()
+    merge_files([data, other], tmp_path / "copy.h5", copy=True)
+    assert h5feed.open_file(tmp_path / "copy.h5").n_rows == 40
