@@ -32,10 +32,12 @@ __all__ = ["WHOLE_BYTES", "PartsReader", "make_reader"]
 # extras) is held in memory by each process that reads it: gathering a
 # batch from it is then one step instead of one per part.
 WHOLE_BYTES = 4 * 1024 * 1024
-# Rows of at least this many bytes (or batches of at most 4 rows per part)
-# are copied one by one from their parts' memory maps into place: one copy
-# each, for about a microsecond of Python per row.
+# Rows of at least this many bytes (or batches of at most ROW_BY_ROW_PER_PART
+# rows per part) are copied one by one from their parts' memory maps into
+# place: one copy each, as a slice of bytes between memoryviews (about 0.4 µs
+# of Python per row, against about 3 µs per part for a gather and a scatter).
 ROW_BY_ROW_BYTES = 16 * 1024
+ROW_BY_ROW_PER_PART = 12
 
 
 def make_reader(
@@ -105,9 +107,11 @@ class PartsReader(_PicklesAsLayout):
             for col in layout.columns.values()
             if col.sources
         }
+        self._shift_arrays = {name: np.asarray(shifts, dtype=np.int64) for name, shifts in self._shifts.items()}
         self._whole: dict[str, np.ndarray] = {}
         self._whole_pid: int | None = None
         self._maps: dict[str, list[np.ndarray] | None] = {}
+        self._views: dict[str, list[memoryview]] = {}  # the maps' bytes, for row-by-row copies
         self._maps_pid: int | None = None
 
     def read(self, name: str, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -218,15 +222,32 @@ class PartsReader(_PicklesAsLayout):
             part = col.sources[k]
             return self._parts[part.path].take(part.column.name, rows - self._shifts[name][k], out)
         maps = self._part_maps(col)
-        if maps is not None and (col.row_nbytes >= ROW_BY_ROW_BYTES or rows.size <= 4 * len(col.sources)):
+        if maps is not None and (col.row_nbytes >= ROW_BY_ROW_BYTES or rows.size <= ROW_BY_ROW_PER_PART * len(col.sources)):
             # Big rows, or a batch of few rows per part: each row copied
             # once, straight to its place (gathering by part and then
             # scattering copies every byte twice, and costs calls per part).
             if out is None:
                 out = np.empty((rows.size, *col.row_shape), dtype=col.dtype.newbyteorder("="))
-            local = rows - np.asarray(self._shifts[name], dtype=np.int64)[which]
-            for i, (k, row) in enumerate(zip(which.tolist(), local.tolist())):
-                out[i] = maps[k][row]
+            local = rows - self._shift_arrays[name][which]
+            rb = col.row_nbytes
+            if out.dtype == col.dtype and out.flags.c_contiguous:
+                # Bytes as they are stored (maps are native), sliced from
+                # memoryviews: a fraction of what numpy's indexing costs a
+                # row. Small rows are joined in one bytes object and copied
+                # once more (fewer Python steps than a copy each); big ones
+                # go straight to their place.
+                views = self._views[col.name]
+                pairs = zip(which.tolist(), (local * rb).tolist())
+                dst = out.reshape(-1).view(np.uint8)
+                if rb < ROW_BY_ROW_BYTES:
+                    dst[:] = np.frombuffer(b"".join([views[k][o : o + rb] for k, o in pairs]), np.uint8)
+                else:
+                    mv = memoryview(dst)
+                    for at, (k, o) in enumerate(pairs):
+                        mv[at * rb : (at + 1) * rb] = views[k][o : o + rb]
+            else:
+                for i, (k, row) in enumerate(zip(which.tolist(), local.tolist())):
+                    out[i] = maps[k][row]
             return out
         order = np.argsort(which, kind="stable")
         bounds = np.searchsorted(which[order], np.arange(len(col.sources) + 1))
@@ -250,7 +271,7 @@ class PartsReader(_PicklesAsLayout):
         or None when a part's are not (chunked, compressed)."""
         pid = this_pid()
         if self._maps_pid != pid:
-            self._maps, self._maps_pid = {}, pid
+            self._maps, self._views, self._maps_pid = {}, {}, pid
         if col.name not in self._maps:
             maps: list[np.ndarray] | None = []
             for part in col.sources or ():
@@ -262,6 +283,8 @@ class PartsReader(_PicklesAsLayout):
                     break
                 maps.append(mapped)  # type: ignore[union-attr]
             self._maps[col.name] = maps
+            if maps is not None:
+                self._views[col.name] = [memoryview(m.reshape(-1).view(np.uint8)) for m in maps]
         return self._maps[col.name]
 
     def _whole_column(self, col: ColumnInfo) -> np.ndarray | None:
@@ -285,7 +308,7 @@ class PartsReader(_PicklesAsLayout):
     def close(self) -> None:
         """Release this process's handles on the file and its parts."""
         self._whole, self._whole_pid = {}, None
-        self._maps, self._maps_pid = {}, None
+        self._maps, self._views, self._maps_pid = {}, {}, None
         self._base.close()
         for reader in self._parts.values():
             reader.close()

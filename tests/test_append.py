@@ -424,8 +424,10 @@ def test_cli_convert_append_to(tmp_path, capsys):
 
 @pytest.mark.parametrize("row_shape", [(3,), (64, 80)], ids=["small-rows", "big-rows"])
 def test_batches_of_a_grown_file_are_the_rows_of_one_file(tmp_path, row_shape):
-    # The per-batch path groups rows by part (small rows) or copies them one
-    # by one (big rows); both must give what one file gives, in any order.
+    # The per-batch path groups rows by part (many small rows) or copies
+    # them one by one (few rows, or big ones; as bytes, or through numpy into
+    # an out that is not one block); all must give what one file gives, in
+    # any order.
     from h5feed._parts import make_reader
 
     rng = np.random.default_rng(7)
@@ -450,6 +452,9 @@ def test_batches_of_a_grown_file_are_the_rows_of_one_file(tmp_path, row_shape):
         out = np.empty((rows.size, *row_shape), np.float32)
         assert reader.take("x", rows, out) is out
         np.testing.assert_array_equal(out, x[rows])
+        strided = np.empty((2 * rows.size, *row_shape), np.float32)[::2]
+        assert reader.take("x", rows, strided) is strided
+        np.testing.assert_array_equal(strided, x[rows])
     reader.close()
 
 
