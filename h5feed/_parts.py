@@ -26,7 +26,7 @@ from .layout import ColumnInfo, Layout, VirtualPart
 from ._proc import this_pid
 from .reader import Reader, _gather, _PicklesAsLayout, checked_rows, reader_options
 
-__all__ = ["WHOLE_BYTES", "PartsReader", "make_reader"]
+__all__ = ["ROW_BY_ROW_BYTES", "ROW_BY_ROW_PER_PART", "WHOLE_BYTES", "PartsReader", "make_reader"]
 
 # A virtual column of at most this many bytes (labels, weights, small
 # extras) is held in memory by each process that reads it: gathering a
@@ -204,11 +204,13 @@ class PartsReader(_PicklesAsLayout):
         :meth:`Reader.take`): the per-batch path.
 
         A batch of a shuffled epoch touches most parts, so the cost per part
-        is what counts: the rows are grouped by part with one stable sort,
-        each part's reader gathers its rows straight into a slice of one
-        buffer, and one scatter puts them in order. A column small enough
-        (:data:`WHOLE_BYTES`) is read whole once per process and gathered in
-        one step, as labels are.
+        is what counts. Few rows per part (:data:`ROW_BY_ROW_PER_PART`), or
+        big rows (:data:`ROW_BY_ROW_BYTES`), are copied one by one from the
+        parts' memory maps; otherwise the rows are grouped by part with one
+        stable sort, each part's reader gathers its rows straight into a
+        slice of one buffer, and one scatter puts them in order. A column
+        small enough (:data:`WHOLE_BYTES`) is read whole once per process and
+        gathered in one step, as labels are.
         """
         col = self.layout.column(name)
         if not col.sources:
