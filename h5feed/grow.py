@@ -52,7 +52,8 @@ from ._publish import (
     temporary_path,
 )
 from .errors import LayoutError, NotH5FeedFileError, WriterError, WriterInputError
-from .merge import _check_compatible, _Part, _read_ids, _stream_parts, _unique_ids, _writer_like
+from .merge import _check_compatible, _Part, _read_ids, _row_in_part, _stream_parts, _unique_ids, _writer_like
+from .writer import _slice
 
 __all__ = ["COMMANDS", "append", "compact", "incoming_path", "is_grown"]
 
@@ -294,8 +295,7 @@ def _append_locked(target: str, folder: str, news: list[str], *, progress: bool,
     bounds = _current_bounds(current, [os.path.join(os.path.dirname(target), p) for p in listed])
     at = 0
     for part in incoming:
-        bounds.append(_bounds_of(_ids.Encoded(new_ids.data, new_ids.starts[at : at + part.layout.n_rows],
-                                              new_ids.ends[at : at + part.layout.n_rows])))
+        bounds.append(_bounds_of(_slice(new_ids, at, at + part.layout.n_rows)))
         at += part.layout.n_rows
     meta_dtypes = _joined_metadata_dtypes(current, incoming)
     _remove_unlisted(folder, listed)
@@ -348,13 +348,10 @@ def _check_new_ids(current: _Part | None, incoming: list[_Part]) -> _ids.Encoded
             rows = _ids.locate(f, new, current.layout.completion)
         hit = np.flatnonzero(rows >= 0)
         if hit.size:
-            starts = np.cumsum([0] + [p.layout.n_rows for p in incoming[:-1]])
             shown = []
             for i in hit[:5].tolist():
-                k = int(np.searchsorted(starts, i, side="right")) - 1
-                shown.append(
-                    f"{new.item(i)!r} in {current.where} (row {int(rows[i])}) and {incoming[k].where} (row {i - int(starts[k])})"
-                )
+                part, row = _row_in_part(incoming, i)
+                shown.append(f"{new.item(i)!r} in {current.where} (row {int(rows[i])}) and {part.where} (row {row})")
             raise LayoutError(f"sample IDs must be unique across parts; {hit.size} repeat: " + "; ".join(shown))
     return _unique_ids(incoming, new)
 

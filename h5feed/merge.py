@@ -120,11 +120,9 @@ def _unique_ids(parts: list[_Part], ids: _ids.Encoded | None = None) -> _ids.Enc
         ids = _ids.Encoded.concat([_read_ids(part) for part in parts])
     order, repeats = _ids.sort(ids)
     if repeats.size:
-        starts = np.cumsum([0] + [p.layout.n_rows for p in parts[:-1]])
 
         def where(row: int) -> tuple[_Part, int]:
-            k = int(np.searchsorted(starts, row, side="right")) - 1
-            return parts[k], row - int(starts[k])
+            return _row_in_part(parts, row)
 
         dupes = []
         for i in repeats[:5].tolist():
@@ -137,6 +135,14 @@ def _unique_ids(parts: list[_Part], ids: _ids.Encoded | None = None) -> _ids.Enc
             f"sample IDs must be unique across parts; {repeats.size} repeat: " + "; ".join(dupes)
         )
     return ids
+
+
+def _row_in_part(parts: list[_Part], row: int) -> tuple[_Part, int]:
+    """The part that holds ``row`` of the parts' rows one after the other,
+    and the row in it."""
+    starts = np.cumsum([0] + [p.layout.n_rows for p in parts[:-1]])
+    k = int(np.searchsorted(starts, row, side="right")) - 1
+    return parts[k], row - int(starts[k])
 
 
 def _stream_parts(parts: list[_Part], names: list[str], bar: Progress, sink: Any) -> None:
