@@ -756,13 +756,17 @@ def gather_blocks(
 ) -> Iterator[Block]:
     """Blocks of ``(ids, x rows, y rows)`` in ``order``, from arrays that may
     be memory-mapped: each block is read with its rows sorted (so a mapped
-    file is read forwards) and then put in ``order``."""
+    file is read forwards) and then put in ``order``. In order, an ``x``
+    with a ``block(start, stop)`` method gives its rows as it returns them
+    (a :class:`~h5feed.writer.RowBlock`, read by the writer itself)."""
     n = len(order)
     in_order = bool(np.array_equal(order, np.arange(n)))
+    block = getattr(x, "block", None)
     for start in range(0, n, step):
         stop = min(n, start + step)
         if in_order:
-            yield ids[start:stop], x[start:stop], None if y is None else y[start:stop]
+            xs = x[start:stop] if block is None else block(start, stop)
+            yield ids[start:stop], xs, None if y is None else y[start:stop]
             continue
         rows = order[start:stop]
         sorted_rows = np.sort(rows)

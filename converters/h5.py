@@ -265,8 +265,19 @@ class SourceRows:
         try:
             block = self.dset[tuple(sel)]
         except OSError as exc:
-            raise ReadError(f"{self.where}: rows {start}..{stop - 1} cannot be read: {first_line(exc)}") from exc
+            raise self._read_error(start, stop, exc) from exc
         return block if self.axis == 0 else np.moveaxis(block, self.axis, 0)
+
+    def _read_error(self, start: int, stop: int, exc: OSError) -> ReadError:
+        return ReadError(f"{self.where}: rows {start}..{stop - 1} cannot be read: {first_line(exc)}")
+
+    def read_into(self, out: np.ndarray, start: int, stop: int) -> None:
+        """Rows ``start..stop-1`` straight into ``out`` (sample axis 0 only),
+        HDF5 casting them to ``out``'s dtype."""
+        try:
+            self.dset.read_direct(out, np.s_[start:stop])
+        except OSError as exc:
+            raise self._read_error(start, stop, exc) from exc
 
     def __getitem__(self, key: Any) -> np.ndarray:
         if isinstance(key, slice):
@@ -283,6 +294,19 @@ class SourceRows:
         return np.concatenate([self._read(a, a + k) for a, k in zip(starts, sizes)])
 
 
+class _Block:
+    """Rows ``start..stop-1`` of a :class:`SourceRows` with sample axis 0,
+    read when the writer asks for them (a :class:`~h5feed.writer.RowBlock`)."""
+
+    def __init__(self, rows: SourceRows, start: int, stop: int) -> None:
+        self.rows, self.start = rows, start
+        self.shape = (stop - start, *rows.row_shape)
+        self.dtype = rows.dtype
+
+    def read_into(self, out: np.ndarray, start: int, stop: int) -> None:
+        self.rows.read_into(out, self.start + start, self.start + stop)
+
+
 class _Rows:
     """Several :class:`SourceRows` (one per split), one after another."""
 
@@ -296,6 +320,16 @@ class _Rows:
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
+
+    def block(self, start: int, stop: int) -> _Block | np.ndarray:
+        """Rows ``start..stop-1``: a :class:`~h5feed.writer.RowBlock` that the
+        writer reads straight into its buffer where one part holds them
+        along its first axis and casts safely, else an array read now."""
+        k = int(np.searchsorted(self.offsets, start, side="right")) - 1
+        part, first = self.parts[k], int(self.offsets[k])
+        if stop <= first + len(part) and part.axis == 0 and np.can_cast(part.dtype, self.dtype, "safe"):
+            return _Block(part, start - first, stop - first)
+        return self[start:stop]
 
     def locate(self, row: int) -> str:
         """``file:/path row R``: where row ``row`` of the whole lies in its source."""

@@ -31,7 +31,7 @@ import sys
 import traceback
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import h5py
 import numpy as np
@@ -181,12 +181,32 @@ class _Column:
         return arr
 
 
-def _check_cast(arr: np.ndarray, original: Any, dtype: np.dtype, where: str) -> None:
+@runtime_checkable
+class RowBlock(Protocol):
+    """Rows that read themselves into the writer's buffer.
+
+    :meth:`DatasetWriter.extend` takes one in place of an array: the rows go
+    from their source straight into the buffer that is written and hashed,
+    with no array of their own in between. That copy is the difference
+    between a converter's rate and a plain copy's when the rows come from
+    an HDF5 file (``converters/h5.py``). ``read_into`` may cast, but only
+    safely: the writer takes a block whose ``dtype`` casts to the column's
+    without loss.
+    """
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    def read_into(self, out: np.ndarray, start: int, stop: int) -> None:
+        """Fill ``out`` with rows ``start..stop-1`` of this block."""
+
+
+def _check_cast(arr: np.ndarray | RowBlock, original: Any, dtype: np.dtype, where: str) -> None:
     if np.can_cast(arr.dtype, dtype, "safe"):
         return
     # Plain Python numbers and lists carry no dtype of their own; accept them
     # when the values survive the cast unchanged.
-    if not isinstance(original, (np.ndarray, np.generic)) and arr.dtype.kind in "biuf":
+    if isinstance(arr, np.ndarray) and not isinstance(original, (np.ndarray, np.generic)) and arr.dtype.kind in "biuf":
         with np.errstate(all="ignore"):
             cast = arr.astype(dtype)
         if np.array_equal(cast, arr):
@@ -567,12 +587,16 @@ class DatasetWriter:
 
         Args:
             ids: their unique IDs.
-            xs: array-like of shape ``(len(ids), *sample_shape)``.
+            xs: array-like of shape ``(len(ids), *sample_shape)``, or a
+                :class:`RowBlock` of that shape.
             ys: targets of shape ``(len(ids), *target_shape)``, or None.
             **extras: one array per extra dataset.
 
         Raises:
             SampleError: as :meth:`append`; nothing of this call is written.
+
+            A :class:`RowBlock` that fails to read gives up the whole file,
+            as a failed write does: rows of this call may already be in it.
         """
         self._require_open()
         ids = ids if isinstance(ids, list) else list(ids)
@@ -622,7 +646,11 @@ class DatasetWriter:
         while pos < k:
             step = min(k - pos, min(c.block_rows - c.fill for c in self._columns.values()))
             for name, col in self._columns.items():
-                col.buffer[col.fill : col.fill + step] = arrays[name][pos : pos + step]
+                rows = arrays[name]
+                if isinstance(rows, np.ndarray):
+                    col.buffer[col.fill : col.fill + step] = rows[pos : pos + step]
+                else:
+                    self._read_block(rows, col.buffer[col.fill : col.fill + step], pos)
                 col.fill += step
             self._ids_pending.append(_slice(encoded, pos, pos + step))
             self._n_ids += step
@@ -630,13 +658,22 @@ class DatasetWriter:
             if any(c.fill == c.block_rows for c in self._columns.values()):
                 self._flush()
 
+    def _read_block(self, block: RowBlock, out: np.ndarray, pos: int) -> None:
+        """Rows ``pos..`` of ``block`` into ``out``. A failure gives up the
+        whole file: rows of this call may already be written."""
+        try:
+            block.read_into(out, pos, pos + len(out))
+        except BaseException:
+            self._cleanup()
+            raise
+
     def _check_block(self, name: str, values: Any, k: int, first: Any) -> Any:
         col = self._columns[name]
-        arr = values if isinstance(values, np.ndarray) else np.asarray(values)
-        if arr.shape != (k, *col.row_shape):
+        arr = values if isinstance(values, (np.ndarray, RowBlock)) else np.asarray(values)
+        if tuple(arr.shape) != (k, *col.row_shape):
             raise SampleError(
                 f"{self.path}: {name!r} for {k} samples starting at {first!r}: expected shape "
-                f"{(k, *col.row_shape)!r}. Received: {arr.shape!r}"
+                f"{(k, *col.row_shape)!r}. Received: {tuple(arr.shape)!r}"
             )
         _check_cast(arr, values, col.dtype, f"{self.path}: {name!r} for samples starting at {first!r}:")
         return arr

@@ -560,6 +560,32 @@ def test_not_hdf5_and_missing_sources(tmp_path):
     assert leftovers(out) == []
 
 
+@pytest.mark.parametrize("transposed", [False, True], ids=["rows-first", "matlab-transposed"])
+def test_a_damaged_source_chunk_names_its_rows_and_leaves_no_output(tmp_path, transposed):
+    """Rows read straight into the writer's buffer (sample axis 0) and rows
+    read as arrays (another axis) fail alike: the source, the dataset, the
+    rows, and nothing written."""
+    x = _x(n=40)
+    data = x.T if transposed else x
+    src = tmp_path / "damaged.h5"
+    with h5py.File(src, "w") as f:
+        d = f.create_group("entry").create_dataset(
+            "data", data=data, chunks=data.shape[:-1] + (10,) if transposed else (10, 5, 4), fletcher32=True)
+        chunk = d.id.get_chunk_info(2)  # rows 20..29
+    with open(src, "r+b") as fh:
+        fh.seek(chunk.byte_offset + 8)
+        fh.write(b"\xff\x00\xff\x00")
+    before = src.read_bytes()
+    out = _folder(tmp_path)
+    kwargs = {"sample_axis": 2} if transposed else {}
+    with pytest.raises(errors.ReadError, match=r"damaged\.h5:/entry/data: rows \d+\.\.\d+ cannot be read") as info:
+        from_h5(src, out / "o.h5", x="entry/data", **kwargs)
+    first, last = map(int, re.search(r"rows (\d+)\.\.(\d+)", str(info.value)).groups())
+    assert first <= 20 and last >= 29
+    assert leftovers(out) == []
+    assert src.read_bytes() == before
+
+
 def test_virtual_and_external_sources_are_refused_unless_allowed(tmp_path):
     x = _x()
     _source(tmp_path / "other.h5", x=x)

@@ -186,6 +186,70 @@ def test_round_trip_by_id_across_buffer_flushes(tmp_path):
     assert back["ids"] == [f"r{j}" for j in range(n)]
 
 
+class _Block:
+    """A RowBlock over an array, counting reads; ``fail_at`` raises there."""
+
+    def __init__(self, arr, fail_at=None):
+        self.arr, self.fail_at, self.reads = arr, fail_at, 0
+        self.shape, self.dtype = arr.shape, arr.dtype
+
+    def read_into(self, out, start, stop):
+        if self.fail_at is not None and start <= self.fail_at < stop:
+            raise OSError(f"row {self.fail_at} cannot be read")
+        self.reads += 1
+        out[...] = self.arr[start:stop]
+
+
+def test_row_blocks_write_what_arrays_write(tmp_path):
+    """A RowBlock fills the writer's buffers itself, across flushes and
+    with a safe cast (int16 into float32): same rows, same completion
+    record as the same rows given as arrays."""
+    n = 5000
+    rng = np.random.default_rng(4)
+    x = rng.integers(-900, 900, (n, 256)).astype(np.int16)
+    y = rng.integers(0, 7, n)
+    paths = tmp_path / "arrays.h5", tmp_path / "blocks.h5"
+    blocks = []
+    for path, as_block in zip(paths, (False, True)):
+        with h5feed.DatasetWriter(path, sample_shape=(256,), dtype="float32", n_classes=7) as w:
+            for i in range(0, n, 1999):
+                xs = x[i : i + 1999]
+                if as_block:
+                    xs = _Block(xs)
+                    blocks.append(xs)
+                w.extend([f"r{j}" for j in range(i, min(n, i + 1999))], xs, y[i : i + 1999])
+    back = read_back(paths[1])
+    np.testing.assert_array_equal(back["x"], x.astype(np.float32))
+    assert all(b.reads >= 1 for b in blocks)
+    with h5py.File(paths[0], "r") as a, h5py.File(paths[1], "r") as b:
+        assert a.attrs["h5feed_complete"] == b.attrs["h5feed_complete"]  # the completion record, digests included
+
+
+def test_row_block_of_unsafe_dtype_or_shape_is_refused_unread(tmp_path):
+    with _writer(tmp_path / "out.h5") as w:
+        block = _Block(np.zeros((2, 3), np.float64))
+        with pytest.raises(errors.SampleError, match="expected dtype float32.*float64"):
+            w.extend(["a", "b"], block, [0, 1])
+        block = _Block(np.zeros((2, 4), np.float32))
+        with pytest.raises(errors.SampleError, match=r"expected shape \(2, 3\)"):
+            w.extend(["a", "b"], block, [0, 1])
+        assert block.reads == 0
+        w.extend(["a", "b"], np.zeros((2, 3), np.float32), [0, 1])
+    assert read_back(tmp_path / "out.h5")["ids"] == ["a", "b"]
+
+
+def test_row_block_that_fails_to_read_gives_up_the_file(tmp_path):
+    """Rows of the call may be written already: the writer closes, and
+    nothing is left under the target's name or beside it."""
+    w = h5feed.DatasetWriter(tmp_path / "out.h5", sample_shape=(256,), dtype="float32", n_classes=7)
+    n = 9000  # more than one 4 MiB block of 1 KiB rows before the bad one
+    with pytest.raises(OSError, match="row 8000 cannot be read"):
+        w.extend([f"r{j}" for j in range(n)], _Block(np.ones((n, 256), np.float32), fail_at=8000), np.zeros(n, int))
+    with pytest.raises(errors.WriterInputError, match="closed"):
+        w.extend(["z"], np.zeros((1, 256), np.float32), [0])
+    assert _leftovers(tmp_path) == []
+
+
 def test_unlabelled_data_has_no_y(tmp_path):
     path = tmp_path / "u.h5"
     with h5feed.DatasetWriter(path, sample_shape=(2,), dtype="float32", target_dtype=None) as w:
