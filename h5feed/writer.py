@@ -73,8 +73,10 @@ _COMPRESSIONS = {None: None, "none": None, **{name: name for name in _codecs.COM
 # write; smaller ones are not worth a thread hand-off.
 _THREAD_HASH_BYTES = 256 * 1024
 # After this many bytes written since the last sync, a helper thread syncs
-# the temporary file (see _start_writeback).
-_WRITEBACK_BYTES = 64 * 1024 * 1024
+# the temporary file (see _start_writeback): little enough that the disk
+# keeps pace with the writing and the final sync has little left, enough
+# that the syncs (each a journal commit) stay few.
+_WRITEBACK_BYTES = 16 * 1024 * 1024
 
 
 def default_chunk_rows(row_nbytes: int) -> int:
