@@ -11,7 +11,12 @@
   :func:`h5feed.convert.from_h5` on the same file, which must run at least
   at half that rate; warm page cache, in alternation, best of ``repeats``.
   A third row, the same loop followed by an ``fsync`` as the writer does
-  before publishing, shows how much of the difference is the disk.
+  before publishing, shows how much of the difference is the disk; a
+  fourth, SHA-256 over the same bytes (the completion record's digest,
+  which from_h5 computes beside the copy in a thread of its own), how much
+  CPU the conversion needs that the copy does not. With two cores the copy,
+  the hash and the kernel's writeback share them, and the CPU seconds of
+  the rows say so.
 - Memory: the peak RSS of a conversion in a fresh process, above that
   process's RSS before converting, against the dataset's size (for the
   ``.npy`` folder and for the HDF5 file, optionally a bigger one:
@@ -338,8 +343,11 @@ def _h5_rows(workdir: str, n_rows: int, shape: tuple[int, ...], repeats: int, me
         dict(name="HDF5 file: h5py block copy + fsync", samples_per_s=n_rows / synced_s,
              ratio=copy_s / synced_s, target=None, ok=True),
     ]
+    hash_s = _sha256_seconds(src, H5_X, repeats)
+    rows.append(dict(name="HDF5 file: SHA-256 of the same x rows", samples_per_s=n_rows / hash_s,
+                     ratio=copy_s / hash_s, target=None, ok=True, cpu_s=hash_s))
     say(f"h5: h5py copy {n_rows / copy_s:,.0f}/s (+ fsync {n_rows / synced_s:,.0f}/s), "
-        f"from_h5 {n_rows / convert_s:,.0f}/s ({ratio:.2f}x)")
+        f"from_h5 {n_rows / convert_s:,.0f}/s ({ratio:.2f}x), SHA-256 alone {n_rows / hash_s:,.0f}/s")
     dataset_mib = n_rows * int(np.prod(shape)) * 4 / 2**20
     if memory_gib:
         n_big = max(1, int(memory_gib * 2**30 // (int(np.prod(shape)) * 4)))
@@ -356,6 +364,25 @@ def _h5_rows(workdir: str, n_rows: int, shape: tuple[int, ...], repeats: int, me
     for path in (src, out):
         _remove(path)
     return rows
+
+
+def _sha256_seconds(src: str, name: str, repeats: int) -> float:
+    """Best time to SHA-256 dataset ``name``'s bytes, already in memory,
+    in the writer's 4 MiB blocks."""
+    import hashlib
+
+    import h5py
+
+    with h5py.File(src, "r") as f:
+        data = np.ascontiguousarray(f[name][()]).reshape(-1).view(np.uint8)
+    block = 4 << 20
+
+    def run() -> None:
+        h = hashlib.sha256()
+        for start in range(0, data.size, block):
+            h.update(data[start : start + block])
+
+    return _best(run, repeats)
 
 
 def _read_all_file(path: str) -> None:

@@ -643,6 +643,7 @@ def test_the_conversion_benchmark_has_the_hdf5_rows(tmp_path):
     baseline, ours = by_name["HDF5 file: h5py block copy (baseline)"], by_name["HDF5 file: from_h5"]
     assert baseline["samples_per_s"] > 0 and ours["samples_per_s"] > 0 and ours["target"] == 0.5
     assert by_name["HDF5 file: h5py block copy + fsync"]["target"] is None
+    assert by_name["HDF5 file: SHA-256 of the same x rows"]["samples_per_s"] > 0
     memory = by_name["HDF5 file: peak memory added by converting"]
     assert memory["peak_mib_over_start"] >= 0 and memory["dataset_mib"] > 0
     assert "HDF5 file: from_h5" in format_rows(rows)
