@@ -234,6 +234,12 @@ class _State:
         self.lock = threading.Lock()
         self.arenas: dict[Hashable, _Arena | None] = {}
         self.loading: dict[tuple[Hashable, int], tuple[Future[Any], int]] = {}
+        # Decodings done, not yet entered in the books: the decoding thread
+        # only appends here (deque appends are atomic), and whoever takes
+        # the lock next enters them (ChunkCache._enter_landed). A decoding
+        # thread that waited for the lock instead sat idle while a batch
+        # was gathered under it.
+        self.landed: collections.deque[tuple[Hashable, _Arena, int, int, Future[Any]]] = collections.deque()
         self.pool: ThreadPoolExecutor | None = None
         self.tick = 0
         self.nbytes = self.peak = self.decoded = self.evicted = 0
@@ -276,6 +282,8 @@ class ChunkCache:
         R = column.chunk_rows
         chunks, local = np.divmod(rows, R)
         with s.lock:
+            if s.landed:
+                self._enter_landed(s)
             arena = s.arenas.get(key, False)
             if arena is False:
                 arena = s.arenas[key] = self._new_arena(column)
@@ -300,6 +308,7 @@ class ChunkCache:
         chunks = np.unique(rows // column.chunk_rows)
         started: list[tuple[Future[Any], int, int]] = []
         with s.lock:
+            self._enter_landed(s)
             arena = s.arenas.get(key, False)
             if arena is False:
                 arena = s.arenas[key] = self._new_arena(column)
@@ -375,6 +384,7 @@ class ChunkCache:
             return out
         finally:
             s.lock.acquire()
+            self._enter_landed(s)
             for slot in pinned:
                 arena.pins[slot] -= 1  # type: ignore[union-attr]
                 if arena.pins[slot] == 0 and arena.state[slot] == _FAILED:  # type: ignore[union-attr]
@@ -384,7 +394,7 @@ class ChunkCache:
         self, s: _State, key: Hashable, arena: _Arena | None, started: list[tuple[Future[Any], int, int]]
     ) -> None:
         for future, chunk, slot in started:
-            future.add_done_callback(lambda done, c=chunk, slot=slot: self._landed(s, key, arena, c, slot, done))
+            future.add_done_callback(lambda done, c=chunk, slot=slot: s.landed.append((key, arena, c, slot, done)))
 
     def _read_own(
         self, s: _State, column: ChunkedColumn, own: list[int], chunks: np.ndarray, local: np.ndarray, out: np.ndarray
@@ -457,16 +467,16 @@ class ChunkCache:
         arena.state[slot] = _FREE
         s.nbytes -= arena.slot_nbytes
 
-    def _landed(
-        self, s: _State, key: Hashable, arena: _Arena, chunk: int, slot: int, future: Future[Any]
-    ) -> None:
-        with s.lock:
+    def _enter_landed(self, s: _State) -> None:
+        """Enter the decodings done since (``_State.landed``); under the lock."""
+        while s.landed:
+            key, arena, chunk, slot, future = s.landed.popleft()
             s.loading.pop((key, chunk), None)
             if future.cancelled() or future.exception() is not None:
                 arena.state[slot] = _FAILED
                 if arena.pins[slot] == 0:
                     self._free(s, arena, slot)
-                return
+                continue
             arena.state[slot] = _HELD
             arena.chunk_in[slot] = chunk
             arena.slot_of[chunk] = slot
@@ -476,6 +486,7 @@ class ChunkCache:
         """Counts of this process (see :class:`CacheStats`)."""
         s = self._state()
         with s.lock:
+            self._enter_landed(s)
             return CacheStats(s.decoded, s.evicted, s.nbytes, s.peak)
 
     def clear(self) -> None:
