@@ -204,6 +204,26 @@ def test_damaged_chunks_are_chunk_errors_never_other_exceptions(tmp_path, name, 
         pipeline.decode(damage(raw), mask)
 
 
+@pytest.mark.parametrize("module", ["zlib", "isal.isal_zlib"])
+def test_deflate_through_either_module_reads_hdf5s_bytes_and_refuses_damage(tmp_path, monkeypatch, module):
+    """_inflate takes a different call of each module (the one that releases
+    the GIL): both give HDF5's bytes, and both refuse a stream cut short, a
+    stream that holds more than a chunk, less than a chunk, and garbage."""
+    inflate = __import__("importlib").import_module(module)  # isal: in the test extra
+    monkeypatch.setattr(_codecs, "_inflate_module", lambda: inflate)
+    data = _data("<f4")
+    path = tmp_path / "d.h5"
+    _write(path, data, PIPELINES["gzip9-shuffle"])
+    pipeline, chunks = _chunks_of(path)
+    for mask, raw, rows in chunks:
+        np.testing.assert_array_equal(pipeline.decode(raw, mask)[: len(rows)], rows)
+    mask, raw, _ = chunks[1]
+    whole = zlib.decompress(raw)
+    for damaged in (raw[: len(raw) // 2], zlib.compress(whole + b"more"), zlib.compress(whole[:-1]), b"\x00" * 64):
+        with pytest.raises(_codecs.ChunkError, match="deflate"):
+            pipeline.decode(damaged, mask)
+
+
 def test_declared_sizes_are_read_from_zstd_and_blosc_headers():
     payload = np.arange(1000, dtype=np.uint16)
     zstd = bytes(__import__("numcodecs").Zstd().encode(payload))
