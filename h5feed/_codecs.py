@@ -331,12 +331,12 @@ def compression_name(codes: Iterable[int], cd_values: dict[int, tuple[int, ...]]
 
 
 def _inflate(raw: Any, size: int, out: np.ndarray | None = None) -> bytes:
-    # Each module's call that inflates a chunk without the GIL (two decoding
-    # threads then decode twice as fast as one; measured on gzip frames):
+    # Each module's call that inflates a chunk without the GIL, so that the
+    # decoding threads do not wait on each other:
     # - zlib: decompress() with an output buffer of one chunk inflates it in
     #   one go and returns that buffer as it is. Its decompressobj grows the
     #   output from 32 KiB instead, taking the GIL back and copying at each
-    #   step (1.6x slower on one thread, 1.4x on two).
+    #   step.
     # - isal: the other way round; its one-shot decompress holds the GIL.
     # A stream that holds more than a chunk is refused. zlib inflates it
     # whole first; HDF5, which then reads the chunk (NOTE [ Decoding chunks ]

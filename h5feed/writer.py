@@ -189,9 +189,9 @@ class RowBlock(Protocol):
 
     :meth:`DatasetWriter.extend` takes one in place of an array: the rows go
     from their source straight into the buffer that is written and hashed,
-    with no array of their own in between. That copy is the difference
-    between a converter's rate and a plain copy's when the rows come from
-    an HDF5 file (``converters/h5.py``). ``read_into`` may cast, but only
+    with no array of their own in between, which would be one more pass
+    over every byte on the thread that also writes (``converters/h5.py``
+    gives blocks of an HDF5 source). ``read_into`` may cast, but only
     safely: the writer takes a block whose ``dtype`` casts to the column's
     without loss.
     """
