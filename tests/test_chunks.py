@@ -264,6 +264,24 @@ def test_a_cache_is_empty_in_a_forked_child():
     assert os.waitstatus_to_exitcode(status) == 0
 
 
+def test_decoding_threads_never_wait_for_the_caches_lock(compressed):
+    """While a reader holds the cache's lock (gathering a batch), one
+    decoding thread still decodes every chunk it was given, one after
+    another; what they were is entered at the next read."""
+    path, x = compressed
+    reader = Reader(h5feed.open_file(path), decode_threads=1)
+    reader.prefetch("x", np.arange(0, 8 * CHUNK))  # 8 chunks queued on 1 thread
+    s = reader._cache._state()
+    futures = [future for future, _ in s.loading.values()]
+    assert len(futures) == 8
+    with s.lock:
+        for future in futures:
+            future.result(timeout=30)  # a thread stuck on the lock would hold the rest back
+        assert len(s.landed) == 8
+    np.testing.assert_array_equal(reader.read("x", np.arange(0, 8 * CHUNK, 3)), x[0 : 8 * CHUNK : 3])
+    assert not s.landed and not s.loading and reader._cache.stats().decoded == 8
+
+
 @pytest.mark.parametrize("shuffle", ["block", True, False])
 def test_a_sequence_decodes_ahead_and_still_decodes_each_chunk_once(compressed, shuffle):
     from h5feed import H5Sequence
