@@ -321,11 +321,14 @@ class _Rows:
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
+    def _part_of(self, row: int) -> int:
+        return int(np.searchsorted(self.offsets, row, side="right")) - 1
+
     def block(self, start: int, stop: int) -> _Block | np.ndarray:
         """Rows ``start..stop-1``: a :class:`~h5feed.writer.RowBlock` that the
         writer reads straight into its buffer where one part holds them
         along its first axis and casts safely, else an array read now."""
-        k = int(np.searchsorted(self.offsets, start, side="right")) - 1
+        k = self._part_of(start)
         part, first = self.parts[k], int(self.offsets[k])
         if stop <= first + len(part) and part.axis == 0 and np.can_cast(part.dtype, self.dtype, "safe"):
             return _Block(part, start - first, stop - first)
@@ -333,7 +336,7 @@ class _Rows:
 
     def locate(self, row: int) -> str:
         """``file:/path row R``: where row ``row`` of the whole lies in its source."""
-        k = int(np.searchsorted(self.offsets, row, side="right")) - 1
+        k = self._part_of(row)
         return f"{self.parts[k].where} row {row - int(self.offsets[k])}"
 
     def __getitem__(self, key: Any) -> np.ndarray:

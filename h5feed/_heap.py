@@ -335,14 +335,14 @@ def _check_sources(f: Any, dset: Any, runs: list[tuple[int, int]]) -> None:
     in ``grow.py``): check each run of rows in the source file that holds it,
     so that its heap is checked as a stored dataset's would be. The sources
     were checked by validation (relative, inside the file's folder)."""
-    from ._files import open_h5  # late: _files imports _damage, which imports this module
+    # Late: _files and layout import _damage, which imports this module.
+    from ._files import open_h5
+    from .layout import mapped_rows
 
     folder = os.path.dirname(os.path.abspath(f.filename))
     for vmap in dset.virtual_sources():
-        (lo, *_), (hi, *_) = vmap.vspace.get_select_bounds()
-        shift = -lo
-        if vmap.src_space.get_select_type() != h5py.h5s.SEL_ALL:
-            shift += vmap.src_space.get_select_bounds()[0][0]
+        lo, hi, source_lo, _, _ = mapped_rows(vmap)
+        shift = source_lo - lo
         mine = [(max(a, lo) + shift, min(b, hi + 1) + shift) for a, b in runs if a <= hi and b > lo]
         if mine:
             with open_h5(os.path.join(folder, vmap.file_name)) as g:

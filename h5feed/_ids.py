@@ -54,7 +54,7 @@ from ._heap import check_dataset
 from ._plan import _mix
 from .errors import InvalidSampleIDError, LayoutError, ReadError, UnknownIDError
 from ._record import read_record
-from .layout import IDS, IDS_INDEX, PART_IDS, X, _contiguous_offset
+from .layout import IDS, IDS_INDEX, PART_IDS, X, _contiguous_offset, mapped_rows
 
 __all__ = [
     "INDEX_NAMES",
@@ -551,11 +551,7 @@ def locate(f: h5py.File, queries: Encoded, completion: Any) -> np.ndarray:
 def _part_starts(f: h5py.File) -> list[int]:
     """The first row of each part of a grown file, from the mappings of its
     ``x`` (validation checked they follow ``parts``, each whole)."""
-    starts = []
-    for vmap in f[X].virtual_sources():
-        (lo, *_), _ = vmap.vspace.get_select_bounds()
-        starts.append(int(lo))
-    return sorted(starts)
+    return sorted(mapped_rows(vmap)[0] for vmap in f[X].virtual_sources())
 
 
 def _within(queries: Encoded, todo: np.ndarray, bounds: tuple[Encoded, Encoded], i: int) -> np.ndarray:

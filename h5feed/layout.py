@@ -112,6 +112,7 @@ __all__ = [
     "check_virtual_source",
     "compression_of",
     "hash_rows",
+    "mapped_rows",
     "meta_path",
     "metadata_dtype",
     "open_and_validate",
@@ -774,6 +775,18 @@ def _check_grown_mapping(f: h5py.File, dset: h5py.Dataset, parts: list[str], sou
         )
 
 
+def mapped_rows(vmap: Any) -> tuple[int, int, int, int, bool]:
+    """``(first, last, source first, source last, whole source)``: the rows
+    one mapping of ``dset.virtual_sources()`` fills, and those it takes from
+    its source (all of them, from 0, when ``whole source``). Read only:
+    :func:`_virtual_sources` checks them."""
+    (v_lo, *_), (v_hi, *_) = vmap.vspace.get_select_bounds()
+    if vmap.src_space.get_select_type() == h5py.h5s.SEL_ALL:
+        return int(v_lo), int(v_hi), 0, int(v_hi - v_lo), True
+    (s_lo, *_), (s_hi, *_) = vmap.src_space.get_select_bounds()
+    return int(v_lo), int(v_hi), int(s_lo), int(s_hi), False
+
+
 def _virtual_sources(
     f: h5py.File, dset: h5py.Dataset, only: list[str] | None = None, *, same_kind: bool = False,
     files: _SourceFiles | None = None,
@@ -807,17 +820,12 @@ def _virtual_sources(
                 f"{where}: virtual source {source!r} is not one of the parts its completion record lists"
             )
         src_path = os.path.join(folder, source)
-        (v_lo, *_), (v_hi, *_) = vmap.vspace.get_select_bounds()
+        v_lo, v_hi, s_lo, s_hi, whole_source = mapped_rows(vmap)
         n_sel = int(vmap.vspace.get_select_npoints())
         if n_sel != (v_hi - v_lo + 1) * row_elems:
             raise UntrustedFileError(f"{where}: virtual source {source!r} does not map whole rows")
-        whole_source = vmap.src_space.get_select_type() == h5py.h5s.SEL_ALL
-        if whole_source:
-            s_lo, s_hi = 0, v_hi - v_lo
-        else:
-            (s_lo, *_), (s_hi, *_) = vmap.src_space.get_select_bounds()
-            if int(vmap.src_space.get_select_npoints()) != n_sel:
-                raise UntrustedFileError(f"{where}: virtual source {source!r} does not map whole rows")
+        if not whole_source and int(vmap.src_space.get_select_npoints()) != n_sel:
+            raise UntrustedFileError(f"{where}: virtual source {source!r} does not map whole rows")
         column = check_virtual_source(src_path, vmap.dset_name, where=where, files=files)
         kind_ok = (column.dtype.kind == "O") == (dset.dtype.kind == "O") if same_kind else column.dtype == dset.dtype
         if (

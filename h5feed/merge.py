@@ -120,13 +120,9 @@ def _unique_ids(parts: list[_Part], ids: _ids.Encoded | None = None) -> _ids.Enc
         ids = _ids.Encoded.concat([_read_ids(part) for part in parts])
     order, repeats = _ids.sort(ids)
     if repeats.size:
-
-        def where(row: int) -> tuple[_Part, int]:
-            return _row_in_part(parts, row)
-
         dupes = []
         for i in repeats[:5].tolist():
-            (a, ra), (b, rb) = where(int(order[i - 1])), where(int(order[i]))
+            (a, ra), (b, rb) = _row_in_part(parts, int(order[i - 1])), _row_in_part(parts, int(order[i]))
             sid = ids.item(int(order[i]))
             dupes.append(
                 f"{sid!r} twice in {a.where} (rows {ra} and {rb})" if a is b else f"{sid!r} in {a.where} and {b.where} (row {rb})"
