@@ -34,8 +34,8 @@ __all__ = ["ROW_BY_ROW_BYTES", "ROW_BY_ROW_PER_PART", "WHOLE_BYTES", "PartsReade
 WHOLE_BYTES = 4 * 1024 * 1024
 # Rows of at least this many bytes (or batches of at most ROW_BY_ROW_PER_PART
 # rows per part) are copied one by one from their parts' memory maps into
-# place: one copy each, as a slice of bytes between memoryviews (about 0.4 µs
-# of Python per row, against about 3 µs per part for a gather and a scatter).
+# place: one copy each, as a slice of bytes between memoryviews, a few Python
+# steps a row against a gather and a scatter (several numpy calls) a part.
 ROW_BY_ROW_BYTES = 16 * 1024
 ROW_BY_ROW_PER_PART = 12
 

@@ -625,10 +625,11 @@ class _SourceFiles:
     """The source files of one validation, each opened once and closed at
     the end, and each file's checks remembered for the process
     (``_CHECKED``). A grown file of a year of nightly appends maps hundreds
-    of parts from each of its virtual datasets; opening an HDF5 file costs
-    about half a millisecond, checking a dataset in it a quarter, and an
-    append validates the dataset before and after (a training script opens
-    one file for each split): a second validation costs a stat per part."""
+    of parts from each of its virtual datasets, each part a file to open and
+    datasets to check; an append validates the dataset before and after,
+    and a training script opens one file for each split. So every part is
+    opened once per validation, and a second validation in the process
+    costs a stat per part."""
 
     def __init__(self) -> None:
         self._open: dict[str, h5py.File] = {}
