@@ -58,7 +58,7 @@ from .errors import (
     WriterInputError,
 )
 
-__all__ = ["DatasetWriter", "run_isolated", "write_arrays"]
+__all__ = ["DatasetWriter", "RowBlock", "run_isolated", "write_arrays"]
 
 logger = logging.getLogger("h5feed")
 
@@ -190,10 +190,13 @@ class RowBlock(Protocol):
     :meth:`DatasetWriter.extend` takes one in place of an array: the rows go
     from their source straight into the buffer that is written and hashed,
     with no array of their own in between, which would be one more pass
-    over every byte on the thread that also writes (``converters/h5.py``
-    gives blocks of an HDF5 source). ``read_into`` may cast, but only
-    safely: the writer takes a block whose ``dtype`` casts to the column's
-    without loss.
+    over every byte on the thread that also writes. `h5feed convert h5`
+    hands the writer blocks of its source this way. Any object with these
+    three members is one; the writer checks ``shape`` and ``dtype`` as it
+    checks an array's, before it reads anything. ``read_into`` may cast,
+    but only safely: the writer takes a block whose ``dtype`` casts to the
+    column's without loss. A block that raises while reading gives up the
+    writer's file, as a failed write does.
     """
 
     shape: tuple[int, ...]

@@ -36,6 +36,7 @@ OTHER_PUBLIC = [
     "h5feed.inspection.verify",
     "h5feed.inspection.VerifyReport",
     "h5feed.splits.SplitReport",
+    "h5feed.writer.RowBlock",
     "h5feed.writer.run_isolated",
 ]
 
