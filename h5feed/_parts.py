@@ -7,16 +7,19 @@ file is an ordinary h5feed file. :class:`PartsReader` splits a batch's rows by
 part, using the mapping :func:`~h5feed.layout.validate` checked (each
 column's :class:`~h5feed.layout.VirtualPart` list), and reads each part's rows
 with an ordinary :class:`~h5feed.reader.Reader` over that part, memory-mapped
-where the part allows. Read-ahead (NOTE [ Cold cache ] in ``reader.py``) is
-split the same way: each part's reader advises its own rows. Columns that are
-not virtual, and the IDs, are read through the merged file itself.
+where the part allows; a batch of memory-mapped parts is gathered from all of
+them at once (NOTE [ One view over the parts' maps ]). Read-ahead (NOTE
+[ Cold cache ] in ``reader.py``) is split the same way: each part's reader
+advises its own rows. Columns that are not virtual, and the IDs, are read
+through the merged file itself.
 See the design note ``docs/design/merged-files.md``.
 """
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -26,18 +29,17 @@ from .layout import ColumnInfo, Layout, VirtualPart
 from ._proc import this_pid
 from .reader import Reader, _gather, _PicklesAsLayout, checked_rows, reader_options
 
-__all__ = ["ROW_BY_ROW_BYTES", "ROW_BY_ROW_PER_PART", "WHOLE_BYTES", "PartsReader", "make_reader"]
+__all__ = ["ROW_BY_ROW_BYTES", "WHOLE_BYTES", "PartsReader", "make_reader"]
 
 # A virtual column of at most this many bytes (labels, weights, small
 # extras) is held in memory by each process that reads it: gathering a
 # batch from it is then one step instead of one per part.
 WHOLE_BYTES = 4 * 1024 * 1024
-# Rows of at least this many bytes (or batches of at most ROW_BY_ROW_PER_PART
-# rows per part) are copied one by one from their parts' memory maps into
-# place: one copy each, as a slice of bytes between memoryviews, a few Python
-# steps a row against a gather and a scatter (several numpy calls) a part.
+# Rows of at least this many bytes are copied one by one from the parts'
+# memory maps into place: one copy each. Smaller rows are gathered in one
+# numpy step and copied into place once more (see NOTE [ One view over the
+# parts' maps ]).
 ROW_BY_ROW_BYTES = 16 * 1024
-ROW_BY_ROW_PER_PART = 12
 
 
 def make_reader(
@@ -108,11 +110,13 @@ class PartsReader(_PicklesAsLayout):
             if col.sources
         }
         self._shift_arrays = {name: np.asarray(shifts, dtype=np.int64) for name, shifts in self._shifts.items()}
+        # This process's state (made again after a fork): columns held
+        # whole, spans over the parts' maps, and for each column found to
+        # have one of them, the call that gathers a batch from it.
         self._whole: dict[str, np.ndarray] = {}
-        self._whole_pid: int | None = None
-        self._maps: dict[str, list[np.ndarray] | None] = {}
-        self._views: dict[str, list[memoryview]] = {}  # the maps' bytes, for row-by-row copies
-        self._maps_pid: int | None = None
+        self._spans: dict[str, _Span | None] = {}
+        self._fast: dict[str, Callable[[np.ndarray, np.ndarray | None], np.ndarray]] = {}
+        self._local_pid: int | None = None
 
     def read(self, name: str, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Rows ``rows`` of dataset ``name``, in the order given (see :meth:`Reader.read`)."""
@@ -204,53 +208,34 @@ class PartsReader(_PicklesAsLayout):
         :meth:`Reader.take`): the per-batch path.
 
         A batch of a shuffled epoch touches most parts, so the cost per part
-        is what counts. Few rows per part (:data:`ROW_BY_ROW_PER_PART`), or
-        big rows (:data:`ROW_BY_ROW_BYTES`), are copied one by one from the
-        parts' memory maps; otherwise the rows are grouped by part with one
-        stable sort, each part's reader gathers its rows straight into a
-        slice of one buffer, and one scatter puts them in order. A column
-        small enough (:data:`WHOLE_BYTES`) is read whole once per process and
+        is what counts. Where every part's rows are memory-mapped, a batch
+        is gathered from all parts at once (NOTE [ One view over the parts'
+        maps ]); otherwise the rows are grouped by part with one stable
+        sort, each part's reader gathers its rows straight into a slice of
+        one buffer, and one scatter puts them in order. A column small
+        enough (:data:`WHOLE_BYTES`) is read whole once per process and
         gathered in one step, as labels are.
         """
+        if self._local_pid == this_pid():
+            fast = self._fast.get(name)
+            if fast is not None:
+                return fast(rows, out)
         col = self.layout.column(name)
         if not col.sources:
             return self._base.take(name, rows, out)
         whole = self._whole_column(col)
         if whole is not None:
+            self._fast[name] = functools.partial(_gather, whole)
             return _gather(whole, rows, out)
+        span = self._span(col)
+        if span is not None:
+            self._fast[name] = span.gather
+            return span.gather(rows, out)
         which = np.searchsorted(self._starts[name], rows, side="right") - 1
-        if rows.size == 0 or which[0] == which[-1] and not (which - which[0]).any():
+        if rows.size == 0 or not (which - which[0]).any():
             k = int(which[0]) if rows.size else 0
             part = col.sources[k]
             return self._parts[part.path].take(part.column.name, rows - self._shifts[name][k], out)
-        maps = self._part_maps(col)
-        if maps is not None and (col.row_nbytes >= ROW_BY_ROW_BYTES or rows.size <= ROW_BY_ROW_PER_PART * len(col.sources)):
-            # Big rows, or a batch of few rows per part: each row copied
-            # once, straight to its place (gathering by part and then
-            # scattering copies every byte twice, and costs calls per part).
-            if out is None:
-                out = np.empty((rows.size, *col.row_shape), dtype=col.dtype.newbyteorder("="))
-            local = rows - self._shift_arrays[name][which]
-            rb = col.row_nbytes
-            if out.dtype == col.dtype and out.flags.c_contiguous:
-                # Bytes as they are stored (maps are native), sliced from
-                # memoryviews: a fraction of what numpy's indexing costs a
-                # row. Small rows are joined in one bytes object and copied
-                # once more (fewer Python steps than a copy each); big ones
-                # go straight to their place.
-                views = self._views[col.name]
-                pairs = zip(which.tolist(), (local * rb).tolist())
-                dst = out.reshape(-1).view(np.uint8)
-                if rb < ROW_BY_ROW_BYTES:
-                    dst[:] = np.frombuffer(b"".join([views[k][o : o + rb] for k, o in pairs]), np.uint8)
-                else:
-                    mv = memoryview(dst)
-                    for at, (k, o) in enumerate(pairs):
-                        mv[at * rb : (at + 1) * rb] = views[k][o : o + rb]
-            else:
-                for i, (k, row) in enumerate(zip(which.tolist(), local.tolist())):
-                    out[i] = maps[k][row]
-            return out
         order = np.argsort(which, kind="stable")
         bounds = np.searchsorted(which[order], np.arange(len(col.sources) + 1))
         grouped = rows[order]
@@ -258,45 +243,43 @@ class PartsReader(_PicklesAsLayout):
         for k in np.flatnonzero(np.diff(bounds)).tolist():
             lo, hi = int(bounds[k]), int(bounds[k + 1])
             part = col.sources[k]
-            local = grouped[lo:hi] - self._shifts[name][k]
-            if maps is not None:
-                _gather(maps[k], local, buf[lo:hi])
-            else:
-                self._parts[part.path].take(part.column.name, local, buf[lo:hi])
+            self._parts[part.path].take(part.column.name, grouped[lo:hi] - self._shifts[name][k], buf[lo:hi])
         if out is None:
             out = np.empty_like(buf)
         out[order] = buf
         return out
 
-    def _part_maps(self, col: ColumnInfo) -> list[np.ndarray] | None:
-        """Each part's rows of ``col`` memory-mapped (made once per process),
-        or None when a part's are not (chunked, compressed)."""
+    def _ensure_process(self) -> None:
+        """Drop what another process (this one's parent, before a fork) made."""
         pid = this_pid()
-        if self._maps_pid != pid:
-            self._maps, self._views, self._maps_pid = {}, {}, pid
-        if col.name not in self._maps:
-            maps: list[np.ndarray] | None = []
+        if self._local_pid != pid:
+            self._whole, self._spans, self._fast, self._local_pid = {}, {}, {}, pid
+
+    def _span(self, col: ColumnInfo) -> _Span | None:
+        """``col``'s rows in all its parts as one :class:`_Span` (made once
+        per process), or None when a part's rows are not memory-mapped
+        (chunked, compressed)."""
+        self._ensure_process()
+        if col.name not in self._spans:
+            maps: list[np.ndarray] = []
             for part in col.sources or ():
                 reader = self._parts[part.path]
                 with reader._lock:
                     mapped = reader._mapped(part.column)
                 if mapped is None:
-                    maps = None
                     break
-                maps.append(mapped)  # type: ignore[union-attr]
-            self._maps[col.name] = maps
-            if maps is not None:
-                self._views[col.name] = [memoryview(m.reshape(-1).view(np.uint8)) for m in maps]
-        return self._maps[col.name]
+                maps.append(mapped)
+            else:
+                self._spans[col.name] = _Span(col, maps, self._starts[col.name], self._shift_arrays[col.name])
+            self._spans.setdefault(col.name, None)
+        return self._spans[col.name]
 
     def _whole_column(self, col: ColumnInfo) -> np.ndarray | None:
         """The column in memory, when it holds at most :data:`WHOLE_BYTES`
         (read from its parts once per process); else None."""
         if col.shape[0] * col.row_nbytes > WHOLE_BYTES:
             return None
-        pid = this_pid()
-        if self._whole_pid != pid:
-            self._whole, self._whole_pid = {}, pid
+        self._ensure_process()
         arr = self._whole.get(col.name)
         if arr is None:
             arr = self._whole[col.name] = self.read(col.name, np.arange(col.shape[0], dtype=np.int64))
@@ -309,14 +292,75 @@ class PartsReader(_PicklesAsLayout):
 
     def close(self) -> None:
         """Release this process's handles on the file and its parts."""
-        self._whole, self._whole_pid = {}, None
-        self._maps, self._views, self._maps_pid = {}, {}, None
+        self._whole, self._spans, self._fast, self._local_pid = {}, {}, {}, None
         self._base.close()
         for reader in self._parts.values():
             reader.close()
 
     def __repr__(self) -> str:
         return f"<PartsReader {os.path.basename(self.layout.path)!r}: {len(self._parts)} parts>"
+
+
+class _Span:
+    """A virtual column's rows in all its parts' memory maps, addressed as
+    byte offsets from one view.
+
+    NOTE [ One view over the parts' maps ]
+    Gathering a batch part by part costs a few numpy calls per part, and a
+    shuffled batch touches most parts: for small rows that overhead is most
+    of the batch's time. numpy gathers from one array only, so this view
+    starts at the lowest of the parts' maps and runs to the end of the
+    highest, one item per byte offset (``as_strided``, items of a row's size
+    at a stride of one byte). Row ``r`` of part ``k`` lies at byte
+    ``(r - shift[k]) * row_nbytes`` of part ``k``'s map, so one
+    ``searchsorted`` and two array operations turn a batch's rows into
+    offsets, and one fancy index gathers them all. The view also covers the
+    address space between the maps, which it must never read: it is only
+    indexed at the offsets of rows already checked valid, each inside one
+    part's map, and it holds every map (so none is unmapped while it lives).
+    """
+
+    def __init__(self, col: ColumnInfo, maps: list[np.ndarray], starts: np.ndarray, shifts: np.ndarray) -> None:
+        self.maps = maps
+        self.row_shape = col.row_shape
+        self.dtype = maps[0].dtype
+        rb = self.row_nbytes = col.row_nbytes
+        addresses = np.array([m.__array_interface__["data"][0] for m in maps], dtype=np.int64)
+        lowest = maps[int(np.argmin(addresses))].reshape(-1).view(np.uint8)
+        size = max(a + m.nbytes for a, m in zip(addresses.tolist(), maps)) - int(addresses.min())
+        self.bytes = np.lib.stride_tricks.as_strided(lowest, shape=(size,), strides=(1,), writeable=False)
+        self.view = memoryview(self.bytes)
+        self.rows = np.lib.stride_tricks.as_strided(
+            lowest.view(np.dtype((np.void, rb))), shape=(size - rb + 1,), strides=(1,), writeable=False
+        )
+        # Which part holds a row: its index in the parts' first rows after the first.
+        self.bounds = np.asarray(starts[1:], dtype=np.int64)
+        # A row's byte offset is row * row_nbytes + adjust[its part].
+        self.adjust = (addresses - addresses.min()) - shifts * rb
+
+    def gather(self, rows: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+        """Rows ``rows`` (already checked), into ``out`` when given."""
+        rb = self.row_nbytes
+        if rows.dtype != np.int64:
+            rows = rows.astype(np.int64)
+        offsets = rows * rb
+        offsets += self.adjust[self.bounds.searchsorted(rows, side="right")]
+        direct = out is not None and out.dtype == self.dtype and out.flags.c_contiguous
+        if direct and rb >= ROW_BY_ROW_BYTES:
+            # Big rows straight to their place: one copy each, where
+            # gathering first would copy every byte twice.
+            dst = memoryview(out.reshape(-1).view(np.uint8))
+            for at, o in enumerate(offsets.tolist()):
+                dst[at * rb : (at + 1) * rb] = self.view[o : o + rb]
+            return out
+        got = self.rows[offsets]
+        if direct:
+            out.reshape(-1).view(got.dtype)[...] = got
+        elif out is None:
+            out = got.view(self.dtype).reshape(rows.size, *self.row_shape)
+        else:
+            out[...] = got.view(self.dtype).reshape(rows.size, *self.row_shape)
+        return out
 
 
 def _split_spans(

@@ -422,13 +422,20 @@ def test_cli_convert_append_to(tmp_path, capsys):
     assert h5feed.open_file(data).n_rows == 10
 
 
+@pytest.mark.parametrize("whole", [True, False], ids=["small-columns-whole", "no-column-whole"])
+@pytest.mark.parametrize("compressed", [(), (2,)], ids=["mapped", "one-part-compressed"])
 @pytest.mark.parametrize("row_shape", [(3,), (64, 80)], ids=["small-rows", "big-rows"])
-def test_batches_of_a_grown_file_are_the_rows_of_one_file(tmp_path, row_shape):
-    # The per-batch path groups rows by part (many small rows) or copies
-    # them one by one (few rows, or big ones; as bytes, or through numpy into
-    # an out that is not one block); all must give what one file gives, in
-    # any order.
+def test_batches_of_a_grown_file_are_the_rows_of_one_file(tmp_path, monkeypatch, row_shape, compressed, whole):
+    # The per-batch path gathers rows from all the parts' memory maps at
+    # once (small rows in one numpy step, big ones copied one by one; into
+    # any out, even one that is not one block), or groups them by part when
+    # a part is not mapped, or gathers from a small column held whole; all
+    # must give what one file gives, in any order.
+    from h5feed import _parts
     from h5feed._parts import make_reader
+
+    if not whole:
+        monkeypatch.setattr(_parts, "WHOLE_BYTES", 0)
 
     rng = np.random.default_rng(7)
     n = 300
@@ -440,12 +447,13 @@ def test_batches_of_a_grown_file_are_the_rows_of_one_file(tmp_path, row_shape):
     data = tmp_path / "grown.h5"
     for k, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
         piece = tmp_path / f"p{k}.h5"
-        write_arrays(piece, ids[lo:hi], x[lo:hi], y[lo:hi], n_classes=N_CLASSES)
+        options = {"compression": "gzip"} if k in compressed else {}
+        write_arrays(piece, ids[lo:hi], x[lo:hi], y[lo:hi], n_classes=N_CLASSES, **options)
         append(data, piece)
     reader = make_reader(h5feed.open_file(data))
     assert len(reader._parts) == len(bounds) - 1
     for rows in [rng.integers(0, n, 32), rng.permutation(n), np.arange(45, 140), np.array([], np.int64),
-                 np.array([299, 0, 41, 40, 40])]:
+                 np.array([299, 0, 41, 40, 40]), np.arange(150, 260)]:
         rows = rows.astype(np.int64)
         np.testing.assert_array_equal(reader.take("x", rows), x[rows])
         np.testing.assert_array_equal(reader.take("y", rows), y[rows])
@@ -455,6 +463,10 @@ def test_batches_of_a_grown_file_are_the_rows_of_one_file(tmp_path, row_shape):
         strided = np.empty((2 * rows.size, *row_shape), np.float32)[::2]
         assert reader.take("x", rows, strided) is strided
         np.testing.assert_array_equal(strided, x[rows])
+    # All parts mapped: one view over them all; else part by part.
+    if "x" not in reader._whole:
+        assert (reader._spans["x"] is None) == bool(compressed)
+    assert ("y" in reader._whole) == whole
     reader.close()
 
 
