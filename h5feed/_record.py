@@ -210,15 +210,21 @@ def write_record(
     *,
     parts: Sequence[str] | None = None,
     part_records: Sequence[str] | None = None,
+    split_files: Sequence[str] | None = None,
+    split_records: Sequence[str] | None = None,
 ) -> None:
     """Set the completion record: the writer's last step, after every dataset
     and attribute is in place. ``part_records`` (a grown file's): the
-    :func:`record_digest` of each of ``parts``."""
+    :func:`record_digest` of each of ``parts``; ``split_records`` likewise of
+    each of its ``split_files`` (left out when it has none)."""
     record: dict[str, Any] = {"rows": int(rows), "sha256": dict(digests)}
     if parts is not None:
         record["parts"] = list(parts)
     if part_records is not None:
         record["part_records"] = list(part_records)
+    if split_files:
+        record["split_files"] = list(split_files)
+        record["split_records"] = list(split_records or ())
     f.attrs[ATTR_COMPLETE] = json.dumps(record, sort_keys=True)
 
 
@@ -242,13 +248,15 @@ def record_digest_of(f: h5py.File) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def replace_digests(f: h5py.File, prefix: str, digests: Mapping[str, str]) -> None:
+def replace_digests(f: h5py.File, prefix: str, digests: Mapping[str, str], *, drop: Sequence[str] = ()) -> None:
     """Rewrite the record of a finished file with every digest of a dataset
-    under ``prefix`` (``"splits/"``) replaced by ``digests``; the rest of the
-    record is kept as it is."""
+    under ``prefix`` (``"splits/"``) replaced by ``digests``, and the keys
+    ``drop`` removed; the rest of the record is kept as it is."""
     record = read_record(f)
     kept = {name: d for name, d in record["sha256"].items() if not name.startswith(prefix)}
     record["sha256"] = {**kept, **digests}
+    for key in drop:
+        record.pop(key, None)
     f.attrs[ATTR_COMPLETE] = json.dumps(record, sort_keys=True)
 
 

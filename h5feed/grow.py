@@ -4,12 +4,14 @@ NOTE [ Grown files ]
 A grown file ``DATA.h5`` is an index over standalone part files in
 ``DATA.h5.parts/`` (``layout.parts_folder``): the per-row datasets, the IDs
 and the metadata are virtual datasets over the parts' own, in order; it has
-no ID index (a lookup searches each part's, ``_ids.locate``); the splits
-are stored in it; its completion record lists the parts and the SHA-256 of
-each part's own record (``part_records``) instead of digests of the rows.
-An append never reads, copies or hashes an old part or its IDs, and never
-changes or removes one: it writes the new part, and an index whose size
-grows with the number of parts and of split rows only. Its only change to
+no ID index (a lookup searches each part's, ``_ids.locate``); each split is
+a virtual dataset over split files (``NNNNNN.splits.h5``, one per append:
+the split rows it added, in the dataset's row numbers); its completion
+record lists the parts and split files and the SHA-256 of each one's own
+record (``part_records``, ``split_records``) instead of digests of the rows.
+An append never reads, copies or hashes an old part, its IDs or its split
+rows, and never changes or removes one: it writes the new part, its split
+file, and an index whose size grows with the number of parts only. Its only change to
 ``DATA.h5`` is the final rename of the new index over it, under a lock on
 the parts folder. The layout, the trust rule, each step and what a
 killed append leaves: the design note ``docs/design/grown-files.md``.
@@ -28,7 +30,7 @@ import shutil
 import socket
 import sys
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import h5py
 import numpy as np
@@ -60,6 +62,9 @@ __all__ = ["COMMANDS", "append", "compact", "incoming_path", "is_grown"]
 logger = logging.getLogger("h5feed")
 
 _PART_NAME = re.compile(r"^[0-9]{6}\.h5$")
+# A split file: the split rows one append added, in the dataset's row
+# numbers (NOTE [ Grown files ]); named after the first part that append placed.
+_SPLIT_FILE_NAME = re.compile(r"^[0-9]{6}\.splits\.h5$")
 # incoming_path's names: incoming.HOST.PID.RANDOM.h5, so that the next
 # append can tell those of dead writers.
 _INCOMING = "incoming"
@@ -146,26 +151,45 @@ def _open_incoming(path: str) -> _Part:
     return _Part(path, layout, splits)
 
 
-def _open_current(data: str) -> tuple[_Part, list[str]]:
-    """``data`` as a part (its splits and metadata are the dataset's), and
-    the names of its parts relative to its folder ([] for a standalone file)."""
+class _Current(NamedTuple):
+    """What an append keeps of the dataset it grows."""
+
+    part: _Part  # its splits: those stored in it
+    parts: list[str]  # its parts, relative to its folder ([] for a standalone file)
+    split_files: list[str]  # its split files, likewise
+    # Each virtual split's (split file, rows), in order: mapped again as they are.
+    split_sources: dict[str, list[tuple[str, int]]]
+
+
+def _open_current(data: str) -> _Current:
+    """``data``, validated. A grown file's virtual splits stay in its split
+    files, which the new index maps again (NOTE [ Grown files ]): only their
+    mappings are read."""
     with open_h5(data) as f:
         layout = L.validate(f)
-        splits = {name: L.read_split(f, name) for name in layout.splits}
+        splits, sources = {}, {}
+        for name in layout.splits:
+            dset = L.split_dataset(f, name)
+            if dset.is_virtual:
+                sources[name] = [(m.file_name, last - first + 1)
+                                 for m in dset.virtual_sources() for first, last, *_ in [L.mapped_rows(m)]]
+            else:
+                splits[name] = L.read_split(f, name)
+    part = _Part(data, layout, splits)
     if is_grown(layout):
-        return _Part(data, layout, splits), list(layout.completion["parts"])
+        return _Current(part, list(layout.completion["parts"]), L.grown_split_files(layout.completion), sources)
     if any(col.sources for col in layout.columns.values()):  # pragma: no cover - validate refuses these without the flag
         raise WriterInputError(f"{data}: holds virtual datasets; compact it or `h5feed merge --copy` it first")
-    return _Part(data, layout, splits), []
+    return _Current(part, [], [], {})
 
 
 def _remove_unlisted(folder: str, listed: Sequence[str]) -> None:
-    """Remove what killed appends left in the parts folder: part files the
-    current file does not list, and temporary files of dead writers."""
+    """Remove what killed appends left in the parts folder: part and split
+    files the current file does not list, and temporary files of dead writers."""
     keep = {os.path.basename(name) for name in listed}
     for name in os.listdir(folder):
         path = os.path.join(folder, name)
-        if _PART_NAME.match(name) and name not in keep:
+        if (_PART_NAME.match(name) or _SPLIT_FILE_NAME.match(name)) and name not in keep:
             with contextlib.suppress(OSError):
                 os.unlink(path)
                 logger.info("removed %s, placed by an append that did not finish", path)
@@ -273,7 +297,10 @@ def append(
 
 
 def _append_locked(target: str, folder: str, news: list[str], *, progress: bool, move: bool, shown: str | None) -> str:
-    current, listed = _open_current(target) if os.path.exists(target) else (None, [])
+    kept = _open_current(target) if os.path.exists(target) else None
+    current = kept.part if kept is not None else None
+    listed = kept.parts if kept is not None else []
+    split_files = kept.split_files if kept is not None else []
     incoming = [_open_incoming(p) for p in news]
     if shown is not None:  # a converter's output, named by its source
         for part in incoming:
@@ -298,7 +325,7 @@ def _append_locked(target: str, folder: str, news: list[str], *, progress: bool,
         bounds.append(_bounds_of(_slice(new_ids, at, at + part.layout.n_rows)))
         at += part.layout.n_rows
     meta_dtypes = _joined_metadata_dtypes(current, incoming)
-    _remove_unlisted(folder, listed)
+    _remove_unlisted(folder, listed + split_files)
     base = os.path.dirname(target)
     placed: list[str] = []
     try:
@@ -319,8 +346,17 @@ def _append_locked(target: str, folder: str, news: list[str], *, progress: bool,
                     part.path = name  # its metadata is read from where it now lies
                     bar.update(part.layout.n_rows)
         parts = [os.path.join(base, p) for p in listed] + placed
-        _fsync_folder(folder)  # the parts' names durable before the index that lists them
-        _write_index(target, parts, loaded, meta_dtypes, bounds)
+        split_paths = [os.path.join(base, p) for p in split_files]
+        split_sources = {name: list(sources) for name, sources in (kept.split_sources if kept else {}).items()}
+        written = _write_split_file(placed[0], loaded, n_rows=offset)
+        if written is not None:
+            path, counts = written
+            placed.append(path)
+            split_paths.append(path)
+            for name, rows in counts.items():
+                split_sources.setdefault(name, []).append((L.source_name(path, base), rows))
+        _fsync_folder(folder)  # the parts' and split files' names durable before the index that lists them
+        _write_index(target, parts, loaded, meta_dtypes, bounds, split_paths, split_sources)
     except BaseException:
         with sigint_deferred():
             for name in placed:
@@ -421,24 +457,52 @@ def _joined_metadata_dtypes(current: _Part | None, incoming: list[_Part]) -> dic
     return joined
 
 
+def _write_split_file(first_part: str, loaded: list[_Part], *, n_rows: int) -> tuple[str, dict[str, int]] | None:
+    """Write the split rows that ``loaded`` hold (the new files', and the
+    current file's when its splits are stored in it), in the dataset's row
+    numbers, as the split file named after ``first_part`` (the first part
+    this append placed). Atomic, like a part. Returns its path and the rows
+    of each split in it; None when there are none."""
+    splits: dict[str, list[np.ndarray]] = {}
+    for part in loaded:
+        for name, rows in part.splits.items():
+            if rows.size:
+                splits.setdefault(name, []).append(rows + part.offset)
+    if not splits:
+        return None
+    target = first_part[: -len(".h5")] + ".splits.h5"
+    tmp = temporary_path(target)
+    try:
+        with create_h5(tmp, libver=("earliest", "latest")) as f:
+            digests = {}
+            for name, blocks in sorted(splits.items()):
+                rows = np.concatenate(blocks).astype(np.int64)
+                f.create_dataset(f"{L.SPLITS}/{name}", data=rows)
+                digests[f"{L.SPLITS}/{name}"] = _record.digest_of(rows)
+            _record.write_record(f, n_rows, digests)
+        publish(tmp, target, overwrite=False)
+    except BaseException:
+        with sigint_deferred():
+            discard(tmp)
+        raise
+    return target, {name: sum(b.size for b in blocks) for name, blocks in splits.items()}
+
+
 def _write_index(
     target: str, parts: list[str], loaded: list[_Part], meta_dtypes: dict[str, np.dtype],
-    bounds: list[tuple[bytes, bytes]],
+    bounds: list[tuple[bytes, bytes]], split_paths: list[str], split_sources: dict[str, list[tuple[str, int]]],
 ) -> None:
     """Write the grown file over ``parts`` (paths, in row order) and rename it
     over ``target``: every per-row dataset, the IDs and the metadata virtual
-    over the parts' own, the splits of ``loaded`` joined, and a record of
-    the parts' records (NOTE [ Grown files ]). Its size grows with the
-    number of parts and of split rows, not with the rows' data or IDs."""
+    over the parts' own, each split virtual over the split files' (
+    ``split_sources``: each split's (split file, rows), in order), and a record of the parts' and split files'
+    records (NOTE [ Grown files ]). Its size grows with the number of parts
+    and split files, not with the rows' data, IDs or split rows."""
     first = loaded[0].layout
     base = os.path.dirname(target)
     counts = _part_rows(parts, loaded)
     n_rows = sum(counts)
     names = [L.source_name(p, base) for p in parts]
-    splits: dict[str, list[np.ndarray]] = {}
-    for part in loaded:
-        for name, rows in part.splits.items():
-            splits.setdefault(name, []).append(rows + part.offset)
     tmp = temporary_path(target)
     try:
         with create_h5(tmp, libver=("earliest", "latest")) as f:
@@ -446,24 +510,29 @@ def _write_index(
             datasets = {name: (col.row_shape, col.dtype) for name, col in first.columns.items()}
             datasets[L.IDS] = ((), np.dtype(h5py.string_dtype("utf-8")))
             datasets.update({L.meta_path(name): ((), dt) for name, dt in meta_dtypes.items()})
+            mappings = {name: list(zip(names, counts)) for name in datasets}
+            for name, sources in split_sources.items():
+                datasets[f"{L.SPLITS}/{name}"] = ((), np.dtype(np.int64))
+                mappings[f"{L.SPLITS}/{name}"] = sources
             for dataset, (row_shape, dtype) in datasets.items():
-                vlayout = h5py.VirtualLayout(shape=(n_rows, *row_shape), dtype=dtype)
+                total = sum(rows for _, rows in mappings[dataset])
+                vlayout = h5py.VirtualLayout(shape=(total, *row_shape), dtype=dtype)
                 at = 0
-                for name, rows in zip(names, counts):
+                for name, rows in mappings[dataset]:
                     vlayout[at : at + rows] = h5py.VirtualSource(name, dataset, shape=(rows, *row_shape))
                     at += rows
                 f.create_virtual_dataset(dataset, vlayout)
             digests = {}
-            for name, blocks in sorted(splits.items()):
-                rows = np.concatenate(blocks).astype(np.int64)
-                f.create_dataset(f"{L.SPLITS}/{name}", data=rows)
-                digests[f"{L.SPLITS}/{name}"] = _record.digest_of(rows)
             for k, name in enumerate(("first", "last")):  # lookups skip the parts whose bounds hold no query
                 values = [b[k].decode("utf-8") for b in bounds]
                 f.create_dataset(f"{L.PART_IDS}/{name}", data=values, dtype=h5py.string_dtype("utf-8"))
                 digests[f"{L.PART_IDS}/{name}"] = _record.digest_of(values)
             # The completion record goes last: a file with it is whole.
-            _record.write_record(f, n_rows, digests, parts=names, part_records=_part_records(parts, loaded[0]))
+            _record.write_record(
+                f, n_rows, digests, parts=names, part_records=_part_records(parts, loaded[0]),
+                split_files=[L.source_name(p, base) for p in split_paths],
+                split_records=_split_records(split_paths, loaded[0]),
+            )
         # It must open as a grown file before it takes the name (its parts
         # folder is named after the name it takes, so trust is asked here).
         L.open_and_validate(tmp, allow_virtual=True)
@@ -472,6 +541,18 @@ def _write_index(
         with sigint_deferred():
             discard(tmp)
         raise
+
+
+def _split_records(split_paths: list[str], current: _Part) -> list[str]:
+    """The digest of each split file's record: the current grown file's for
+    those it lists (checked when it was opened), computed for a new one."""
+    known = {}
+    if is_grown(current.layout):
+        base = os.path.dirname(current.path)
+        completion = current.layout.completion
+        known = dict(zip((os.path.join(base, n) for n in L.grown_split_files(completion)),
+                         completion.get("split_records", [])))
+    return [known.get(p) or _record.record_digest(p) for p in split_paths]
 
 
 def _part_records(parts: list[str], current: _Part) -> list[str]:

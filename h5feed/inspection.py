@@ -435,6 +435,30 @@ def _verify_parts(f: h5py.File, layout: L.Layout, report: VerifyReport, *, quiet
             recorded = _record.read_record(g)["sha256"].get(L.IDS)
         if recorded != hasher.hexdigest():
             report.problems.append(f"{L.IDS}: rows {start}..{stop - 1} are not the IDs of its part {name}")
+    for name in L.grown_split_files(layout.completion):
+        _verify_split_file(os.path.join(base, name), name, report)
+
+
+def _verify_split_file(path: str, name: str, report: VerifyReport) -> None:
+    """A grown file's split file: each split in it against its own record
+    (the grown file's record vouches for that record, checked on open)."""
+    sub = VerifyReport(path)
+    problems = sub.problems
+    try:
+        with open_h5(path) as g:
+            digests = _record.read_record(g)["sha256"]
+            group = g.get(L.SPLITS)
+            names = sorted({*digests, *(f"{L.SPLITS}/{s}" for s in (group if isinstance(group, h5py.Group) else ()))})
+            for dataset in names:
+                with touching(path, f"/{dataset}"):
+                    dset = g.get(dataset)
+                    if not isinstance(dset, h5py.Dataset):
+                        problems.append(f"{dataset}: in the completion record but missing from the file")
+                        continue
+                    _check_dataset(dset, dataset, digests.get(dataset), sub, lambda _: None)
+    except H5FeedError as exc:
+        problems.append(str(exc))
+    report.problems.extend(f"{name}: {problem}" for problem in problems)
 
 
 # -- the commands ----------------------------------------------------------------

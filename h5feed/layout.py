@@ -111,6 +111,7 @@ __all__ = [
     "check_meta_name",
     "check_virtual_source",
     "compression_of",
+    "grown_split_files",
     "hash_rows",
     "mapped_rows",
     "meta_path",
@@ -676,50 +677,64 @@ def parts_folder(path: str | os.PathLike[str]) -> str:
     return os.fspath(path) + PARTS_SUFFIX
 
 
+def grown_split_files(record: Mapping[str, Any]) -> list[str]:
+    """A grown file's split files, by their names relative to its folder
+    ([] when its splits are stored in it); its record is already checked."""
+    return list(record.get("split_files", ()))
+
+
 def _grown_parts(f: h5py.File, record: Mapping[str, Any]) -> tuple[list[str], bool] | None:
     """A grown file's parts (names relative to its folder), and whether they
-    all lie in its own parts folder, which makes its virtual datasets trusted
-    without ``allow_virtual``; None for a file that is not grown (its record
-    has no ``part_records``)."""
+    and its split files all lie in its own parts folder, which makes its
+    virtual datasets trusted without ``allow_virtual``; None for a file that
+    is not grown (its record has no ``part_records``)."""
     parts, records = record.get("parts"), record.get("part_records")
     if records is None:
         return None
-    if not (
-        isinstance(parts, list)
-        and isinstance(records, list)
-        and len(parts) == len(records)
-        and all(isinstance(p, str) for p in parts)
-        and all(isinstance(r, str) for r in records)
-    ):
-        raise LayoutError(
-            f"{_where(f)}: the completion record's 'parts' and 'part_records' must be lists of "
-            f"strings of the same length. Received: {parts!r}, {records!r}"
-        )
+    files, file_records = record.get("split_files", []), record.get("split_records", [])
+    for names, digests, keys in ((parts, records, "'parts' and 'part_records'"),
+                                 (files, file_records, "'split_files' and 'split_records'")):
+        if not (
+            isinstance(names, list)
+            and isinstance(digests, list)
+            and len(names) == len(digests)
+            and all(isinstance(p, str) for p in names)
+            and all(isinstance(r, str) for r in digests)
+        ):
+            raise LayoutError(
+                f"{_where(f)}: the completion record's {keys} must be lists of "
+                f"strings of the same length. Received: {names!r}, {digests!r}"
+            )
     prefix = os.path.basename(parts_folder(f.filename)) + "/"
-    own = all(p.startswith(prefix) and "/" not in p[len(prefix) :] for p in parts)
+    own = all(p.startswith(prefix) and "/" not in p[len(prefix) :] for p in [*parts, *files])
     return parts, own
 
 
 def _check_part_records(f: h5py.File, record: Mapping[str, Any], parts: list[str], files: _SourceFiles) -> None:
-    """Each part of a grown file must be the file it was grown from: the
-    digest of its completion record must be the one this file's record holds."""
+    """Each part and split file of a grown file must be the file it was
+    grown from: the digest of its completion record must be the one this
+    file's record holds."""
     folder = os.path.dirname(os.path.abspath(f.filename))
-    for name, digest in zip(parts, record["part_records"]):
+    listed = [("part", name, digest) for name, digest in zip(parts, record["part_records"])]
+    listed += [("split file", name, digest)
+               for name, digest in zip(grown_split_files(record), record.get("split_records", ()))]
+    for kind, name, digest in listed:
         path = os.path.join(folder, name)
         if not os.path.isfile(path):
             raise UntrustedFileError(
-                f"{_where(f)}: its part {name!r} is missing; its rows would read as fill values. "
+                f"{_where(f)}: its {kind} {name!r} is missing; its rows would read as fill values. "
                 "Put the parts folder back beside the file"
             )
         if files.checked(path, ("record",), lambda: record_digest_of(files.get(path))) != digest:
             raise LayoutError(
-                f"{_where(f)}: its part {name!r} is not the file it was grown from (the part's "
-                "completion record differs from the one recorded); restore the part, or convert again"
+                f"{_where(f)}: its {kind} {name!r} is not the file it was grown from (the {kind}'s "
+                f"completion record differs from the one recorded); restore the {kind}, or convert again"
             )
 
 
 def _with_virtual_sources(
-    f: h5py.File, columns: dict[str, ColumnInfo], only: list[str] | None, files: _SourceFiles
+    f: h5py.File, columns: dict[str, ColumnInfo], only: list[str] | None, files: _SourceFiles,
+    split_files: list[str] | None = None,
 ) -> dict[str, ColumnInfo]:
     """Check the sources of every virtual dataset (``allow_virtual=True``);
     record them in its :class:`ColumnInfo` so the reader can use the parts.
@@ -729,10 +744,11 @@ def _with_virtual_sources(
     h5feed merge writes them so. ``only``: the source files allowed (a grown
     file's parts), by their names relative to the file's folder; a grown
     file's IDs and metadata may be virtual too, each mapping its parts' own
-    in the order of its record (:func:`_check_grown_mapping`).
+    in the order of its record (:func:`_check_grown_mapping`), and its
+    splits may map its ``split_files`` (:func:`_check_grown_splits`).
     """
     names = [] if only is not None else [IDS]
-    for group_name in (SPLITS, IDS_INDEX):
+    for group_name in (SPLITS, IDS_INDEX) if only is None else (IDS_INDEX,):
         group = f.get(group_name)
         if isinstance(group, h5py.Group):
             names += [f"{group_name}/{s}" for s in group]
@@ -755,7 +771,34 @@ def _with_virtual_sources(
                 dset = f[name]
                 if isinstance(dset, h5py.Dataset) and dset.is_virtual:
                     _check_grown_mapping(f, dset, only, _virtual_sources(f, dset, only, same_kind=True, files=files))
+        group = f.get(SPLITS)
+        for name in group if isinstance(group, h5py.Group) else ():
+            with touching(f.filename, f"/{SPLITS}/{name}"):
+                dset = group[name]
+                if isinstance(dset, h5py.Dataset) and dset.is_virtual:
+                    allowed = split_files or []
+                    _check_grown_splits(f, dset, allowed, _virtual_sources(f, dset, allowed, files=files))
     return out
+
+
+def _check_grown_splits(f: h5py.File, dset: h5py.Dataset, split_files: list[str], sources: Any) -> None:
+    """A grown file's virtual split maps the same split of some of its split
+    files, each whole, in the order of the record's ``split_files`` (each
+    holds rows after the earlier ones': an append adds rows at the end)."""
+    where = _where(f, dset.name.lstrip("/"))
+    folder = os.path.dirname(os.path.abspath(f.filename))
+    order = {os.path.abspath(os.path.join(folder, p)): k for k, p in enumerate(split_files)}
+    at = [order.get(s.path, -1) for s in sources]
+    if (
+        any(k < 0 for k in at)
+        or any(b <= a for a, b in zip(at, at[1:]))
+        or any(s.source_start != 0 or s.stop - s.start != s.column.shape[0] or s.column.name != dset.name.lstrip("/")
+               for s in sources)
+    ):
+        raise UntrustedFileError(
+            f"{where}: must map the same split of its split files, each whole, in the order of the "
+            "completion record's 'split_files'"
+        )
 
 
 def _check_grown_mapping(f: h5py.File, dset: h5py.Dataset, parts: list[str], sources: Any) -> None:
@@ -1149,7 +1192,8 @@ def _validate(f: h5py.File, *, allow_virtual: bool) -> Layout:
         if grown is not None:  # first: a replaced part is named as such
             _check_part_records(f, completion, grown[0], files)
         if trusted:
-            columns = _with_virtual_sources(f, columns, None if grown is None else grown[0], files)
+            columns = _with_virtual_sources(f, columns, None if grown is None else grown[0], files,
+                                            None if grown is None else grown_split_files(completion))
     n_classes, class_names = _check_classes(f, columns)
     splits: dict[str, int] = {}
     group = f.get(SPLITS)

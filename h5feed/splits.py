@@ -139,7 +139,9 @@ def make_splits(
         for name, rows in plan.rows.items():
             group.create_dataset(name, data=rows, dtype=np.int64)
             digests[f"{L.SPLITS}/{name}"] = _record.digest_of(rows)
-        _record.replace_digests(f, f"{L.SPLITS}/", digests)
+        # A grown file's splits are now stored in it: its split files are
+        # no longer listed (the next append removes them).
+        _record.replace_digests(f, f"{L.SPLITS}/", digests, drop=("split_files", "split_records"))
     for note in plan.notes:
         warnings.warn(f"{path}: {note}", UserWarning, stacklevel=2)
     return SplitReport(

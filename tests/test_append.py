@@ -59,6 +59,13 @@ def _content(path: Path) -> dict:
     return out
 
 
+def _listed(data: Path) -> list[str]:
+    """The names of the parts and split files ``data``'s record lists."""
+    with h5py.File(data) as f:
+        record = json.loads(f.attrs["h5feed_complete"])
+    return sorted(os.path.basename(p) for p in [*record["parts"], *record.get("split_files", [])])
+
+
 def _same(a: dict, b: dict) -> None:
     assert a["ids"] == b["ids"]
     np.testing.assert_array_equal(a["x"], b["x"])
@@ -163,9 +170,9 @@ def test_old_rows_are_never_rewritten(tmp_path):
     first = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns, p.stat().st_size) for p in parts.iterdir()}
     append(data, _write(tmp_path / "b.h5", 210, 220))
     after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns, p.stat().st_size) for p in parts.iterdir()}
-    assert {k: after[k] for k in first} == first  # the old parts untouched
-    (new,) = set(after) - set(first)
-    assert after[new][2] == (tmp_path / "b.h5").stat().st_size  # written: the new file's bytes
+    assert {k: after[k] for k in first} == first  # the old parts and split files untouched
+    assert sorted(set(after) - set(first)) == ["000002.h5", "000002.splits.h5"]
+    assert after["000002.h5"][2] == (tmp_path / "b.h5").stat().st_size  # written: the new file's bytes
 
 
 def test_the_first_append_links_the_standalone_file_instead_of_copying_it(tmp_path):
@@ -226,6 +233,70 @@ def test_verify_names_a_damaged_part(tmp_path):
     assert any(p.startswith("data.h5.parts/000001.h5: x: its SHA-256 differs") for p in report.problems), report.problems
 
 
+def test_a_split_file_changed_replaced_or_missing_is_refused_or_named(tmp_path):
+    data = _write(tmp_path / "data.h5", 0, 20)
+    append(data, _write(tmp_path / "a.h5", 20, 30))
+    split_file = tmp_path / "data.h5.parts" / "000000.splits.h5"
+    assert _listed(data) == ["000000.h5", "000000.splits.h5", "000001.h5"]
+    saved = split_file.read_bytes()
+    # Changed in place, record and all: verify names the file and the split.
+    with h5py.File(split_file, "r+") as f:
+        f["splits/train"][0] += 1
+    report = verify(data)
+    assert any(p.startswith("data.h5.parts/000000.splits.h5: splits/train: its SHA-256 differs")
+               for p in report.problems), report.problems
+    # Replaced by another (a new record): refused on open.
+    split_file.write_bytes(saved)
+    with h5py.File(split_file, "r+") as f:
+        rows = f["splits/train"][()]
+        del f["splits/train"]
+        f["splits/train"] = rows[:-1]
+        f.attrs["h5feed_complete"] = f.attrs["h5feed_complete"].replace('"rows"', '"rows" ')
+    with pytest.raises(errors.LayoutError, match=r"split file 'data\.h5\.parts/000000\.splits\.h5' is not the file"):
+        h5feed.H5Sequence(data, "train")
+    split_file.unlink()
+    with pytest.raises(errors.UntrustedFileError, match=r"split file .*000000\.splits\.h5.* is missing"):
+        h5feed.open_file(data)
+
+
+def test_a_split_mapping_another_file_is_refused(tmp_path):
+    data = _write(tmp_path / "data.h5", 0, 20)
+    append(data, _write(tmp_path / "a.h5", 20, 30))
+    # Point train at a file of the parts folder that the record does not list as a split file.
+    other = tmp_path / "data.h5.parts" / "000001.h5"
+    with h5py.File(data, "r+") as f:
+        n = f["splits/train"].shape[0]
+        del f["splits/train"]
+        layout = h5py.VirtualLayout(shape=(n,), dtype=np.int64)
+        layout[:] = h5py.VirtualSource("data.h5.parts/000001.h5", "ids", shape=(n,))
+        f.create_virtual_dataset("splits/train", layout)
+    assert other.exists()
+    with pytest.raises(errors.UntrustedFileError, match="splits/train"):
+        h5feed.open_file(data)
+
+
+def test_new_splits_then_an_append_keep_every_split_row(tmp_path):
+    # h5feed split stores the splits in the index; the next append moves
+    # them into its split file with the new rows', and drops the old files.
+    from h5feed import make_splits
+
+    data = _write(tmp_path / "data.h5", 0, 40)
+    append(data, _write(tmp_path / "a.h5", 40, 60))
+    make_splits(data, {"train": 0.5, "test": 0.5}, seed=3)
+    with h5py.File(data) as f:
+        stored = {name: f["splits"][name][()] for name in f["splits"]}
+        assert not any(f["splits"][name].is_virtual for name in f["splits"])
+    assert verify(data).sound
+    append(data, _write(tmp_path / "b.h5", 60, 70))
+    got = _content(data)
+    for name, rows in stored.items():
+        np.testing.assert_array_equal(got["splits"][name][: rows.size], rows)
+    assert min(got["splits"]["train"][stored["train"].size:]) >= 60  # b's own train rows follow
+    assert sorted(p.name for p in (tmp_path / "data.h5.parts").iterdir()) == _listed(data)
+    assert "000000.splits.h5" not in _listed(data)
+    assert verify(data).sound
+
+
 def test_a_virtual_file_cannot_be_appended(tmp_path):
     data = _write(tmp_path / "data.h5", 0, 20)
     merge_files([_write(tmp_path / "a.h5", 20, 30)], tmp_path / "merged.h5")
@@ -241,6 +312,8 @@ def _append_in_child(data: Path, new: Path, point: str | None = None) -> subproc
 
 KILL_POINTS = [
     "h5feed.grow:_remove_unlisted:after",
+    "h5feed.grow:_write_split_file:before",
+    "h5feed.grow:_write_split_file:after",
     "h5feed.grow:_link_in:before",
     "h5feed.grow:_link_in:after",
     "h5feed.grow:_copy_in:after",
@@ -279,9 +352,7 @@ def test_an_append_killed_at_any_step_leaves_the_old_or_the_new_dataset(tmp_path
     append(data, new)
     _same(_content(data), _content(_write(tmp_path / "whole.h5", 0, lo + 25)))
     parts = sorted(p.name for p in (tmp_path / "data.h5.parts").iterdir())
-    with h5py.File(data) as f:
-        listed = [os.path.basename(p) for p in json.loads(f.attrs["h5feed_complete"])["parts"]]
-    assert parts == listed
+    assert parts == _listed(data)
 
 
 @pytest.mark.slow
@@ -362,9 +433,8 @@ def test_converting_into_a_growing_dataset_equals_one_conversion(tmp_path, seed)
         assert sorted(got["ids"][r] for r in got["splits"][name]) == [whole["ids"][r] for r in rows]
     assert [got["meta"]["site"][i] for i in order] == whole["meta"]["site"]
     assert verify(data).sound
-    assert sorted(p.name for p in (tmp_path / "all.h5.parts").iterdir()) == sorted(
-        f"{k:06d}.h5" for k in range(len(bounds) - 1)
-    )
+    assert sorted(p.name for p in (tmp_path / "all.h5.parts").iterdir()) == _listed(data)
+    assert [n for n in _listed(data) if ".splits." not in n] == [f"{k:06d}.h5" for k in range(len(bounds) - 1)]
 
 
 def test_a_conversion_that_repeats_an_id_names_its_source_and_changes_nothing(tmp_path):
@@ -470,22 +540,26 @@ def test_batches_of_a_grown_file_are_the_rows_of_one_file(tmp_path, monkeypatch,
     reader.close()
 
 
-def test_the_index_holds_no_ids_or_metadata_of_the_old_rows(tmp_path):
-    # The cost claim as a property: what an append writes besides the new
-    # file does not grow with the old rows' IDs and metadata, only with the
-    # split rows (8 bytes each).
-    sizes = {}
+def test_what_an_append_writes_does_not_grow_with_the_old_rows(tmp_path):
+    # The cost claim as a property: besides the new file, an append writes
+    # an index and a split file whose sizes do not grow with the old rows:
+    # not with their IDs, their metadata or their split rows.
+    written = {}
     for n in (100, 5000):
         folder = tmp_path / str(n)
         folder.mkdir()
         data = _write(folder / "data.h5", 0, n)
         append(data, _write(folder / "a.h5", n, n + 10))
+        before = set(os.listdir(folder / "data.h5.parts"))
         append(data, _write(folder / "b.h5", n + 10, n + 20))
         with h5py.File(data) as f:
             assert f["ids"].is_virtual and all(f["meta"][m].is_virtual for m in f["meta"])
+            assert all(f["splits"][s].is_virtual for s in f["splits"])
             assert "ids_index" not in f
-        sizes[n] = data.stat().st_size
-    assert sizes[5000] - sizes[100] <= 8 * (5000 - 100) + 4096
+        new = set(os.listdir(folder / "data.h5.parts")) - before
+        assert sorted(new) == ["000002.h5", "000002.splits.h5"]
+        written[n] = data.stat().st_size + (folder / "data.h5.parts" / "000002.splits.h5").stat().st_size
+    assert abs(written[5000] - written[100]) <= 256
 
 
 def test_ids_are_found_through_each_parts_own_index(tmp_path, monkeypatch):
