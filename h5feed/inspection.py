@@ -82,7 +82,8 @@ def describe(path: str | os.PathLike[str], *, allow_virtual: bool = False) -> di
     stored_bytes; metadata columns as ``meta/<column>``), ``metadata``
     (the metadata column names), ``n_classes``, ``class_names``, ``splits`` (name -> rows),
     ``parts`` (a grown file's parts, relative to its folder, and the bytes
-    they hold: ``[[name, bytes], ...]``; None for any other file)
+    they hold: ``[[name, bytes], ...]``; None for any other file),
+    ``split_files`` (likewise a grown file's split files; None for any other file)
     and, when ``y`` holds class indices, ``class_counts`` (``"all"`` and each
     split -> one count per class).
 
@@ -109,10 +110,13 @@ def describe(path: str | os.PathLike[str], *, allow_virtual: bool = False) -> di
             "splits": {name: int(rows.size) for name, rows in split_rows.items()},
             "metadata": list(layout.metadata),
             "parts": None,
+            "split_files": None,
         }
         if "part_records" in layout.completion:  # a grown file (h5feed append)
             base = os.path.dirname(os.path.abspath(os.fspath(path)))
             info["parts"] = [[name, os.path.getsize(os.path.join(base, name))] for name in layout.completion["parts"]]
+            info["split_files"] = [[name, os.path.getsize(os.path.join(base, name))]
+                                   for name in L.grown_split_files(layout.completion)]
         if layout.n_classes is not None:
             with touching(f.filename, f"/{L.Y}", ReadError):
                 info["class_counts"] = _class_counts(f, layout.n_classes, split_rows)
@@ -159,10 +163,13 @@ def format_info(info: dict[str, Any]) -> str:
     if info.get("metadata"):
         lines.append(f"metadata: {', '.join(info['metadata'])} (h5feed.read_metadata)")
     if info.get("parts"):
-        total = sum(size for _, size in info["parts"])
+        files = info.get("split_files") or []
+        total = sum(size for _, size in info["parts"] + files)
         folder = os.path.dirname(info["parts"][0][0])
+        also = f" and {len(files)} split file{'s' if len(files) != 1 else ''}" if files else ""
         lines.append(
-            f"grown: {len(info['parts'])} parts in {folder}/, {_human_bytes(total)} (h5feed compact makes one file)"
+            f"grown: {len(info['parts'])} parts{also} in {folder}/, {_human_bytes(total)} "
+            "(h5feed compact makes one file)"
         )
     if "all" in counts:
         lines.append(f"class counts (all rows):{_counts_text(counts['all'], names, prefix='')}")

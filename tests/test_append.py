@@ -381,7 +381,7 @@ def test_cli_append_and_compact(tmp_path, capsys):
     assert cli.main(["verify", str(data), "-q"], _isolated=False) == 0
     capsys.readouterr()
     assert cli.main(["info", str(data)], _isolated=False) == 0
-    assert "grown: 3 parts in data.h5.parts/" in capsys.readouterr().out
+    assert "grown: 3 parts and 1 split file in data.h5.parts/" in capsys.readouterr().out
     assert cli.main(["append", str(data), str(a), "-q"], _isolated=False) == 1
     assert "'s00020' in" in capsys.readouterr().err
     assert cli.main(["compact", str(data), "-q"], _isolated=False) == 0
