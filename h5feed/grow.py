@@ -494,8 +494,9 @@ def _write_index(
 ) -> None:
     """Write the grown file over ``parts`` (paths, in row order) and rename it
     over ``target``: every per-row dataset, the IDs and the metadata virtual
-    over the parts' own, each split virtual over the split files' (
-    ``split_sources``: each split's (split file, rows), in order), and a record of the parts' and split files'
+    over the parts' own, each split virtual over the split files'
+    (``split_sources``: each split's (split file, rows), in order; a split
+    of no rows, stored empty), and a record of the parts' and split files'
     records (NOTE [ Grown files ]). Its size grows with the number of parts
     and split files, not with the rows' data, IDs or split rows."""
     first = loaded[0].layout
@@ -523,6 +524,10 @@ def _write_index(
                     at += rows
                 f.create_virtual_dataset(dataset, vlayout)
             digests = {}
+            # A split without rows (HDF5 maps no empty source) is stored empty.
+            for name in sorted({name for part in loaded for name in part.splits} - set(split_sources)):
+                f.create_dataset(f"{L.SPLITS}/{name}", data=np.zeros(0, np.int64))
+                digests[f"{L.SPLITS}/{name}"] = _record.digest_of(np.zeros(0, np.int64))
             for k, name in enumerate(("first", "last")):  # lookups skip the parts whose bounds hold no query
                 values = [b[k].decode("utf-8") for b in bounds]
                 f.create_dataset(f"{L.PART_IDS}/{name}", data=values, dtype=h5py.string_dtype("utf-8"))

@@ -297,6 +297,23 @@ def test_new_splits_then_an_append_keep_every_split_row(tmp_path):
     assert verify(data).sound
 
 
+def test_a_split_without_rows_keeps_its_name_through_appends(tmp_path):
+    def write(path, lo, hi, holdout):
+        ids, x, y = _rows(lo, hi)
+        splits = {"train": ids[1:] if holdout else ids, "holdout": ids[:1] if holdout else []}
+        write_arrays(path, ids, x, y, splits, n_classes=N_CLASSES)
+        return path
+
+    data = write(tmp_path / "data.h5", 0, 10, holdout=False)
+    append(data, write(tmp_path / "a.h5", 10, 20, holdout=False))
+    assert h5feed.open_file(data).splits == {"holdout": 0, "train": 20}
+    append(data, write(tmp_path / "b.h5", 20, 30, holdout=True))
+    append(data, write(tmp_path / "c.h5", 30, 40, holdout=False))
+    got = _content(data)
+    assert got["splits"] == {"holdout": [20], "train": [r for r in range(40) if r != 20]}
+    assert verify(data).sound
+
+
 def test_a_virtual_file_cannot_be_appended(tmp_path):
     data = _write(tmp_path / "data.h5", 0, 20)
     merge_files([_write(tmp_path / "a.h5", 20, 30)], tmp_path / "merged.h5")
