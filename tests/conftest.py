@@ -18,6 +18,19 @@ import h5feed
 pytest_plugins = ["framework_skips", "faults._figures"]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, hand tests to the workers one at a time.
+
+    Its ``load`` scheduler otherwise gives each worker, up front, a chunk of
+    a quarter of its share in collection order: with the slow tests sorted
+    first (below), one worker would get nearly all of them and the other
+    would run out of tests long before it. One at a time, each worker takes
+    the next test when it is free: longest first, then balanced.
+    """
+    if getattr(config.option, "maxschedchunk", 0) is None:
+        config.option.maxschedchunk = 1
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:  # noqa: ARG001
     """Tests marked ``slow`` or ``fuzz`` first, the rest in their usual order.
 
