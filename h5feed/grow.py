@@ -171,8 +171,8 @@ def _open_current(data: str) -> _Current:
         for name in layout.splits:
             dset = L.split_dataset(f, name)
             if dset.is_virtual:
-                sources[name] = [(m.file_name, last - first + 1)
-                                 for m in dset.virtual_sources() for first, last, *_ in [L.mapped_rows(m)]]
+                spans = [(m.file_name, L.mapped_rows(m)) for m in dset.virtual_sources()]
+                sources[name] = [(file, last - first + 1) for file, (first, last, *_) in spans]
             else:
                 splits[name] = L.read_split(f, name)
     part = _Part(data, layout, splits)
@@ -534,9 +534,9 @@ def _write_index(
                 digests[f"{L.PART_IDS}/{name}"] = _record.digest_of(values)
             # The completion record goes last: a file with it is whole.
             _record.write_record(
-                f, n_rows, digests, parts=names, part_records=_part_records(parts, loaded[0]),
+                f, n_rows, digests, parts=names, part_records=_records(parts, loaded[0], "parts", "part_records"),
                 split_files=[L.source_name(p, base) for p in split_paths],
-                split_records=_split_records(split_paths, loaded[0]),
+                split_records=_records(split_paths, loaded[0], "split_files", "split_records"),
             )
         # It must open as a grown file before it takes the name (its parts
         # folder is named after the name it takes, so trust is asked here).
@@ -548,27 +548,17 @@ def _write_index(
         raise
 
 
-def _split_records(split_paths: list[str], current: _Part) -> list[str]:
-    """The digest of each split file's record: the current grown file's for
-    those it lists (checked when it was opened), computed for a new one."""
+def _records(paths: list[str], current: _Part, names: str, records: str) -> list[str]:
+    """The digest of the record of each of ``paths`` (parts, or split
+    files): the current grown file's, from its record's lists ``names`` and
+    ``records``, for those it lists (checked when it was opened); computed
+    for the others."""
     known = {}
     if is_grown(current.layout):
         base = os.path.dirname(current.path)
         completion = current.layout.completion
-        known = dict(zip((os.path.join(base, n) for n in L.grown_split_files(completion)),
-                         completion.get("split_records", [])))
-    return [known.get(p) or _record.record_digest(p) for p in split_paths]
-
-
-def _part_records(parts: list[str], current: _Part) -> list[str]:
-    """The digest of each part's record: the current grown file's for the
-    parts it lists (checked when it was opened), computed for the others."""
-    known = {}
-    if is_grown(current.layout):
-        base = os.path.dirname(current.path)
-        completion = current.layout.completion
-        known = {os.path.join(base, n): d for n, d in zip(completion["parts"], completion["part_records"])}
-    return [known.get(p) or _record.record_digest(p) for p in parts]
+        known = {os.path.join(base, n): d for n, d in zip(completion.get(names, ()), completion.get(records, ()))}
+    return [known.get(p) or _record.record_digest(p) for p in paths]
 
 
 def _part_rows(parts: list[str], loaded: list[_Part]) -> list[int]:
